@@ -1,0 +1,23 @@
+# Two entry points that work on a fresh machine (both build .venv first, idempotently):
+#   make demo   - the main job on the CPU default
+#   make test   - the test suite
+VENV ?= .venv
+BIN := $(VENV)/bin
+export MUJOCO_GL ?= egl
+export PYOPENGL_PLATFORM ?= egl
+
+.PHONY: setup demo test bench clean
+setup:
+	@bash scripts/setup_env.sh
+
+demo: setup
+	$(BIN)/vla-eval demo
+
+test: setup
+	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/vla-eval bench-sim --workers 2
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,168 @@
+"""LIBERO behind the Env protocol, following OpenVLA's published evaluation protocol.
+
+Heavy imports (robosuite, mujoco, libero, torch) happen in ``LiberoEnv.__init__``, after
+the GL backend is chosen and LIBERO's config and assets are in place.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import numpy as np
+
+from sims.assets import SetupError, prepare_libero
+from sims.protocol import (
+    ACTION_DIM,
+    CAMERAS,
+    NUM_WAIT_STEPS,
+    RESOLUTION,
+    WAIT_ACTION,
+    Observation,
+    StepResult,
+    check_task_id,
+    suite_spec,
+)
+from vla_eval.errors import UsageError, bad_choice
+
+GL_BACKENDS = ("egl", "osmesa", "glfw")
+
+
+def configure_gl() -> str:
+    """Choose MuJoCo's GL backend before robosuite is imported. Default: EGL (headless;
+    on a CPU-only machine it runs on Mesa llvmpipe)."""
+    backend = os.environ.setdefault("MUJOCO_GL", "egl")
+    if backend not in GL_BACKENDS:
+        raise bad_choice("MUJOCO_GL backend", backend, GL_BACKENDS)
+    if backend in ("egl", "osmesa"):
+        os.environ.setdefault("PYOPENGL_PLATFORM", backend)
+    return backend
+
+
+@lru_cache(maxsize=None)
+def _suite(suite: str):
+    prepare_libero()
+    from libero.libero import benchmark
+
+    return benchmark.get_benchmark_dict()[suite]()
+
+
+def task_instruction(suite: str, task_id: int) -> str:
+    """The task's language instruction, without creating an env."""
+    suite_spec(suite)
+    check_task_id(suite, task_id)
+    return _suite(suite).get_task(task_id).language
+
+
+def _to_observation(raw: dict, instruction: str) -> Observation:
+    objects = {
+        k: np.asarray(v, dtype=np.float64)
+        for k, v in raw.items()
+        if (k.endswith("_pos") or k.endswith("_quat"))
+        and not k.startswith("robot0_")
+        and "_to_robot0_" not in k
+    }
+    return Observation(
+        instruction=instruction,
+        eef_pos=np.asarray(raw["robot0_eef_pos"], dtype=np.float64),
+        eef_quat=np.asarray(raw["robot0_eef_quat"], dtype=np.float64),
+        gripper_qpos=np.asarray(raw["robot0_gripper_qpos"], dtype=np.float64),
+        agentview=raw.get("agentview_image"),
+        wrist=raw.get("robot0_eye_in_hand_image"),
+        objects=objects,
+    )
+
+
+class LiberoEnv:
+    """One LIBERO task. ``cameras=False`` skips rendering (physics only, ~10x faster on CPU)
+    for policies that read state, not pixels.
+
+    ``hard_reset=True`` (robosuite's default, used by the published eval) rebuilds the
+    MuJoCo model on every reset (3-10 s on CPU); ``False`` reuses it (~0.5 s). Both then
+    load the stored initial state, so the scene is the same.
+    """
+
+    def __init__(
+        self,
+        suite: str,
+        task_id: int,
+        cameras: bool = True,
+        resolution: int = RESOLUTION,
+        hard_reset: bool = True,
+        seed: int = 0,
+    ):
+        spec = suite_spec(suite)
+        check_task_id(suite, task_id)
+        configure_gl()
+        self.suite, self.task_id, self.cameras = suite, task_id, cameras
+        self.max_steps = spec.max_steps
+        benchmark = _suite(suite)
+        task = benchmark.get_task(task_id)
+        self.instruction: str = task.language
+        self._init_states = benchmark.get_task_init_states(task_id)  # (50, state_dim)
+        self.n_init_states = len(self._init_states)
+        from libero.libero import get_libero_path
+
+        bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
+        self._env = self._make(bddl, cameras, resolution, hard_reset)
+        self._env.seed(seed)  # the published eval seeds the env with 0; init states fix the scene
+
+    @staticmethod
+    def _make(bddl: str, cameras: bool, resolution: int, hard_reset: bool):
+        from libero.libero.envs.env_wrapper import ControlEnv
+
+        kwargs = dict(
+            bddl_file_name=bddl,
+            hard_reset=hard_reset,
+            camera_heights=resolution,
+            camera_widths=resolution,
+            camera_names=list(CAMERAS),
+            has_renderer=False,
+            has_offscreen_renderer=cameras,
+            use_camera_obs=cameras,
+        )
+        try:
+            return ControlEnv(**kwargs)
+        except Exception as e:  # GL context creation fails deep inside robosuite
+            if cameras and any(s in repr(e) for s in ("EGL", "GL", "OSMesa", "glfw", "render")):
+                raise SetupError(
+                    f"MUJOCO_GL={os.environ.get('MUJOCO_GL')} could not start a renderer ({e!r}). "
+                    f"Fix: install Mesa EGL (apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri), "
+                    f"or try MUJOCO_GL=osmesa; valid backends: {', '.join(GL_BACKENDS)}; "
+                    f"or run with cameras off."
+                ) from e
+            raise
+
+    def reset(self, init_state_index: int) -> Observation:
+        if not 0 <= init_state_index < self.n_init_states:
+            raise UsageError(
+                f"episode index {init_state_index} beyond the {self.n_init_states} stored init states "
+                f"of {self.suite} task {self.task_id}; valid: 0..{self.n_init_states - 1}"
+            )
+        self._env.reset()
+        raw = self._env.set_init_state(self._init_states[init_state_index])
+        for _ in range(NUM_WAIT_STEPS):
+            raw, _, _, _ = self._env.step(WAIT_ACTION.tolist())
+        return _to_observation(raw, self.instruction)
+
+    def step(self, action: np.ndarray) -> StepResult:
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (ACTION_DIM,):
+            raise ValueError(f"action must have shape ({ACTION_DIM},), got {action.shape}")
+        raw, reward, done, _ = self._env.step(action.tolist())
+        return StepResult(_to_observation(raw, self.instruction), float(reward), bool(done))
+
+    @property
+    def sim(self):
+        """The underlying MuJoCo sim (privileged access for scripted policies and tests)."""
+        return self._env.sim
+
+    def close(self) -> None:
+        env, self._env = getattr(self, "_env", None), None
+        if env is not None:
+            env.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,171 @@
+"""N simulator envs in spawned worker processes, stepped together.
+
+Each worker builds its env lazily from a picklable ``EnvSpec`` on the first reset (and
+rebuilds it when the spec changes). A worker that raises, hangs, or dies (MuJoCo
+instability, a segfault in a GL driver) becomes a ``WorkerError`` for that slot's episode,
+with the traceback kept; the worker is restarted and the other slots carry on.
+
+    pool = EnvPool(2)
+    obs = pool.reset({0: (EnvSpec("libero_object", 0), 0), 1: (EnvSpec("libero_object", 0), 1)})
+    out = pool.step({0: action0, 1: action1})   # {slot: StepResult | WorkerError}
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import traceback
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from sims.protocol import RESOLUTION, Observation, StepResult
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """Everything needed to build one LIBERO env in another process."""
+
+    suite: str
+    task_id: int
+    cameras: bool = True
+    resolution: int = RESOLUTION
+    hard_reset: bool = True
+    seed: int = 0
+
+    def build(self):
+        from sims.libero_env import LiberoEnv
+
+        return LiberoEnv(self.suite, self.task_id, self.cameras, self.resolution, self.hard_reset, self.seed)
+
+
+@dataclass(frozen=True)
+class WorkerError:
+    """An episode lost to its worker: ``kind`` is 'exception', 'crash' or 'timeout'."""
+
+    slot: int
+    kind: str
+    message: str
+    traceback: str = ""
+
+
+def _worker_main(conn) -> None:
+    env, spec = None, None
+    while True:
+        try:
+            cmd, payload = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if cmd == "close":
+            break
+        try:
+            if cmd == "reset":
+                new_spec, init_index = payload
+                if new_spec != spec:
+                    if env is not None:
+                        env.close()
+                    env, spec = None, None
+                    env, spec = new_spec.build(), new_spec
+                conn.send(("ok", env.reset(init_index)))
+            elif cmd == "step":
+                conn.send(("ok", env.step(payload)))
+            elif cmd == "eval":  # privileged read-only queries, e.g. sim state for scripted policies
+                conn.send(("ok", payload(env)))
+            else:
+                conn.send(("error", f"unknown command {cmd!r}", ""))
+        except Exception as e:  # reported to the parent, the worker lives on
+            conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc()))
+    if env is not None:
+        env.close()
+
+
+class EnvPool:
+    def __init__(self, n_workers: int, reset_timeout_s: float = 600.0, step_timeout_s: float = 120.0):
+        if n_workers < 1:
+            raise ValueError(f"n_workers must be >= 1, got {n_workers}")
+        self._ctx = mp.get_context("spawn")  # fork would copy GL contexts and torch threads
+        self.reset_timeout_s, self.step_timeout_s = reset_timeout_s, step_timeout_s
+        self._procs: list = [None] * n_workers
+        self._conns: list = [None] * n_workers
+        self.restarts = 0
+        for slot in range(n_workers):
+            self._start(slot)
+
+    @property
+    def n_workers(self) -> int:
+        return len(self._procs)
+
+    def pid(self, slot: int) -> int:
+        return self._procs[slot].pid
+
+    def _start(self, slot: int) -> None:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_worker_main, args=(child,), daemon=True, name=f"env-worker-{slot}")
+        proc.start()
+        child.close()
+        self._procs[slot], self._conns[slot] = proc, parent
+
+    def _restart(self, slot: int) -> None:
+        proc, conn = self._procs[slot], self._conns[slot]
+        conn.close()
+        if proc.is_alive():
+            proc.kill()
+        proc.join(timeout=10)
+        self.restarts += 1
+        self._start(slot)
+
+    def _call(self, commands: Mapping[int, tuple], timeout_s: float) -> dict:
+        """Send every command first (the workers run in parallel), then gather replies."""
+        sent = {}
+        for slot, msg in commands.items():
+            try:
+                self._conns[slot].send(msg)
+                sent[slot] = True
+            except (BrokenPipeError, OSError) as e:
+                sent[slot] = WorkerError(slot, "crash", f"worker was dead before {msg[0]}: {e!r}")
+        out = {}
+        for slot, ok in sent.items():
+            out[slot] = self._receive(slot, timeout_s) if ok is True else ok
+            if isinstance(out[slot], WorkerError) and out[slot].kind != "exception":
+                self._restart(slot)
+        return out
+
+    def _receive(self, slot: int, timeout_s: float):
+        conn, proc = self._conns[slot], self._procs[slot]
+        try:
+            if not conn.poll(timeout_s):
+                return WorkerError(slot, "timeout", f"worker gave no answer within {timeout_s:.0f} s")
+            reply = conn.recv()
+        except (EOFError, ConnectionResetError, OSError):
+            proc.join(timeout=5)
+            return WorkerError(slot, "crash", f"worker process died (exit code {proc.exitcode})")
+        if reply[0] == "ok":
+            return reply[1]
+        return WorkerError(slot, "exception", reply[1], reply[2])
+
+    def reset(self, jobs: Mapping[int, tuple[EnvSpec, int]]) -> dict[int, Observation | WorkerError]:
+        """``{slot: (spec, init_state_index)}`` -> ``{slot: first observation | WorkerError}``."""
+        return self._call({s: ("reset", job) for s, job in jobs.items()}, self.reset_timeout_s)
+
+    def step(self, actions: Mapping[int, np.ndarray]) -> dict[int, StepResult | WorkerError]:
+        return self._call({s: ("step", np.asarray(a)) for s, a in actions.items()}, self.step_timeout_s)
+
+    def query(self, slot: int, fn):
+        """Run a picklable ``fn(env)`` in the worker; for privileged state reads."""
+        return self._call({slot: ("eval", fn)}, self.step_timeout_s)[slot]
+
+    def close(self) -> None:
+        for conn in self._conns:
+            try:
+                conn.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self._procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,31 @@
+"""The Policy protocol: reset a slot, act on a batch of observations.
+
+A batch row is one env slot. Stateful policies (the scripted expert) keep per-slot state,
+which ``reset(slot)`` clears when that slot starts a new episode; stateless ones ignore it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from sims.protocol import Observation
+
+
+@dataclass(frozen=True)
+class ActionBatch:
+    actions: np.ndarray  # (B, 7) env-ready: xyz, rpy in [-1, 1]; gripper -1 open / +1 close
+    # (B,) mean pixel value of the image actually fed to the model (after any flip and
+    # preprocessing); None for policies that read no pixels.
+    img_mean: np.ndarray | None = None
+
+
+class Policy(Protocol):
+    name: str
+    uses_images: bool  # False: the env may run with cameras off
+
+    def reset(self, slot: int = 0) -> None: ...
+
+    def act(self, obs: Sequence[Observation], slots: Sequence[int] | None = None) -> ActionBatch:
+        """``obs[i]`` comes from env slot ``slots[i]`` (default: ``i``)."""
