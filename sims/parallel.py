@@ -169,3 +169,56 @@ class EnvPool:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class LocalPool:
+    """The EnvPool interface with one env in this process: no spawn, no second 2.3 GB env.
+
+    Exceptions become ``WorkerError('exception')`` as in the pool; a real crash (segfault)
+    takes this process down, which is what ``EnvPool`` is for.
+    """
+
+    n_workers = 1
+
+    def __init__(self):
+        self._env, self._spec = None, None
+
+    def reset(self, jobs: Mapping[int, tuple[EnvSpec, int]]) -> dict:
+        ((slot, (spec, init_index)),) = jobs.items()
+        return {slot: _guarded(slot, self._reset, spec, init_index)}
+
+    def _reset(self, spec: EnvSpec, init_index: int) -> Observation:
+        if spec != self._spec:
+            self.close()
+            self._env, self._spec = spec.build(), spec
+        return self._env.reset(init_index)
+
+    def step(self, actions: Mapping[int, np.ndarray]) -> dict:
+        ((slot, action),) = actions.items()
+        return {slot: _guarded(slot, lambda a: self._env.step(a), action)}
+
+    def query(self, slot: int, fn):
+        return fn(self._env)
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+        self._env, self._spec = None, None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _guarded(slot: int, fn, *args):
+    try:
+        return fn(*args)
+    except Exception as e:
+        return WorkerError(slot, "exception", f"{type(e).__name__}: {e}", traceback.format_exc())
+
+
+def make_pool(n_workers: int) -> EnvPool | LocalPool:
+    """0: the env lives in this process; N >= 1: N spawned workers."""
+    return LocalPool() if n_workers == 0 else EnvPool(n_workers)

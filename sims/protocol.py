@@ -17,6 +17,7 @@ NUM_WAIT_STEPS = 10
 # Zero motion, gripper open (-1 = open in LIBERO's convention). Objects settle meanwhile.
 WAIT_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
 ACTION_DIM = 7
+N_INIT_STATES = 50  # stored initial states per task
 RESOLUTION = 256  # agentview and wrist renders, as in the published eval
 CAMERAS = ("agentview", "robot0_eye_in_hand")
 

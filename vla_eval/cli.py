@@ -1,0 +1,266 @@
+"""``vla-eval``: the command line. Each subcommand imports what it needs when it runs."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from vla_eval import __version__
+from vla_eval.errors import UsageError
+
+DEFAULT_SUITE = "libero_object"
+
+
+def _seed_count(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--seeds must be at least 1, got {n}")
+    return n
+
+
+def _add_run_args(p: argparse.ArgumentParser, seeds_default: int) -> None:
+    from vla_eval.policies.factory import POLICIES
+
+    p.add_argument("--suite", default=DEFAULT_SUITE, help="libero_spatial|libero_object|libero_goal|libero_10|libero_90")
+    tasks = p.add_mutually_exclusive_group()
+    tasks.add_argument("--task", type=int, default=0, help="task id within the suite (default 0)")
+    tasks.add_argument("--all-tasks", action="store_true", help="every task of the suite")
+    p.add_argument("--seeds", type=_seed_count, default=seeds_default, help="episodes per task; seed i -> init state i")
+    p.add_argument("--policy", default="openvla", choices=POLICIES)
+    p.add_argument("--checkpoint", help="HF id or local path (default: openvla/openvla-7b-finetuned-<suite>)")
+    p.add_argument("--revision", help="pin the checkpoint's revision (commit hash)")
+    p.add_argument("--attn", default="sdpa", choices=("flash_attention_2", "sdpa", "eager"))
+    p.add_argument("--native", action="store_true", help="use the trust_remote_code-free batched OpenVLA model")
+    p.add_argument("--cameras", choices=("auto", "on", "off"), default="auto",
+                   help="auto: on for pixel policies, off (physics only, ~10x faster) for state-based ones")
+    p.add_argument("--fast-reset", action="store_true", help="reuse the MuJoCo model between episodes (not the published protocol's hard reset)")
+    p.add_argument("--max-steps", type=int, help="override the suite's step limit")
+    p.add_argument("--workers", type=int, default=0, help="parallel env processes (0: env in this process)")
+    p.add_argument("--out", type=Path, help="run folder (default: runs/<policy>-<suite>-<tasks>-<tags>)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
+    p.add_argument("--monitor", action="store_true", help="attach the runtime monitor; alerts go to the logs and report")
+    p.add_argument("--stop-on-alert", action="store_true", help="end an episode at its monitor's first ERROR alert")
+
+
+def _sweep_config(args, tags: tuple[str, ...]):
+    from sims.protocol import suite_spec
+    from vla_eval.sweep import SweepConfig
+
+    spec = suite_spec(args.suite)
+    task_ids = tuple(range(spec.n_tasks)) if args.all_tasks else (args.task,)
+    return SweepConfig(
+        suite=args.suite, task_ids=task_ids, seeds=args.seeds, policy=args.policy, tags=tags,
+        cameras=_cameras(args), hard_reset=not args.fast_reset, max_steps=args.max_steps,
+        checkpoint=args.checkpoint, revision=args.revision, shard=getattr(args, "shard", None),
+    )
+
+
+def _cameras(args) -> bool:
+    from vla_eval.policies.factory import PIXEL_POLICIES
+
+    return args.policy in PIXEL_POLICIES if args.cameras == "auto" else args.cameras == "on"
+
+
+def _default_out(cfg, kind: str) -> Path:
+    tasks = "all" if len(cfg.task_ids) > 1 else f"t{cfg.task_ids[0]}"
+    shard = f"-shard{cfg.shard.replace('/', 'of')}" if cfg.shard else ""
+    return Path("runs") / f"{kind}-{cfg.policy}-{cfg.suite}-{tasks}-{'+'.join(cfg.tags)}{shard}"
+
+
+def _execute(args, tags: tuple[str, ...], kind: str) -> int:
+    from vla_eval.policies.factory import OpenVLAOptions
+    from vla_eval.sweep import run_sweep
+
+    resume = getattr(args, "resume", None)
+    if resume is not None:  # the folder's own config, whatever the other flags say
+        from vla_eval.sweep import config_from_manifest
+
+        cfg, run_dir = config_from_manifest(resume), resume
+    else:
+        cfg = _sweep_config(args, tags)
+        run_dir = args.out or _default_out(cfg, kind)
+    ovla = OpenVLAOptions(checkpoint=args.checkpoint, revision=args.revision, attn_implementation=args.attn,
+                          native=args.native)
+    monitor_factory = None
+    if args.monitor or args.stop_on_alert:
+        from monitors import RuntimeMonitor
+
+        monitor_factory = RuntimeMonitor
+    res = run_sweep(cfg, run_dir, workers=args.workers, openvla=ovla, progress=not args.no_progress,
+                    retry_errors=getattr(args, "retry_errors", False), stop_on_alert=args.stop_on_alert,
+                    monitor_factory=monitor_factory)
+    print(f"\nrun folder: {res.run_dir}  ({res.ran} episodes run, {res.skipped} already done, {res.wall_s:.1f} s)")
+    for tag, eps in res.episodes.items():
+        n = {o: sum(e.outcome == o for e in eps) for o in ("success", "failure", "error")}
+        judged = n["success"] + n["failure"]
+        rate = f"{100 * n['success'] / judged:.1f}%" if judged else "-"
+        print(f"  {tag:12} success {n['success']}/{judged} ({rate})  errors {n['error']}")
+    if not args.no_report:
+        _write_report(res.run_dir)
+    return 0
+
+
+def _write_report(run_dir: Path) -> None:
+    try:
+        from reports.html import write_report
+    except ImportError as e:  # matplotlib missing
+        print(f"report skipped: {e}. Fix: pip install 'vla-eval[report]'", file=sys.stderr)
+        return
+    print(f"report: {write_report(run_dir)}")
+
+
+def cmd_sweep(args) -> int:
+    tags = tuple(["baseline"] + [t for t, on in (("no_flip", args.no_flip), ("bad_prompt", args.bad_prompt),
+                                                   ("bad_unnorm", args.bad_unnorm)) if on])
+    if len(tags) > 1:  # a sweep with a toggle runs only that toggle
+        tags = tags[1:]
+    return _execute(args, tags, "sweep")
+
+
+def cmd_drill(args) -> int:
+    chosen = [t for t, on in (("no_flip", args.no_flip), ("bad_prompt", args.bad_prompt),
+                              ("bad_unnorm", args.bad_unnorm)) if on]
+    return _execute(args, tuple(["baseline"] + (chosen or ["no_flip", "bad_prompt", "bad_unnorm"])), "drill")
+
+
+def cmd_run(args) -> int:
+    """``vla-eval run``: one episode (seed -> init state), any toggles, no resume bookkeeping."""
+    from vla_eval.api import run_episode
+
+    ep = run_episode(
+        policy=args.policy, suite=args.suite, task_id=args.task, seed=args.seed,
+        flip_image=not args.no_flip, prompt_template="rephrased" if args.bad_prompt else "default",
+        unnorm_key="bridge_orig" if args.bad_unnorm else None, max_steps=args.max_steps,
+        cameras=_cameras(args), hard_reset=not args.fast_reset, log_path=args.log,
+        checkpoint=args.checkpoint, revision=args.revision, attn_implementation=args.attn,
+        native=args.native, progress=not args.no_progress,
+    )
+    print(f"{ep.run_tag}: {ep.outcome} in {ep.steps} steps, first gripper close at "
+          f"{ep.first_close_step}, {ep.wall_s:.1f} s" + (f"\nerror: {ep.error}" if ep.error else ""))
+    if args.log:
+        print(f"log: {args.log}")
+    return 0 if ep.outcome != "error" else 1
+
+
+def cmd_report(args) -> int:
+    _write_report(args.run_dir)
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from vla_eval.sweep import merge_runs
+
+    counts = merge_runs(args.out, args.shards)
+    print(f"merged {len(args.shards)} shards into {args.out}: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
+    return 0
+
+
+def cmd_bench_sim(args) -> int:
+    from sims.bench import BenchConfig, run_bench
+
+    run_bench(BenchConfig(args.suite, args.task, args.steps, args.workers, not args.no_cameras))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The CPU default main job: a scripted-expert sweep on real LIBERO, then its report."""
+    argv = ["sweep", "--policy", "scripted", "--suite", "libero_object", "--task", "0",
+            "--seeds", str(args.seeds), "--out", str(args.out)]
+    return main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vla-eval", description="Evaluate and monitor OpenVLA-style policies on LIBERO.")
+    p.add_argument("--version", action="version", version=f"vla-eval {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("sweep", help="N seeds per task, resumable; per-step JSONL and an HTML report")
+    _add_run_args(s, seeds_default=50)
+    s.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    s.add_argument("--retry-errors", action="store_true", help="on resume, redo episodes that ended in an env error")
+    s.add_argument("--shard", help="i/K: run a deterministic 1/K slice (join with `vla-eval merge`)")
+    for flag in ("--no-flip", "--bad-prompt", "--bad-unnorm"):
+        s.add_argument(flag, action="store_true", help="run with this fault instead of the baseline")
+    s.set_defaults(fn=cmd_sweep)
+
+    d = sub.add_parser("drill", help="baseline next to the silent failures (all three by default)")
+    _add_run_args(d, seeds_default=1)
+    d.add_argument("--no-flip", action="store_true", help="image not rotated 180 degrees")
+    d.add_argument("--bad-prompt", action="store_true", help="prompt template rephrased")
+    d.add_argument("--bad-unnorm", action="store_true", help="unnorm_key=bridge_orig")
+    d.set_defaults(fn=cmd_drill)
+
+    r = sub.add_parser("run", help="one episode with any toggles")
+    _add_run_args(r, seeds_default=1)
+    r.add_argument("--seed", type=int, default=0, help="seed = init state index")
+    r.add_argument("--log", type=Path, help="write the step and episode records here (JSONL)")
+    r.add_argument("--no-flip", action="store_true")
+    r.add_argument("--bad-prompt", action="store_true")
+    r.add_argument("--bad-unnorm", action="store_true")
+    r.set_defaults(fn=cmd_run)
+
+    rep = sub.add_parser("report", help="(re)write the HTML report of a run folder")
+    rep.add_argument("run_dir", type=Path)
+    rep.set_defaults(fn=cmd_report)
+
+    m = sub.add_parser("merge", help="join the shard folders of one sweep")
+    m.add_argument("out", type=Path)
+    m.add_argument("shards", type=Path, nargs="+")
+    m.set_defaults(fn=cmd_merge)
+
+    b = sub.add_parser("bench-sim", help="LIBERO env costs on this machine: create, reset, physics vs rendering, workers")
+    b.add_argument("--suite", default=DEFAULT_SUITE)
+    b.add_argument("--task", type=int, default=0)
+    b.add_argument("--steps", type=int, default=40)
+    b.add_argument("--workers", type=int, default=2, help="measure 1..N workers")
+    b.add_argument("--no-cameras", action="store_true", help="workers run physics only")
+    b.set_defaults(fn=cmd_bench_sim)
+
+    dm = sub.add_parser("demo", help="CPU main job: scripted-expert sweep on LIBERO libero_object task 0 + report")
+    dm.add_argument("--seeds", type=_seed_count, default=50)
+    dm.add_argument("--out", type=Path, default=Path("runs/demo"))
+    dm.set_defaults(fn=cmd_demo)
+
+    for name, module in (("monitor", "monitors.cli"), ("small", "drills.cli"), ("bench-policy", "vla_eval.bench_policy"),
+                         ("bench-monitor", "monitors.bench")):
+        _lazy(sub, name, module)
+    return p
+
+
+def _lazy(sub, name: str, module: str) -> None:
+    """Subcommands owned by other packages register their own arguments."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return
+    mod.register(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.fn(args)
+    except UsageError as e:
+        print(f"vla-eval: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: committed episodes are kept; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:
+        from sims.assets import SetupError
+
+        if isinstance(e, SetupError):
+            print(f"vla-eval: setup error: {e}", file=sys.stderr)
+            return 3
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Step and episode records, one versioned schema, and the crash-safe JSONL files they live in.
+
+A run folder holds one ``<tag>.jsonl`` per run tag (``baseline``, ``no_flip``, ...) with
+both kinds of line, plus ``manifest.json``. Durability rules, so a ``kill -9`` loses at
+most the episode in flight and never duplicates or corrupts one:
+
+* every line is appended and flushed on its own; an episode line is also fsync'ed: an
+  episode counts as done only once its ``episode`` line is on disk;
+* every attempt at an episode has its own ``attempt`` id; step lines of attempts that
+  never got their episode line (killed mid-episode) are ignored by the reader;
+* a torn final line (killed mid-write) is reported and dropped; the writer cuts it off
+  before appending. A malformed line anywhere else is an error naming file:line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from vla_eval.errors import UsageError
+
+SCHEMA_VERSION = 1
+RUN_TAGS = ("baseline", "no_flip", "bad_prompt", "bad_unnorm")
+OUTCOMES = ("success", "failure", "error")
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    run_tag: str
+    task_id: int
+    seed: int
+    attempt: str
+    step: int  # policy step index, 0-based, after the env's wait steps
+    action: tuple[float, ...]  # the 7 env-ready values, rounded to 4 decimals
+    img_mean: float | None  # mean of the image fed to the policy; None if it reads no pixels
+    reward: float
+    done: bool
+    policy_s: float  # this step's share of the (batched) policy call
+    sim_s: float  # env step wall time
+    alerts: tuple[str, ...] = ()
+    kind: str = "step"
+    v: int = SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class EpisodeRecord:
+    """``first_close_step``: the first policy step whose gripper command is "close" (> 0,
+    after the policy's post-processing). The wait steps command "open", so this is the
+    first open->close crossing; ``None`` if the gripper never closed."""
+
+    run_tag: str
+    suite: str
+    task_id: int
+    seed: int
+    init_state: int
+    attempt: str
+    outcome: str  # success | failure | error (env or worker crash; not a policy failure)
+    steps: int
+    first_close_step: int | None
+    wall_s: float
+    policy_s: float
+    sim_s: float
+    instruction: str = ""
+    error: str | None = None
+    alerts: tuple[str, ...] = ()
+    kind: str = "episode"
+    v: int = SCHEMA_VERSION
+
+    @property
+    def success(self) -> bool:
+        return self.outcome == "success"
+
+
+def new_attempt_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def first_close_step(gripper_commands: Iterable[float]) -> int | None:
+    for t, g in enumerate(gripper_commands):
+        if g > 0:
+            return t
+    return None
+
+
+_KINDS = {"step": StepRecord, "episode": EpisodeRecord}
+
+
+def to_json(record: StepRecord | EpisodeRecord) -> str:
+    return json.dumps(asdict(record), separators=(",", ":"), allow_nan=True)
+
+
+def from_dict(d: dict) -> StepRecord | EpisodeRecord:
+    cls = _KINDS.get(d.get("kind"))
+    if cls is None:
+        raise ValueError(f"unknown record kind {d.get('kind')!r}; valid: {', '.join(_KINDS)}")
+    if d.get("v") != SCHEMA_VERSION:
+        raise ValueError(f"schema version {d.get('v')!r}; this vla-eval reads version {SCHEMA_VERSION}")
+    names = {f.name for f in fields(cls)}
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+    try:
+        return cls(**kw)
+    except TypeError as e:  # a missing field
+        raise ValueError(f"bad {cls.__name__}: {e}") from e
+
+
+class JsonlWriter:
+    """Appends records to one JSONL file, flushing each; fsyncs episode lines."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _cut_torn_tail(self.path)
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: StepRecord | EpisodeRecord) -> None:
+        self._f.write(to_json(record) + "\n")
+        self._f.flush()
+        if isinstance(record, EpisodeRecord):
+            os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Drop a final line with no newline (a write cut short by a kill)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        f.truncate(f.read().rfind(b"\n") + 1)
+
+
+@dataclass
+class RunLog:
+    """What a JSONL file holds once uncommitted attempts are set aside."""
+
+    path: Path
+    episodes: list[EpisodeRecord] = field(default_factory=list)
+    steps: list[StepRecord] = field(default_factory=list)
+    torn_tail: bool = False
+    orphan_steps: int = 0  # step lines of attempts that never completed
+
+    def steps_of(self, episode: EpisodeRecord) -> list[StepRecord]:
+        return [s for s in self.steps if s.attempt == episode.attempt]
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, dict | None, str]]:
+    """Yield (line number, parsed dict or None if malformed, raw text)."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line), line
+            except json.JSONDecodeError:
+                yield n, None, line
+
+
+def read_jsonl(path: Path) -> RunLog:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no such log file: {path}")
+    log = RunLog(path)
+    raw_steps: list[StepRecord] = []
+    lines = list(iter_lines(path))
+    for i, (n, d, text) in enumerate(lines):
+        last = i == len(lines) - 1
+        if d is None:
+            if last and not text.endswith("\n"):
+                log.torn_tail = True
+                continue
+            raise UsageError(f"{path}:{n}: malformed JSON line: {text[:80]!r}")
+        try:
+            rec = from_dict(d)
+        except ValueError as e:
+            raise UsageError(f"{path}:{n}: {e}") from e
+        (log.episodes if isinstance(rec, EpisodeRecord) else raw_steps).append(rec)
+    # An episode may have been retried after an error; the last committed attempt wins.
+    by_key: dict[tuple[int, int], EpisodeRecord] = {}
+    for ep in log.episodes:
+        by_key[(ep.task_id, ep.seed)] = ep
+    log.episodes = list(by_key.values())
+    committed = {ep.attempt for ep in log.episodes}
+    log.steps = [s for s in raw_steps if s.attempt in committed]
+    log.orphan_steps = len(raw_steps) - len(log.steps)
+    return log

@@ -1,0 +1,182 @@
+"""The rollout runner: policy x env slots -> step and episode records.
+
+Slots are env workers (or one in-process env). Each slot runs one episode at a time;
+a slot whose episode ends takes the next job, so early successes never leave a worker
+idle. Per step the policy sees the observations of all active slots in one batch.
+
+    config -> EnvSpec + policy -> run_episodes -> JSONL (+ monitors) -> report
+"""
+from __future__ import annotations
+
+import random
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from sims.parallel import EnvSpec, WorkerError, make_pool
+from sims.protocol import N_INIT_STATES, check_task_id, suite_spec
+from vla_eval.errors import UsageError
+from vla_eval.policies.base import Policy
+from vla_eval.records import EpisodeRecord, JsonlWriter, StepRecord, first_close_step, new_attempt_id
+
+
+@dataclass(frozen=True)
+class EpisodeJob:
+    suite: str
+    task_id: int
+    seed: int  # seed i -> stored init state i, as in the published eval
+
+    @property
+    def init_state(self) -> int:
+        return self.seed
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    cameras: bool = True
+    hard_reset: bool = True  # the published eval's robosuite default; False is ~6x faster to reset
+    max_steps: int | None = None  # None: the suite's (220/280/300/520/400)
+    workers: int = 0  # 0: env in this process; N: N spawned env workers
+    stop_on_alert: bool = False
+
+
+def make_jobs(suite: str, task_ids: Iterable[int], seeds: Sequence[int]) -> list[EpisodeJob]:
+    suite_spec(suite)
+    jobs = []
+    for t in task_ids:
+        check_task_id(suite, t)
+        for s in seeds:
+            if not 0 <= s < N_INIT_STATES:
+                raise UsageError(f"seed {s} has no stored init state; valid seeds: 0..{N_INIT_STATES - 1}")
+            jobs.append(EpisodeJob(suite, t, s))
+    return jobs
+
+
+def seed_everything(seed: int) -> None:
+    """Python, numpy and (if loaded) torch RNGs. Exact for one slot; with several slots
+    running at once, episodes share the process RNG and only the init state is exact."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.manual_seed(seed)
+
+
+@dataclass
+class _Active:
+    job: EpisodeJob
+    obs: object
+    attempt: str = field(default_factory=new_attempt_id)
+    t0: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+    grips: list = field(default_factory=list)
+    policy_s: float = 0.0
+    sim_s: float = 0.0
+    alerts: list = field(default_factory=list)
+    monitor: object = None
+
+
+# A monitor factory returns an object with ``update(step: StepRecord) -> list[str]`` and
+# ``finish(episode: EpisodeRecord) -> list[str]`` (monitors.RuntimeMonitor fits).
+MonitorFactory = Callable[[], object]
+
+
+def run_episodes(
+    policy: Policy,
+    jobs: Sequence[EpisodeJob],
+    writer: JsonlWriter,
+    run_tag: str,
+    cfg: RunConfig = RunConfig(),
+    monitor_factory: MonitorFactory | None = None,
+    on_episode: Callable[[EpisodeRecord], None] | None = None,
+) -> list[EpisodeRecord]:
+    if cfg.cameras is False and policy.uses_images:
+        raise UsageError(f"policy {policy.name!r} reads images; run it with cameras on")
+    queue = deque(jobs)
+    done: list[EpisodeRecord] = []
+    pool = make_pool(cfg.workers)
+    n_slots = max(1, cfg.workers)
+    active: dict[int, _Active] = {}
+
+    def finish(slot: int, outcome: str, error: str | None = None) -> None:
+        a = active.pop(slot)
+        ep = EpisodeRecord(
+            run_tag=run_tag, suite=a.job.suite, task_id=a.job.task_id, seed=a.job.seed,
+            init_state=a.job.init_state, attempt=a.attempt, outcome=outcome, steps=a.steps,
+            first_close_step=first_close_step(a.grips), wall_s=round(time.perf_counter() - a.t0, 3),
+            policy_s=round(a.policy_s, 4), sim_s=round(a.sim_s, 4),
+            instruction=getattr(a.obs, "instruction", ""), error=error,
+        )
+        if a.monitor is not None:
+            a.alerts.extend(a.monitor.finish(ep))
+        ep = replace(ep, alerts=tuple(dict.fromkeys(a.alerts)))
+        writer.write(ep)
+        done.append(ep)
+        if on_episode:
+            on_episode(ep)
+
+    try:
+        while queue or active:
+            starting = {}
+            for slot in range(n_slots):
+                if slot not in active and queue:
+                    starting[slot] = queue.popleft()
+            if starting:
+                specs = {s: (EnvSpec(j.suite, j.task_id, cfg.cameras, hard_reset=cfg.hard_reset), j.init_state)
+                         for s, j in starting.items()}
+                if len(starting) == 1:
+                    seed_everything(next(iter(starting.values())).seed)
+                for slot, first in pool.reset(specs).items():
+                    active[slot] = _Active(starting[slot], first)
+                    if isinstance(first, WorkerError):
+                        finish(slot, "error", _describe(first))
+                        continue
+                    policy.reset(slot)
+                    if monitor_factory is not None:
+                        active[slot].monitor = monitor_factory()
+            if not active:
+                continue
+            slots = list(active)
+            t = time.perf_counter()
+            batch = policy.act([active[s].obs for s in slots], slots)
+            policy_s = (time.perf_counter() - t) / len(slots)
+            t = time.perf_counter()
+            results = pool.step({s: batch.actions[i] for i, s in enumerate(slots)})
+            sim_s = time.perf_counter() - t
+            for i, slot in enumerate(slots):
+                a, res = active[slot], results[slot]
+                if isinstance(res, WorkerError):
+                    finish(slot, "error", _describe(res))
+                    continue
+                action = batch.actions[i]
+                rec = StepRecord(
+                    run_tag=run_tag, task_id=a.job.task_id, seed=a.job.seed, attempt=a.attempt, step=a.steps,
+                    action=tuple(round(float(x), 4) for x in action),
+                    img_mean=None if batch.img_mean is None else round(float(batch.img_mean[i]), 3),
+                    reward=float(res.reward), done=res.done, policy_s=round(policy_s, 5), sim_s=round(sim_s, 5),
+                )
+                alerts = a.monitor.update(rec) if a.monitor is not None else []
+                if alerts:
+                    rec = replace(rec, alerts=tuple(alerts))
+                    a.alerts.extend(alerts)
+                writer.write(rec)
+                a.obs, a.steps = res.obs, a.steps + 1
+                a.grips.append(float(action[6]))
+                a.policy_s += policy_s
+                a.sim_s += sim_s
+                max_steps = cfg.max_steps or suite_spec(a.job.suite).max_steps
+                if res.done:
+                    finish(slot, "success")
+                elif a.steps >= max_steps or (cfg.stop_on_alert and alerts):
+                    finish(slot, "failure")
+    finally:
+        pool.close()
+    return done
+
+
+def _describe(err: WorkerError) -> str:
+    return f"{err.kind}: {err.message}" + (f"\n{err.traceback}" if err.traceback else "")

@@ -1,0 +1,251 @@
+"""Sweeps and drills: resumable, shardable runs of N seeds x tasks x run tags.
+
+A run folder holds ``manifest.json`` (config, provenance, command) and one
+``<tag>.jsonl`` per run tag. Re-running the same command on the same folder skips the
+episodes already committed and redoes the rest (see ``records`` for the durability rules).
+A drill is a sweep whose tags are the baseline plus the chosen faults.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from vla_eval.errors import UsageError
+from vla_eval.policies.factory import DRILLS, OpenVLAOptions, Toggles, make_policy
+from vla_eval.records import EpisodeRecord, JsonlWriter, read_jsonl
+from vla_eval.runner import RunConfig, make_jobs, run_episodes
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    suite: str
+    task_ids: tuple[int, ...]
+    seeds: int
+    policy: str
+    tags: tuple[str, ...] = ("baseline",)
+    cameras: bool = True
+    hard_reset: bool = True
+    max_steps: int | None = None
+    checkpoint: str | None = None
+    revision: str | None = None
+    shard: str | None = None  # "i/K": this run does jobs i, i+K, i+2K, ...
+
+    def identity(self) -> dict:
+        """What must match for two runs to be resumed or merged as one."""
+        d = asdict(self)
+        d.pop("shard")
+        return d
+
+
+def parse_shard(shard: str | None) -> tuple[int, int]:
+    if shard is None:
+        return 0, 1
+    try:
+        i, k = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise UsageError(f"bad --shard {shard!r}; expected i/K with 0 <= i < K, e.g. 0/4") from None
+    if not (k >= 1 and 0 <= i < k):
+        raise UsageError(f"bad --shard {shard!r}; expected i/K with 0 <= i < K, e.g. 0/4")
+    return i, k
+
+
+def toggles_for(tag: str) -> Toggles:
+    if tag in DRILLS:
+        return DRILLS[tag]
+    raise UsageError(f"unknown run tag {tag!r}; valid: {', '.join(DRILLS)}")
+
+
+def provenance() -> dict:
+    from importlib import metadata
+
+    versions = {}
+    for pkg in ("vla-eval", "numpy", "torch", "transformers", "timm", "tokenizers", "robosuite", "mujoco", "libero"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    gpu = None
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        gpu = {"name": torch.cuda.get_device_name(0), "cuda": torch.version.cuda}
+    return {
+        "versions": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "gpu": gpu,
+        "MUJOCO_GL": os.environ.get("MUJOCO_GL"),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def load_manifest(run_dir: Path) -> dict:
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        raise UsageError(f"{run_dir} is not a vla-eval run folder (no {MANIFEST})")
+    return json.loads(path.read_text())
+
+
+def config_from_manifest(run_dir: Path) -> SweepConfig:
+    c = load_manifest(run_dir)["config"]
+    return SweepConfig(**{**c, "task_ids": tuple(c["task_ids"]), "tags": tuple(c["tags"])})
+
+
+def _check_or_write_manifest(run_dir: Path, cfg: SweepConfig) -> None:
+    path = run_dir / MANIFEST
+    if path.exists():
+        old = json.loads(path.read_text())["config"]
+        diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if old.get(k) != _jsonish(v)}
+        if diff:
+            lines = "; ".join(f"{k}: folder has {a!r}, command asks {b!r}" for k, (a, b) in diff.items())
+            raise UsageError(f"{run_dir} holds a run with another config ({lines}). Use another --out folder.")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"config": asdict(cfg), "provenance": provenance()}, indent=2))
+    tmp.replace(path)
+
+
+def _jsonish(v):
+    return json.loads(json.dumps(v))
+
+
+@dataclass
+class SweepResult:
+    run_dir: Path
+    episodes: dict[str, list[EpisodeRecord]] = field(default_factory=dict)  # tag -> committed episodes
+    skipped: int = 0
+    ran: int = 0
+    wall_s: float = 0.0
+
+
+def committed(run_dir: Path, tag: str, retry_errors: bool = False) -> list[EpisodeRecord]:
+    path = Path(run_dir) / f"{tag}.jsonl"
+    if not path.exists():
+        return []
+    log = read_jsonl(path)
+    if log.torn_tail:
+        print(f"note: {path}: dropped a torn final line (a run was killed mid-write)", file=sys.stderr)
+    return [e for e in log.episodes if not (retry_errors and e.outcome == "error")]
+
+
+def run_sweep(
+    cfg: SweepConfig,
+    run_dir: Path,
+    workers: int = 0,
+    openvla: OpenVLAOptions = OpenVLAOptions(),
+    retry_errors: bool = False,
+    progress: bool = True,
+    stop_on_alert: bool = False,
+    monitor_factory=None,
+) -> SweepResult:
+    if cfg.seeds < 1:
+        raise UsageError(f"--seeds must be at least 1, got {cfg.seeds}")
+    i, k = parse_shard(cfg.shard)
+    tags = [(tag, toggles_for(tag)) for tag in cfg.tags]
+    all_jobs = make_jobs(cfg.suite, cfg.task_ids, range(cfg.seeds))[i::k]
+    policies = {tag: make_policy(cfg.policy, cfg.suite, t, openvla) for tag, t in tags}  # validates first
+    run_dir = Path(run_dir)
+    _check_or_write_manifest(run_dir, cfg)
+    rc = RunConfig(cameras=cfg.cameras, hard_reset=cfg.hard_reset, max_steps=cfg.max_steps,
+                   workers=workers, stop_on_alert=stop_on_alert)
+    result = SweepResult(run_dir)
+    t0 = time.perf_counter()
+    for tag, _ in tags:
+        have = committed(run_dir, tag, retry_errors)
+        done_keys = {(e.task_id, e.seed) for e in have}
+        todo = [j for j in all_jobs if (j.task_id, j.seed) not in done_keys]
+        result.skipped += len(all_jobs) - len(todo)
+        bar = _progress(tag, len(all_jobs), have, enabled=progress)
+        with JsonlWriter(run_dir / f"{tag}.jsonl") as writer:
+            new = run_episodes(policies[tag], todo, writer, tag, rc, monitor_factory, on_episode=bar.update_episode)
+        bar.close()
+        result.ran += len(new)
+        keep = {(e.task_id, e.seed) for e in new}
+        result.episodes[tag] = [e for e in have if (e.task_id, e.seed) not in keep] + new
+    result.wall_s = time.perf_counter() - t0
+    return result
+
+
+class _progress:
+    """tqdm bar with the running success rate (errors shown apart)."""
+
+    def __init__(self, tag: str, total: int, have: Sequence[EpisodeRecord], enabled: bool):
+        from tqdm import tqdm
+
+        self.counts = {"success": 0, "failure": 0, "error": 0}
+        for e in have:
+            self.counts[e.outcome] += 1
+        self.bar = tqdm(total=total, initial=len(have), desc=tag, unit="ep", disable=not enabled,
+                        file=sys.stderr, dynamic_ncols=True)
+        self._postfix()
+
+    def _postfix(self) -> None:
+        n = self.counts["success"] + self.counts["failure"]
+        rate = f"{100 * self.counts['success'] / n:.0f}%" if n else "-"
+        self.bar.set_postfix_str(f"success {self.counts['success']}/{n} ({rate}), errors {self.counts['error']}")
+
+    def update_episode(self, ep: EpisodeRecord) -> None:
+        self.counts[ep.outcome] += 1
+        self._postfix()
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def merge_runs(out_dir: Path, shard_dirs: Sequence[Path]) -> dict[str, int]:
+    """Join shard folders into one; refuses mismatched configs and overlapping episodes."""
+    if not shard_dirs:
+        raise UsageError("merge needs at least one shard folder")
+    configs = [config_from_manifest(d) for d in shard_dirs]
+    ref = configs[0]
+    for d, other in zip(shard_dirs[1:], configs[1:]):
+        if other.identity() != ref.identity():
+            diff = [k for k, v in other.identity().items() if ref.identity()[k] != v]
+            raise UsageError(f"cannot merge {d} with {shard_dirs[0]}: configs differ in {', '.join(diff)}")
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise UsageError(f"{out_dir} already exists; merge into a new folder")
+    # Built aside and renamed at the end, so a refused merge leaves nothing behind.
+    tmp_dir = out_dir.with_name(out_dir.name + ".partial")
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    counts = {}
+    try:
+        _check_or_write_manifest(tmp_dir, SweepConfig(**{**asdict(ref), "shard": None}))
+        for tag in ref.tags:
+            counts[tag] = _merge_tag(tmp_dir, tag, shard_dirs)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    tmp_dir.rename(out_dir)
+    return counts
+
+
+def _merge_tag(out_dir: Path, tag: str, shard_dirs: Sequence[Path]) -> int:
+    seen: dict[tuple[int, int], Path] = {}
+    with JsonlWriter(out_dir / f"{tag}.jsonl") as w:
+        for d in shard_dirs:
+            path = Path(d) / f"{tag}.jsonl"
+            if not path.exists():
+                continue
+            log = read_jsonl(path)
+            for ep in log.episodes:
+                key = (ep.task_id, ep.seed)
+                if key in seen:
+                    raise UsageError(f"episode task {key[0]} seed {key[1]} is in both {seen[key]} and {d}")
+                seen[key] = Path(d)
+                for s in log.steps_of(ep):
+                    w.write(s)
+                w.write(ep)
+    return len(seen)
