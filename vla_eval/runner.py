@@ -93,13 +93,17 @@ def run_episodes(
     cfg: RunConfig = RunConfig(),
     monitor_factory: MonitorFactory | None = None,
     on_episode: Callable[[EpisodeRecord], None] | None = None,
+    pool=None,
 ) -> list[EpisodeRecord]:
+    """Run ``jobs``; records go to ``writer``. Pass an open ``pool`` (EnvPool/LocalPool) to
+    reuse its envs across calls (e.g. the tags of a drill); else one is made and closed."""
     if cfg.cameras is False and policy.uses_images:
         raise UsageError(f"policy {policy.name!r} reads images; run it with cameras on")
     queue = deque(jobs)
     done: list[EpisodeRecord] = []
-    pool = make_pool(cfg.workers)
-    n_slots = max(1, cfg.workers)
+    own_pool = pool is None
+    pool = make_pool(cfg.workers) if own_pool else pool
+    n_slots = pool.n_workers
     active: dict[int, _Active] = {}
 
     def finish(slot: int, outcome: str, error: str | None = None) -> None:
@@ -174,7 +178,8 @@ def run_episodes(
                 elif a.steps >= max_steps or (cfg.stop_on_alert and alerts):
                     finish(slot, "failure")
     finally:
-        pool.close()
+        if own_pool:
+            pool.close()
     return done
 
 

@@ -1,0 +1,87 @@
+"""The real LIBERO simulator on CPU: protocol, observations, episodes, bad input."""
+import numpy as np
+import pytest
+
+from vla_eval.errors import UsageError
+
+pytestmark = pytest.mark.libero
+
+
+def test_reset_gives_typed_state_after_the_wait_steps(object_env):
+    obs = object_env.reset(0)
+    assert object_env.instruction == "pick up the alphabet soup and place it in the basket"
+    assert obs.instruction == object_env.instruction
+    assert obs.eef_pos.shape == (3,) and obs.eef_quat.shape == (4,) and obs.gripper_qpos.shape == (2,)
+    assert obs.agentview is None and obs.wrist is None  # cameras off
+    assert {"alphabet_soup_1_pos", "basket_1_pos"} <= set(obs.objects)
+    assert object_env.n_init_states == 50 and object_env.max_steps == 280
+    # The gripper is open after the wait steps (fingers apart).
+    assert obs.gripper_qpos[0] - obs.gripper_qpos[1] > 0.05
+
+
+def _scene(obs):
+    return np.concatenate([v for k, v in sorted(obs.objects.items()) if k.endswith("_pos")])
+
+
+def test_init_state_is_chosen_by_episode_index(object_env):
+    a = _scene(object_env.reset(0))
+    b = _scene(object_env.reset(1))
+    a2 = _scene(object_env.reset(0))
+    np.testing.assert_allclose(a, a2, atol=1e-6)
+    assert np.linalg.norm(a - b) > 1e-3
+
+
+def test_episode_index_beyond_init_states(object_env):
+    with pytest.raises(UsageError, match=r"episode index 50 beyond the 50 stored init states.*valid: 0\.\.49"):
+        object_env.reset(50)
+
+
+def test_action_of_wrong_length_is_refused(object_env):
+    object_env.reset(0)
+    with pytest.raises(ValueError, match=r"shape \(7,\)"):
+        object_env.step(np.zeros(6))
+
+
+def test_scripted_expert_succeeds_and_success_is_done(object_env):
+    from vla_eval.policies.simple import ScriptedExpert
+
+    expert = ScriptedExpert()
+    obs = object_env.reset(0)
+    expert.reset(0)
+    for t in range(object_env.max_steps):
+        res = object_env.step(expert.act([obs]).actions[0])
+        obs = res.obs
+        if res.done:
+            break
+    assert res.done and res.reward == 1.0
+    assert t < object_env.max_steps - 1
+
+
+def test_cameras_render_two_256_views_raw_orientation():
+    from sims.libero_env import LiberoEnv
+
+    with LiberoEnv("libero_object", 0, cameras=True, hard_reset=False) as env:
+        obs = env.reset(0)
+    assert obs.agentview.shape == (256, 256, 3) and obs.agentview.dtype == np.uint8
+    assert obs.wrist.shape == (256, 256, 3)
+    assert 10 < obs.agentview.mean() < 245  # a lit scene, not a black or blank buffer
+    # Raw MuJoCo frames come upside down: the floor (bottom of the scene) fills the top rows.
+    # The flipped frame is what the policy must see; the env never flips.
+    flipped = obs.agentview[::-1, ::-1]
+    assert not np.array_equal(flipped, obs.agentview)
+
+
+def test_missing_assets_message_names_the_fix(monkeypatch, tmp_path):
+    import sims.assets as assets
+
+    monkeypatch.setattr(assets, "libero_package_dir", lambda: tmp_path)
+    with pytest.raises(assets.SetupError, match="python -m sims.assets install"):
+        assets.check_assets()
+
+
+def test_bad_gl_backend_is_named(monkeypatch):
+    from sims.libero_env import configure_gl
+
+    monkeypatch.setenv("MUJOCO_GL", "vulkan")
+    with pytest.raises(UsageError, match="unknown MUJOCO_GL backend 'vulkan'; valid: egl, osmesa, glfw"):
+        configure_gl()

@@ -1,0 +1,83 @@
+"""Env workers: stepping together, and surviving a worker that raises or dies."""
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from sims.parallel import EnvPool, EnvSpec, WorkerError
+from sims.protocol import Observation, StepResult, WAIT_ACTION
+
+pytestmark = pytest.mark.libero
+
+SPEC = EnvSpec("libero_object", 0, cameras=False, hard_reset=False)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with EnvPool(2) as p:
+        yield p
+
+
+def test_workers_step_together(pool):
+    first = pool.reset({0: (SPEC, 0), 1: (SPEC, 1)})
+    assert all(isinstance(o, Observation) for o in first.values())
+    assert not np.allclose(first[0].objects["basket_1_pos"], first[1].objects["basket_1_pos"])
+    out = pool.step({0: WAIT_ACTION, 1: WAIT_ACTION})
+    assert all(isinstance(r, StepResult) for r in out.values())
+
+
+def test_exception_in_worker_becomes_error_with_traceback(pool):
+    pool.reset({0: (SPEC, 0), 1: (SPEC, 1)})
+    out = pool.step({0: np.zeros(3), 1: WAIT_ACTION})
+    assert isinstance(out[0], WorkerError) and out[0].kind == "exception"
+    assert "shape (7,)" in out[0].message and "Traceback" in out[0].traceback
+    assert isinstance(out[1], StepResult)
+    assert isinstance(pool.step({0: WAIT_ACTION})[0], StepResult)  # the worker lives on
+
+
+def test_crashed_worker_is_restarted_and_others_go_on(pool):
+    pool.reset({0: (SPEC, 0), 1: (SPEC, 1)})
+    restarts = pool.restarts
+    os.kill(pool.pid(0), signal.SIGKILL)  # as a segfault would
+    out = pool.step({0: WAIT_ACTION, 1: WAIT_ACTION})
+    assert isinstance(out[0], WorkerError) and out[0].kind == "crash"
+    assert isinstance(out[1], StepResult)
+    assert pool.restarts == restarts + 1
+    again = pool.reset({0: (SPEC, 2)})  # the fresh worker builds its env lazily
+    assert isinstance(again[0], Observation)
+
+
+def test_runner_records_crash_as_error_outcome(tmp_path):
+    """A worker dying mid-episode turns into outcome 'error', kept apart from failures."""
+    from vla_eval.policies.simple import ScriptedExpert
+    from vla_eval.records import JsonlWriter, read_jsonl
+    from vla_eval.runner import RunConfig, make_jobs, run_episodes
+
+    class KillsSecondEpisodesWorker(ScriptedExpert):
+        """Kills the env worker running the 2nd episode at its 5th step, as a segfault would."""
+
+        def __init__(self, pool):
+            super().__init__()
+            self.pool, self.resets, self.victim, self.steps = pool, 0, None, 0
+
+        def reset(self, slot=0):
+            super().reset(slot)
+            self.resets += 1
+            if self.resets == 2:
+                self.victim = slot
+
+        def act(self, obs, slots=None):
+            self.steps += 1
+            if self.steps == 5 and self.victim is not None:
+                os.kill(self.pool.pid(self.victim), signal.SIGKILL)
+            return super().act(obs, slots)
+
+    path = tmp_path / "baseline.jsonl"
+    with EnvPool(2) as pool, JsonlWriter(path) as w:
+        eps = run_episodes(KillsSecondEpisodesWorker(pool), make_jobs("libero_object", [0], [0, 1, 2]), w,
+                           "baseline", RunConfig(cameras=False, hard_reset=False, workers=2), pool=pool)
+    by_seed = {e.seed: e for e in eps}
+    assert by_seed[1].outcome == "error" and by_seed[1].error.startswith("crash")
+    assert by_seed[0].outcome == "success" and by_seed[2].outcome == "success"
+    assert len(read_jsonl(path).episodes) == 3

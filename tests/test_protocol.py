@@ -1,0 +1,69 @@
+"""The published evaluation protocol's constants and input validation (no simulator)."""
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from sims.protocol import NUM_WAIT_STEPS, RESOLUTION, SUITES, WAIT_ACTION, check_task_id, suite_spec
+from vla_eval.errors import UsageError
+
+
+def test_suite_step_limits_match_the_published_eval():
+    assert {k: v.max_steps for k, v in SUITES.items()} == {
+        "libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400,
+    }
+    assert {k: v.n_tasks for k, v in SUITES.items()} == {
+        "libero_spatial": 10, "libero_object": 10, "libero_goal": 10, "libero_10": 10, "libero_90": 90,
+    }
+
+
+def test_wait_steps_hold_still_with_gripper_open():
+    assert NUM_WAIT_STEPS == 10
+    np.testing.assert_array_equal(WAIT_ACTION, [0, 0, 0, 0, 0, 0, -1])
+    assert RESOLUTION == 256
+
+
+def test_unknown_suite_names_the_valid_ones():
+    with pytest.raises(UsageError, match="unknown suite 'libero_objects'.*libero_spatial, libero_object"):
+        suite_spec("libero_objects")
+
+
+@pytest.mark.parametrize("task", [-1, 10])
+def test_task_out_of_range(task):
+    with pytest.raises(UsageError, match=rf"task id {task} out of range for libero_goal; valid: 0\.\.9"):
+        check_task_id("libero_goal", task)
+
+
+def _cli(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "vla_eval.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_and_version_are_fast_and_import_nothing_heavy():
+    t = time.perf_counter()
+    out = _cli("--help")
+    assert out.returncode == 0 and "sweep" in out.stdout and "drill" in out.stdout
+    assert _cli("--version").stdout.strip().startswith("vla-eval ")
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, vla_eval.cli as c; c.build_parser(); "
+         "print(sorted(m for m in ('torch','transformers','libero','robosuite','mujoco') if m in sys.modules))"],
+        capture_output=True, text=True)
+    assert probe.stdout.strip() == "[]", probe.stderr
+    assert time.perf_counter() - t < 60  # generous; the point is no heavy import, asserted above
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sweep", "--policy", "scripted", "--suite", "nope"], "unknown suite 'nope'"),
+    (["sweep", "--policy", "scripted", "--task", "10"], "task id 10 out of range"),
+    (["sweep", "--policy", "scripted", "--seeds", "51"], "seed 50 has no stored init state"),
+    (["sweep", "--policy", "scripted", "--seeds", "0"], "--seeds must be at least 1"),
+    (["sweep", "--policy", "scripted", "--shard", "3/2"], "bad --shard '3/2'"),
+    (["drill", "--policy", "scripted"], "cannot apply to it"),
+])
+def test_bad_input_gives_one_clear_message_and_nonzero_exit(argv, message, tmp_path):
+    out = _cli(*argv, "--out", str(tmp_path / "run"))
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "run").exists()  # nothing half-written

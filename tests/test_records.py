@@ -1,0 +1,69 @@
+"""Record schema round trip and the crash-safety rules of the JSONL files."""
+import json
+
+import pytest
+
+from vla_eval.errors import UsageError
+from vla_eval.records import (
+    EpisodeRecord, JsonlWriter, StepRecord, first_close_step, from_dict, read_jsonl, to_json,
+)
+
+
+def _step(attempt="a1", step=0, seed=0, grip=-1.0):
+    return StepRecord("baseline", 0, seed, attempt, step, (0.1, 0.0, 0.0, 0.0, 0.0, 0.0, grip), 101.5, 0.0, False, 0.01, 0.02)
+
+
+def _episode(attempt="a1", seed=0, outcome="success"):
+    return EpisodeRecord("baseline", "libero_object", 0, seed, seed, attempt, outcome, 2, 1, 1.0, 0.1, 0.5, "pick")
+
+
+def test_round_trip_keeps_every_field():
+    for rec in (_step(), _episode(), _step().__class__(**{**_step().__dict__, "alerts": ("no_flip",)})):
+        assert from_dict(json.loads(to_json(rec))) == rec
+
+
+def test_unknown_schema_version_is_refused():
+    d = json.loads(to_json(_step()))
+    d["v"] = 99
+    with pytest.raises(ValueError, match="schema version 99"):
+        from_dict(d)
+
+
+def test_first_close_step_is_the_first_positive_gripper_command():
+    assert first_close_step([-1, -1, 1, -1, 1]) == 2
+    assert first_close_step([-1, -1]) is None
+    assert first_close_step([]) is None
+
+
+def test_steps_of_killed_attempts_are_ignored(tmp_path):
+    path = tmp_path / "baseline.jsonl"
+    with JsonlWriter(path) as w:
+        w.write(_step("dead", 0))  # attempt killed before its episode line
+        w.write(_step("dead", 1))
+        w.write(_step("live", 0))
+        w.write(_episode("live"))
+    log = read_jsonl(path)
+    assert [e.attempt for e in log.episodes] == ["live"]
+    assert len(log.steps) == 1 and log.orphan_steps == 2
+
+
+def test_torn_final_line_is_dropped_and_cut_before_appending(tmp_path):
+    path = tmp_path / "baseline.jsonl"
+    with JsonlWriter(path) as w:
+        w.write(_step())
+        w.write(_episode())
+    with open(path, "a") as f:
+        f.write('{"run_tag": "base')  # killed mid-write
+    log = read_jsonl(path)
+    assert log.torn_tail and len(log.episodes) == 1
+    with JsonlWriter(path) as w:  # resume: the torn tail must not glue onto the next line
+        w.write(_episode("a2", seed=1))
+    log = read_jsonl(path)
+    assert not log.torn_tail and sorted(e.seed for e in log.episodes) == [0, 1]
+
+
+def test_malformed_line_in_the_middle_names_file_and_line(tmp_path):
+    path = tmp_path / "baseline.jsonl"
+    path.write_text(to_json(_step()) + "\nnot json\n" + to_json(_episode()) + "\n")
+    with pytest.raises(UsageError, match=r"baseline\.jsonl:2: malformed JSON line"):
+        read_jsonl(path)
