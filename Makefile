@@ -13,7 +13,8 @@ setup:
 demo: setup
 	$(BIN)/vla-eval demo
 
-test: setup
+test:
+	@WITH_BROWSER=1 bash scripts/setup_env.sh
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
 
 bench: setup

@@ -11,7 +11,8 @@ VENV=${VENV:-.venv}
 STAMP="$VENV/.setup-stamp"
 # The stamp records what the environment was built from; any change rebuilds it.
 want=$(cat pyproject.toml constraints.txt scripts/setup_env.sh | sha256sum | cut -c1-16)
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -m sims.assets check >/dev/null 2>&1; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -m sims.assets check >/dev/null 2>&1 \
+   && { [ "${WITH_BROWSER:-0}" = 0 ] || command -v chromium >/dev/null; }; then
   exit 0
 fi
 # Headless rendering: MuJoCo's EGL backend runs on Mesa (llvmpipe) when there is no GPU.
@@ -20,6 +21,14 @@ if ! ldconfig -p | grep -q libEGL_mesa; then
     apt-get update -qq && apt-get install -y -qq libegl1 libegl-mesa0 libgl1-mesa-dri libglu1-mesa >/dev/null
   else
     echo "setup: Mesa EGL not found; install libegl1 libegl-mesa0 libgl1-mesa-dri (or set MUJOCO_GL=osmesa)" >&2
+  fi
+fi
+# The report's browser test (make test sets WITH_BROWSER=1) drives Debian's chromium.
+if [ "${WITH_BROWSER:-0}" = 1 ] && ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: chromium not found; the browser test will be skipped (apt-get install chromium)" >&2
   fi
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"

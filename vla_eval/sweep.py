@@ -155,6 +155,9 @@ def run_sweep(
     all_jobs = make_jobs(cfg.suite, cfg.task_ids, range(cfg.seeds))[i::k]
     policies = {tag: make_policy(cfg.policy, cfg.suite, t, openvla) for tag, t in tags}  # validates first
     run_dir = Path(run_dir)
+    from sims.libero_env import configure_gl
+
+    configure_gl()  # before the manifest records MUJOCO_GL
     _check_or_write_manifest(run_dir, cfg)
     rc = RunConfig(cameras=cfg.cameras, hard_reset=cfg.hard_reset, max_steps=cfg.max_steps,
                    workers=workers, stop_on_alert=stop_on_alert)

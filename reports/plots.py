@@ -1,0 +1,49 @@
+"""Figures for the report (matplotlib, Agg backend, PNG bytes)."""
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+from vla_eval.records import EpisodeRecord
+
+SUCCESS_COLOUR, FAILURE_COLOUR = "#2a9d4b", "#d1495b"
+
+
+def gripper_timing_histogram(episodes: Sequence[EpisodeRecord], max_steps: int, bins: int = 20) -> bytes:
+    """x: policy step of the first gripper close; bars stacked by outcome; a separate
+    'never closed' bucket to the right. Env errors are left out (not a policy outcome)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    judged = [e for e in episodes if e.outcome in ("success", "failure")]
+    edges = np.linspace(0, max_steps, bins + 1)
+    width = edges[1] - edges[0]
+    never_x = max_steps + 1.5 * width
+    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
+    bottom = np.zeros(bins)
+    never_bottom = 0
+    for outcome, colour in (("success", SUCCESS_COLOUR), ("failure", FAILURE_COLOUR)):
+        steps = [e.first_close_step for e in judged if e.outcome == outcome and e.first_close_step is not None]
+        never = sum(1 for e in judged if e.outcome == outcome and e.first_close_step is None)
+        counts, _ = np.histogram(steps, bins=edges)
+        ax.bar(edges[:-1], counts, width=width, bottom=bottom, align="edge", color=colour,
+               edgecolor="white", label=f"{outcome} ({len(steps) + never})")
+        ax.bar([never_x], [never], width=width, bottom=[never_bottom], color=colour, edgecolor="white", hatch="//")
+        bottom += counts
+        never_bottom += never
+    ax.axvline(max_steps + 0.5 * width, color="#888", lw=0.8, ls=":")
+    ticks = list(np.linspace(0, max_steps, 5).round().astype(int))
+    ax.set_xticks(ticks + [never_x], [str(t) for t in ticks] + ["never\nclosed"])
+    ax.set_xlabel("policy step of the first gripper close")
+    ax.set_ylabel("episodes")
+    ax.set_title("Gripper timing by outcome")
+    ax.legend(frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,85 @@
+"""Success-rate statistics and the comparison with the published number."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+Z95 = 1.959964
+
+
+@dataclass(frozen=True)
+class Rate:
+    successes: int
+    n: int  # judged episodes: successes + failures (env errors are counted apart)
+    errors: int = 0
+
+    @property
+    def p(self) -> float:
+        return self.successes / self.n if self.n else float("nan")
+
+    @property
+    def se(self) -> float:
+        """Binomial standard error sqrt(p(1-p)/n)."""
+        return math.sqrt(self.p * (1 - self.p) / self.n) if self.n else float("nan")
+
+    @property
+    def wilson95(self) -> tuple[float, float]:
+        """95% Wilson score interval; sensible at p = 0 or 1, unlike p +- 1.96 SE."""
+        if not self.n:
+            return (float("nan"), float("nan"))
+        n, p, z2 = self.n, self.p, Z95**2
+        centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+        half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+        return (max(0.0, centre - half), min(1.0, centre + half))
+
+    def __str__(self) -> str:
+        if not self.n:
+            return "no judged episodes"
+        lo, hi = self.wilson95
+        return (f"{100 * self.p:.1f}% ± {100 * self.se:.1f} (SE), 95% CI {100 * lo:.1f}–{100 * hi:.1f}% "
+                f"[{self.successes}/{self.n}]")
+
+
+def rate_of(outcomes: Iterable[str]) -> Rate:
+    outs = list(outcomes)
+    s, f = outs.count("success"), outs.count("failure")
+    return Rate(s, s + f, outs.count("error"))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    level: str  # healthy | bug | inconclusive | n/a
+    text: str
+
+
+def verdict(rate: Rate, published_pct: float | None, what: str = "") -> Verdict:
+    """Healthy within ±3 pp of the published number; more than 5 pp below: treat as a bug;
+    otherwise inconclusive. Always read together with the CI, which at n = 50 is ~±9 pp."""
+    if published_pct is None:
+        return Verdict("n/a", f"no published number to compare with{' for ' + what if what else ''}.")
+    if not rate.n:
+        return Verdict("n/a", "no judged episodes yet.")
+    ours = 100 * rate.p
+    lo, hi = (100 * x for x in rate.wilson95)
+    delta = ours - published_pct
+    inside = lo <= published_pct <= hi
+    ci = (f"the 95% CI {lo:.1f}–{hi:.1f}% {'contains' if inside else 'excludes'} the published "
+          f"{published_pct:.1f}% (n = {rate.n})")
+    if abs(delta) <= 3:
+        return Verdict("healthy", f"healthy install: {ours:.1f}% is within ±3 pp of the published "
+                                  f"{published_pct:.1f}% ({delta:+.1f} pp); {ci}.")
+    if delta < -5:
+        why = ("the gap is real at this n" if not inside else
+               "but at this n the CI still reaches the published number: run more seeds before concluding")
+        return Verdict("bug", f"{-delta:.1f} pp below the published {published_pct:.1f}%: treat as a bug and "
+                              f"check the environment and the loop (image flip, prompt template, unnorm_key, "
+                              f"package versions); {ci}; {why}.")
+    return Verdict("inconclusive", f"inconclusive: {ours:.1f}% is {delta:+.1f} pp from the published "
+                                   f"{published_pct:.1f}%; {ci}. More seeds narrow the CI.")
+
+
+def published_number(policy: str, suite: str) -> float | None:
+    from configs import load
+
+    return load("published").get(policy, {}).get("success_rate_pct", {}).get(suite)

@@ -1,0 +1,156 @@
+"""The resumable sweep on real LIBERO (scripted expert), shards, and the HTML report in a browser."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vla_eval.records import read_jsonl
+
+pytestmark = pytest.mark.libero
+SWEEP = [sys.executable, "-m", "vla_eval.cli", "sweep", "--policy", "scripted", "--suite", "libero_object",
+         "--task", "0", "--fast-reset", "--no-progress"]
+
+
+def _episode_lines(path: Path) -> int:
+    return sum('"kind":"episode"' in line for line in path.read_text().splitlines()) if path.exists() else 0
+
+
+@pytest.fixture(scope="module")
+def resumed_run(tmp_path_factory):
+    """A 4-seed sweep killed with SIGKILL mid-episode, then resumed by the same command."""
+    out = tmp_path_factory.mktemp("sweep") / "run"
+    cmd = SWEEP + ["--seeds", "4", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    log = out / "baseline.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and _episode_lines(log) < 1:
+        time.sleep(0.2)
+    assert _episode_lines(log) >= 1, "the first episode never finished"
+    n_lines = len(log.read_text().splitlines())
+    while time.time() < deadline and len(log.read_text().splitlines()) < n_lines + 20:
+        time.sleep(0.1)  # the next episode is now in flight
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = _episode_lines(log)
+    assert killed_at < 4
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    return out, killed_at, resumed.stdout
+
+
+def test_kill_and_resume_gives_exactly_one_record_per_seed(resumed_run):
+    out, killed_at, stdout = resumed_run
+    log = read_jsonl(out / "baseline.jsonl")
+    assert sorted(e.seed for e in log.episodes) == [0, 1, 2, 3]
+    assert _episode_lines(out / "baseline.jsonl") == 4  # nothing duplicated
+    assert log.orphan_steps > 0  # the killed attempt's steps are on disk, and ignored
+    assert f"{killed_at} already done" in stdout
+    for ep in log.episodes:  # every committed episode has exactly its own steps
+        steps = log.steps_of(ep)
+        assert [s.step for s in steps] == list(range(ep.steps))
+    assert sum(e.success for e in log.episodes) >= 3  # the expert really solves this task
+
+
+def test_rerun_of_a_finished_sweep_runs_nothing(resumed_run):
+    out, _, _ = resumed_run
+    again = subprocess.run(SWEEP + ["--seeds", "4", "--out", str(out), "--no-report"], capture_output=True, text=True)
+    assert again.returncode == 0 and "0 episodes run, 4 already done" in again.stdout
+
+
+def test_resume_with_another_config_is_refused(resumed_run):
+    out, _, _ = resumed_run
+    before = (out / "baseline.jsonl").read_text()
+    bad = subprocess.run(SWEEP + ["--seeds", "5", "--out", str(out)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "seeds: folder has 4, command asks 5" in bad.stderr
+    assert (out / "baseline.jsonl").read_text() == before
+
+
+def test_shards_merge_and_mismatches_are_refused(tmp_path):
+    for i in (0, 1):
+        r = subprocess.run(SWEEP + ["--seeds", "2", "--shard", f"{i}/2", "--out", str(tmp_path / f"s{i}"), "--no-report",
+                                    "--max-steps", "5"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    merge = [sys.executable, "-m", "vla_eval.cli", "merge"]
+    ok = subprocess.run(merge + [str(tmp_path / "all"), str(tmp_path / "s0"), str(tmp_path / "s1")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert sorted(e.seed for e in read_jsonl(tmp_path / "all" / "baseline.jsonl").episodes) == [0, 1]
+    # A shard of another config (different step limit) must not be merged.
+    r = subprocess.run(SWEEP + ["--seeds", "2", "--shard", "1/2", "--out", str(tmp_path / "odd"), "--no-report",
+                                "--max-steps", "6"], capture_output=True, text=True)
+    bad = subprocess.run(merge + [str(tmp_path / "mixed"), str(tmp_path / "s0"), str(tmp_path / "odd")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "configs differ in max_steps" in bad.stderr
+    assert not (tmp_path / "mixed").exists() and not (tmp_path / "mixed.partial").exists()
+
+
+def _chromium():
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have chromium for the report's browser test (scripts/setup_env.sh installs it)")
+        pytest.skip("chromium not installed")
+    return path
+
+
+def test_report_renders_in_a_browser(resumed_run, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    out, _, _ = resumed_run
+    report = out / "report.html"
+    assert report.exists()
+    html = report.read_text()
+    assert "http://" not in html and "https://" not in html  # self-contained: nothing to fetch
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1200, "height": 1400})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(report.as_uri())
+        headline = page.inner_text("#headline")
+        width = page.evaluate("document.getElementById('gripper-hist').naturalWidth")
+        rows = page.locator("#episodes tr").count()
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        browser.close()
+    log = read_jsonl(out / "baseline.jsonl")
+    rate = 100 * sum(e.success for e in log.episodes) / len(log.episodes)
+    assert f"{rate:.1f}%" in headline
+    assert width > 300  # the histogram PNG decoded
+    assert rows == 1 + 4
+    assert errors == []
+    assert (tmp_path / "report.png").stat().st_size > 20_000
+
+
+def test_report_escapes_text_from_tasks_and_configs(tmp_path):
+    """Synthetic run folder (records written by hand) with markup in the instruction."""
+    from vla_eval.records import EpisodeRecord, JsonlWriter
+    from reports.html import write_report
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {
+        "suite": "libero_object", "task_ids": [0], "seeds": 1, "policy": "scripted", "tags": ["baseline"],
+        "cameras": False, "hard_reset": True, "max_steps": None, "checkpoint": "<img src=x onerror=alert(1)>",
+        "revision": None, "shard": None}, "provenance": {"command": "vla-eval <b>sweep</b>"}}))
+    with JsonlWriter(tmp_path / "baseline.jsonl") as w:
+        w.write(EpisodeRecord("baseline", "libero_object", 0, 0, 0, "a", "failure", 3, None, 1.0, 0.1, 0.2,
+                              instruction="pick up the <script>alert(1)</script>"))
+    text = write_report(tmp_path).read_text()
+    assert "<script>alert" not in text and "&lt;script&gt;" in text
+    assert "<img src=x" not in text and "<b>sweep" not in text
+
+
+def test_report_bad_input(tmp_path):
+    cli = [sys.executable, "-m", "vla_eval.cli", "report"]
+    r = subprocess.run(cli + [str(tmp_path / "missing")], capture_output=True, text=True)
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "manifest.json").write_text(json.dumps({"config": {
+        "suite": "libero_object", "task_ids": [0], "seeds": 1, "policy": "scripted", "tags": ["baseline"]}}))
+    r = subprocess.run(cli + [str(tmp_path / "empty")], capture_output=True, text=True)
+    assert r.returncode == 2 and "holds no episode records" in r.stderr
