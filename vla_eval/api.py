@@ -25,6 +25,7 @@ def run_episode(
     checkpoint: str | None = None,
     revision: str | None = None,
     attn_implementation: str = "sdpa",
+    device: str = "cuda",
     native: bool = False,
     progress: bool = False,
 ) -> EpisodeRecord:
@@ -34,7 +35,7 @@ def run_episode(
     if the checkpoint only has that), as the published eval does.
     """
     toggles = Toggles(flip_image, prompt_template, unnorm_key)
-    pol = make_policy(policy, suite, toggles, OpenVLAOptions(checkpoint, revision, attn_implementation, native=native))
+    pol = make_policy(policy, suite, toggles, OpenVLAOptions(checkpoint, revision, attn_implementation, device, native))
     jobs = make_jobs(suite, [task_id], [seed])
     cameras = pol.uses_images if cameras is None else cameras  # default: render only for pixel policies
     cfg = RunConfig(cameras=cameras, hard_reset=hard_reset, max_steps=max_steps)

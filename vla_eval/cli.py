@@ -30,6 +30,7 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: int) -> None:
     p.add_argument("--checkpoint", help="HF id or local path (default: openvla/openvla-7b-finetuned-<suite>)")
     p.add_argument("--revision", help="pin the checkpoint's revision (commit hash)")
     p.add_argument("--attn", default="sdpa", choices=("flash_attention_2", "sdpa", "eager"))
+    p.add_argument("--device", default="cuda", help="torch device for the model (default cuda)")
     p.add_argument("--native", action="store_true", help="use the trust_remote_code-free batched OpenVLA model")
     p.add_argument("--cameras", choices=("auto", "on", "off"), default="auto",
                    help="auto: on for pixel policies, off (physics only, ~10x faster) for state-based ones")
@@ -81,7 +82,7 @@ def _execute(args, tags: tuple[str, ...], kind: str) -> int:
         cfg = _sweep_config(args, tags)
         run_dir = args.out or _default_out(cfg, kind)
     ovla = OpenVLAOptions(checkpoint=args.checkpoint, revision=args.revision, attn_implementation=args.attn,
-                          native=args.native)
+                          device=args.device, native=args.native)
     monitor_factory = None
     if args.monitor or args.stop_on_alert:
         from monitors import RuntimeMonitor
@@ -134,7 +135,7 @@ def cmd_run(args) -> int:
         unnorm_key="bridge_orig" if args.bad_unnorm else None, max_steps=args.max_steps,
         cameras=_cameras(args), hard_reset=not args.fast_reset, log_path=args.log,
         checkpoint=args.checkpoint, revision=args.revision, attn_implementation=args.attn,
-        native=args.native, progress=not args.no_progress,
+        device=args.device, native=args.native, progress=not args.no_progress,
     )
     print(f"{ep.run_tag}: {ep.outcome} in {ep.steps} steps, first gripper close at "
           f"{ep.first_close_step}, {ep.wall_s:.1f} s" + (f"\nerror: {ep.error}" if ep.error else ""))
