@@ -1,0 +1,6 @@
+"""Predicates and the streaming runtime monitor. Imports numpy only, so a robot control
+loop can use it without torch or the simulator."""
+from monitors.predicates import PREDICATES, Thresholds, Verdict
+from monitors.stream import RuntimeMonitor, classify, evaluate
+
+__all__ = ["PREDICATES", "RuntimeMonitor", "Thresholds", "Verdict", "classify", "evaluate"]

@@ -1,0 +1,157 @@
+"""Streaming predicates for the three silent failures of a VLA loop (numpy only).
+
+Each predicate sees one step at a time in O(1) (running sums over a fixed window) and
+returns at most one verdict, the first time it fires:
+
+* ``bad_prompt``  - the policy has collapsed: mean ||action[:6]|| over the last ``window``
+  steps below ``prompt_norm`` (0.05), whatever the image shows. Fires at step ``window - 1``
+  at the earliest.
+* ``bad_unnorm``  - translations out of scale: max |action[:3]| above ``unnorm_abs`` (0.1)
+  on at least ``unnorm_frac`` (25%) of the steps so far (after ``min_steps``).
+* ``no_flip``     - diagnosed by elimination at episode end: actions of healthy size and
+  the gripper cycling like a baseline, yet no reward and never done. Nothing in a single
+  step can see an upside-down image (a 180-degree rotation keeps ``img_mean``), so this one
+  says so in its evidence.
+* ``bad_action``  - a NaN/inf or wrong-length action: ERROR at once (never an exception
+  inside the caller's loop).
+
+Thresholds are the drill's defaults; ``monitors.calibrate`` fits them to baseline runs.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+OK, WARN, ERROR = "OK", "WARN", "ERROR"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    window: int = 8
+    prompt_norm: float = 0.05
+    unnorm_abs: float = 0.1
+    unnorm_frac: float = 0.25
+    min_steps: int = 8
+    flip_min_norm: float = 0.05  # "healthy" action size for the no-flip elimination
+    action_dim: int = 7
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Thresholds":
+        d = json.loads(Path(path).read_text())
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    predicate: str
+    level: str  # OK | WARN | ERROR
+    step: int | None  # the step at which it fired (None: at episode end)
+    evidence: dict
+
+    def __str__(self) -> str:
+        ev = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.evidence.items())
+        at = "episode end" if self.step is None else f"step {self.step}"
+        return f"{self.level} {self.predicate} @ {at}: {ev}"
+
+
+class StreamState:
+    """The running statistics every predicate reads; O(1) per step."""
+
+    def __init__(self, th: Thresholds):
+        self.th = th
+        self.n = 0
+        self.norm_sum = 0.0
+        self.window = deque(maxlen=th.window)
+        self.window_sum = 0.0
+        self.big_xyz = 0
+        self.max_xyz = 0.0
+        self.grip_sign = 0.0
+        self.grip_flips = 0
+        self.closed_once = False
+        self.reward = 0.0
+        self.done = False
+
+    def push(self, action: list[float], reward: float, done: bool) -> None:
+        # Plain floats: for 7 numbers numpy's per-call overhead dominates (p99 matters here).
+        norm = math.sqrt(sum(x * x for x in action[:6]))
+        if len(self.window) == self.window.maxlen:
+            self.window_sum -= self.window[0]
+        self.window.append(norm)
+        self.window_sum += norm
+        self.n += 1
+        self.norm_sum += norm
+        xyz = max(abs(action[0]), abs(action[1]), abs(action[2]))
+        self.max_xyz = max(self.max_xyz, xyz)
+        self.big_xyz += xyz > self.th.unnorm_abs
+        sign = (action[6] > 0) - (action[6] < 0)
+        if sign and self.grip_sign and sign != self.grip_sign:
+            self.grip_flips += 1
+        self.grip_sign = sign or self.grip_sign
+        self.closed_once |= action[6] > 0
+        self.reward += reward
+        self.done |= bool(done)
+
+
+def check_bad_prompt(s: StreamState, step: int) -> Verdict | None:
+    if len(s.window) < s.th.window:
+        return None
+    mean = s.window_sum / len(s.window)
+    if mean < s.th.prompt_norm:
+        return Verdict("bad_prompt", ERROR, step, {"window_mean_norm6": mean, "threshold": s.th.prompt_norm,
+                                                  "window": s.th.window})
+    return None
+
+
+def check_bad_unnorm(s: StreamState, step: int) -> Verdict | None:
+    if s.n < s.th.min_steps:
+        return None
+    frac = s.big_xyz / s.n
+    if frac >= s.th.unnorm_frac:
+        return Verdict("bad_unnorm", ERROR, step, {"frac_steps_xyz_above": frac, "abs_threshold": s.th.unnorm_abs,
+                                                  "max_abs_xyz": s.max_xyz})
+    return None
+
+
+def check_no_flip_at_end(s: StreamState) -> Verdict | None:
+    if s.n == 0 or s.done or s.reward > 0:
+        return None
+    mean = s.norm_sum / s.n
+    if mean >= s.th.flip_min_norm and s.closed_once:
+        return Verdict("no_flip", WARN, None, {
+            "mean_norm6": mean, "gripper_flips": s.grip_flips, "reward": s.reward,
+            "note": "by elimination: healthy actions and gripper use, no success; an upside-down "
+                    "image is invisible to per-step statistics (img_mean is rotation-invariant)"})
+    return None
+
+
+STREAMING = (check_bad_prompt, check_bad_unnorm)
+PREDICATES = ("bad_prompt", "bad_unnorm", "no_flip")
+
+
+def finite_action(action, th: Thresholds, step: int) -> tuple[list[float] | None, Verdict | None]:
+    """Validate one action without raising: (floats, None) or (None, ERROR verdict)."""
+    try:
+        a = [float(x) for x in (action.tolist() if isinstance(action, np.ndarray) else action)]
+    except (TypeError, ValueError) as e:
+        return None, Verdict("bad_action", ERROR, step, {"error": f"not a list of numbers: {e}"})
+    if len(a) != th.action_dim:
+        return None, Verdict("bad_action", ERROR, step, {"error": f"length {len(a)}, expected {th.action_dim}"})
+    if not all(map(math.isfinite, a)):
+        return None, Verdict("bad_action", ERROR, step, {"error": "NaN/inf", "action": str(a)})
+    return a, None
+
+
+def _finite(x, default=0.0) -> float:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return default
+    return x if math.isfinite(x) else default

@@ -1,0 +1,82 @@
+"""``RuntimeMonitor``: the predicates in a live control loop, and ``evaluate`` for saved
+traces through the very same code path (replayed verdicts equal live ones step for step).
+
+    from monitors import RuntimeMonitor
+    monitor = RuntimeMonitor()
+    while running:
+        action = policy(obs)
+        for alert in monitor.update({"action": action, "reward": r, "done": done}):
+            robot.hold(); log.warning(alert)        # your reaction
+        obs, r, done = robot.step(action)
+    monitor.finish()                                # end-of-episode predicates (no_flip)
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from monitors.predicates import (
+    STREAMING, StreamState, Thresholds, Verdict, _finite, check_no_flip_at_end, finite_action,
+)
+
+
+def _get(step, key, default=None):
+    if isinstance(step, Mapping):
+        return step.get(key, default)
+    return getattr(step, key, default)
+
+
+class RuntimeMonitor:
+    def __init__(self, thresholds: Thresholds | None = None):
+        self.th = thresholds or Thresholds()
+        self.state = StreamState(self.th)
+        self.verdicts: list[Verdict] = []
+        self._fired: set[str] = set()
+        self._step = 0
+
+    def _fire(self, v: Verdict | None) -> list[str]:
+        if v is None or v.predicate in self._fired:
+            return []
+        self._fired.add(v.predicate)
+        self.verdicts.append(v)
+        return [v.predicate]
+
+    def update(self, step) -> list[str]:
+        """One control step: anything with ``action`` (7 floats) and optionally ``reward``,
+        ``done`` (a StepRecord or a dict). Returns the names of predicates that fired now.
+        Never raises on bad values: those become a ``bad_action`` ERROR."""
+        t = self._step
+        self._step += 1
+        action, bad = finite_action(_get(step, "action"), self.th, t)
+        if bad is not None:
+            return self._fire(bad)
+        self.state.push(action, _finite(_get(step, "reward", 0.0)), bool(_get(step, "done", False)))
+        out = []
+        for check in STREAMING:
+            out += self._fire(check(self.state, t))
+        return out
+
+    def finish(self, episode=None) -> list[str]:
+        """End-of-episode predicates. no_flip is a diagnosis by elimination: only when no
+        other predicate explained the failure."""
+        if self._fired:
+            return []
+        return self._fire(check_no_flip_at_end(self.state))
+
+    @property
+    def level(self) -> str:
+        levels = {v.level for v in self.verdicts}
+        return "ERROR" if "ERROR" in levels else "WARN" if "WARN" in levels else "OK"
+
+
+def evaluate(trace: Iterable, thresholds: Thresholds | None = None) -> tuple[list[Verdict], list[list[str]]]:
+    """Offline: replay a trace (step records or dicts). Returns the verdicts and, per step,
+    the alerts a live monitor would have raised at that step."""
+    m = RuntimeMonitor(thresholds)
+    per_step = [m.update(s) for s in trace]
+    m.finish()
+    return m.verdicts, per_step
+
+
+def classify(verdicts: Iterable[Verdict]) -> set[str]:
+    """The failure predicates a run matched (bad_action is reported, not a class)."""
+    return {v.predicate for v in verdicts if v.predicate in ("bad_prompt", "bad_unnorm", "no_flip")}

@@ -1,0 +1,115 @@
+"""Predicates, the streaming monitor and calibration.
+
+Traces built here by hand are SYNTHETIC: they carry the documented fault signatures
+(collapsed actions for a rephrased prompt, out-of-scale translations for a wrong
+unnorm_key, healthy-looking actions without success for a missing flip). Real traces come
+from the runner driving LIBERO with the scripted expert (test marked `libero`)."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from monitors import RuntimeMonitor, Thresholds, classify, evaluate
+from monitors.calibrate import calibrate, detection_latency, false_alarm_rate
+
+rng = np.random.default_rng(0)
+
+
+def synthetic(kind: str, n: int = 60, success: bool = False) -> list[dict]:
+    """SYNTHETIC trace with the signature of ``kind``."""
+    steps = []
+    for t in range(n):
+        a = np.zeros(7)
+        if kind == "bad_prompt":
+            a[:6] = rng.normal(0, 0.005, 6)
+        elif kind == "bad_unnorm":
+            a[:3] = rng.uniform(-0.6, 0.6, 3)
+            a[3:6] = rng.normal(0, 0.05, 3)
+        else:  # baseline / no_flip: moderate motions, small enough for the default unnorm threshold
+            a[:3] = rng.uniform(-0.09, 0.09, 3)
+            a[3:6] = rng.normal(0, 0.02, 3)
+        a[6] = 1.0 if (t // 15) % 2 else -1.0  # gripper cycles
+        done = success and t == n - 1
+        steps.append({"action": a, "reward": float(done), "done": done})
+    return steps
+
+
+@pytest.mark.parametrize("kind", ["bad_prompt", "bad_unnorm", "no_flip"])
+def test_each_synthetic_fault_matches_exactly_its_predicate(kind):
+    verdicts, _ = evaluate(synthetic(kind))
+    assert classify(verdicts) == {kind}
+    v = verdicts[0]
+    assert v.level in ("WARN", "ERROR") and v.evidence
+
+
+def test_successful_synthetic_baseline_raises_nothing():
+    verdicts, _ = evaluate(synthetic("baseline", success=True))
+    assert verdicts == []
+
+
+def test_alerts_fire_within_a_few_steps():
+    th = Thresholds()
+    assert detection_latency(synthetic("bad_prompt"), th, "bad_prompt") == th.window - 1
+    assert detection_latency(synthetic("bad_unnorm"), th, "bad_unnorm") == th.min_steps - 1
+
+
+def test_replayed_verdicts_equal_live_ones_step_for_step():
+    trace = synthetic("bad_prompt") + synthetic("bad_unnorm")
+    live = RuntimeMonitor()
+    live_alerts = [live.update(s) for s in trace]
+    live.finish()
+    verdicts, replayed = evaluate(trace)
+    assert replayed == live_alerts and verdicts == live.verdicts
+
+
+@pytest.mark.parametrize("bad", [[np.nan] * 7, [1.0] * 6, [np.inf] + [0.0] * 6, "abc", None])
+def test_bad_actions_become_error_alerts_not_exceptions(bad):
+    m = RuntimeMonitor()
+    assert m.update({"action": bad}) == ["bad_action"]
+    assert m.verdicts[0].level == "ERROR" and "error" in m.verdicts[0].evidence
+    assert m.update({"action": [0.0] * 7}) == []  # the loop goes on
+
+
+def test_edges_empty_and_one_step_runs():
+    assert evaluate([])[0] == []
+    assert evaluate(synthetic("bad_prompt", n=1))[0] == []  # too short to judge
+
+
+def test_calibration_holds_its_false_alarm_rate_on_held_out_runs(tmp_path):
+    baselines = [synthetic("baseline", success=True) for _ in range(40)]
+    th = calibrate(baselines[:20], alpha=0.1)
+    assert false_alarm_rate(baselines[20:], th) <= 0.2
+    th.save(tmp_path / "th.json")
+    assert Thresholds.load(tmp_path / "th.json") == th
+
+
+def test_monitor_imports_numpy_only():
+    code = ("import sys, monitors; bad = [m for m in ('torch', 'vla_eval', 'sims', 'transformers') "
+            "if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+@pytest.mark.libero
+def test_runner_feeds_the_monitor_and_calibration_fits_real_baselines(tmp_path):
+    """Real LIBERO traces (scripted expert). The drill's default bad_unnorm threshold (|a[:3]| >
+    0.1) fires on these healthy LIBERO-scale actions; calibration on baseline runs is the fix."""
+    from vla_eval.policies.simple import ScriptedExpert
+    from vla_eval.records import JsonlWriter, read_jsonl
+    from vla_eval.runner import RunConfig, make_jobs, run_episodes
+
+    path = tmp_path / "baseline.jsonl"
+    with JsonlWriter(path) as w:
+        eps = run_episodes(ScriptedExpert(), make_jobs("libero_object", [0], [0, 1, 2, 3]), w, "baseline",
+                           RunConfig(cameras=False, hard_reset=False), monitor_factory=RuntimeMonitor)
+    log = read_jsonl(path)
+    assert all(e.success for e in eps)
+    assert all("bad_unnorm" in e.alerts for e in eps)  # default threshold: false alarms, recorded in the JSONL
+    assert any("bad_unnorm" in s.alerts for s in log.steps)
+    traces = [log.steps_of(e) for e in log.episodes]
+    th = calibrate(traces, alpha=0.2)  # n = 4: rank 1, the most extreme baseline score
+    assert th.unnorm_frac > Thresholds().unnorm_frac
+    assert false_alarm_rate(traces, th) == 0.0  # in-sample; held-out rates need n >> 1/alpha runs
+    faulty = [{"action": np.r_[np.zeros(6), -1.0]} for _ in range(20)]  # SYNTHETIC collapsed actions
+    assert detection_latency(faulty, th, "bad_prompt") == th.window - 1
