@@ -31,9 +31,15 @@ def prompt_score(trace, window: int) -> float:
     return float(np.convolve(norms, np.ones(window) / window, mode="valid").min())
 
 
-def unnorm_score(trace, abs_threshold: float) -> float:
+def unnorm_score(trace, abs_threshold: float, min_steps: int) -> float:
+    """Largest running fraction of steps with |a[:3]| above the absolute threshold, from
+    ``min_steps`` on: exactly what the streaming check compares at each step."""
     a = _actions(trace)
-    return float((np.abs(a[:, :3]).max(axis=1) > abs_threshold).mean()) if len(a) else 0.0
+    if len(a) < min_steps:
+        return 0.0
+    big = np.abs(a[:, :3]).max(axis=1) > abs_threshold
+    running = np.cumsum(big) / np.arange(1, len(big) + 1)
+    return float(running[min_steps - 1:].max())
 
 
 def calibrate(baseline: Sequence, alpha: float = 0.05, base: Thresholds = Thresholds()) -> Thresholds:
@@ -44,10 +50,11 @@ def calibrate(baseline: Sequence, alpha: float = 0.05, base: Thresholds = Thresh
         raise ValueError("calibration needs at least one baseline run")
     k = max(1, math.floor(alpha * (n + 1)))  # conformal rank from the alarming end
     lows = np.sort([prompt_score(t, base.window) for t in baseline])
-    highs = np.sort([unnorm_score(t, base.unnorm_abs) for t in baseline])[::-1]
+    highs = np.sort([unnorm_score(t, base.unnorm_abs, base.min_steps) for t in baseline])[::-1]
     prompt_thr = float(lows[min(k, n) - 1]) * (1 - 1e-9)  # alarm strictly below the k-th lowest
     unnorm_frac = float(highs[min(k, n) - 1]) + 1e-9  # alarm strictly above the k-th highest
-    return replace(base, prompt_norm=prompt_thr, unnorm_frac=min(1.0, unnorm_frac))
+    # A threshold above 1 disables bad_unnorm: healthy runs already move at full scale.
+    return replace(base, prompt_norm=prompt_thr, unnorm_frac=unnorm_frac)
 
 
 def false_alarm_rate(traces: Sequence, th: Thresholds) -> float:
