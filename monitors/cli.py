@@ -19,18 +19,45 @@ def register(sub) -> None:
     p = sub.add_parser("monitor", help="classify JSONL logs with the silent-failure predicates")
     p.add_argument("logs", nargs="+", type=Path)
     p.add_argument("--thresholds", type=Path, help="JSON from calibration (default: the drill's thresholds)")
+    p.add_argument("--calibrate", type=Path, metavar="OUT.json",
+                   help="fit thresholds on the successful baseline runs of LOGS (half fit, half held out), "
+                        "save them here, then classify with them")
+    p.add_argument("--alpha", type=float, default=0.05, help="target false-alarm rate for --calibrate")
     p.set_defaults(fn=run)
+
+
+def _calibrate(logs, out: Path, alpha: float) -> Thresholds:
+    from monitors.calibrate import calibrate, detection_latency, false_alarm_rate
+    from vla_eval.errors import UsageError
+
+    base = [log.steps_of(e) for log in logs for e in log.episodes if e.run_tag == "baseline" and e.success]
+    if len(base) < 2:
+        raise UsageError(f"--calibrate needs at least 2 successful baseline runs in the logs, found {len(base)}")
+    fit, held = base[: (len(base) + 1) // 2], base[(len(base) + 1) // 2:]
+    th = calibrate(fit, alpha)
+    th.save(out)
+    print(f"calibrated on {len(fit)} baseline runs (alpha {alpha}); saved {out}")
+    print(f"false-alarm rate on {len(held)} held-out baseline runs: {100 * false_alarm_rate(held, th):.0f}%")
+    for log in logs:
+        for e in log.episodes:
+            if e.run_tag in PREDICATES:
+                lat = detection_latency(log.steps_of(e), th, e.run_tag)
+                print(f"detection latency {e.run_tag} seed {e.seed}: "
+                      + ("never fired" if lat is None else f"{lat + 1} steps"))
+    return th
 
 
 def run(args) -> int:
     from vla_eval.errors import UsageError
     from vla_eval.records import read_jsonl
 
+    logs = [read_jsonl(p) for p in args.logs]
     th = Thresholds.load(args.thresholds) if args.thresholds else Thresholds()
+    if args.calibrate:
+        th = _calibrate(logs, args.calibrate, args.alpha)
     rows, mismatches = [], 0
     confusion = {t: {p: 0 for p in PREDICATES + ("none",)} for t in FAULT_TAGS}
-    for path in args.logs:
-        log = read_jsonl(path)
+    for path, log in zip(args.logs, logs):
         if not log.episodes:
             raise UsageError(f"{path} holds no complete episode")
         for ep in log.episodes:

@@ -113,3 +113,36 @@ def test_runner_feeds_the_monitor_and_calibration_fits_real_baselines(tmp_path):
     assert false_alarm_rate(traces, th) == 0.0  # in-sample; held-out rates need n >> 1/alpha runs
     faulty = [{"action": np.r_[np.zeros(6), -1.0]} for _ in range(20)]  # SYNTHETIC collapsed actions
     assert detection_latency(faulty, th, "bad_prompt") == th.window - 1
+
+
+def _write_log(path, tag, traces, success):
+    """SYNTHETIC run log: step records of synthetic traces under a run tag."""
+    from vla_eval.records import EpisodeRecord, JsonlWriter, StepRecord
+
+    with JsonlWriter(path) as w:
+        for seed, trace in enumerate(traces):
+            att = f"{tag}-{seed}"
+            for t, s in enumerate(trace):
+                w.write(StepRecord(tag, 0, seed, att, t, tuple(float(x) for x in s["action"]), 100.0,
+                                   s["reward"], s["done"], 0.0, 0.0))
+            w.write(EpisodeRecord(tag, "libero_object", 0, seed, seed, att, "success" if success else "failure",
+                                  len(trace), None, 1.0, 0.0, 0.0))
+
+
+def test_monitor_cli_confusion_matrix_calibration_and_self_check(tmp_path):
+    _write_log(tmp_path / "baseline.jsonl", "baseline", [synthetic("baseline", success=True) for _ in range(6)], True)
+    for tag in ("bad_prompt", "bad_unnorm", "no_flip"):
+        _write_log(tmp_path / f"{tag}.jsonl", tag, [synthetic(tag) for _ in range(2)], False)
+    logs = [str(tmp_path / f"{t}.jsonl") for t in ("baseline", "bad_prompt", "bad_unnorm", "no_flip")]
+    cli = [sys.executable, "-m", "vla_eval.cli", "monitor"]
+    ok = subprocess.run(cli + logs, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "confusion" in ok.stdout
+    cal = subprocess.run(cli + logs + ["--calibrate", str(tmp_path / "th.json"), "--alpha", "0.25"],
+                         capture_output=True, text=True)
+    assert "false-alarm rate on 3 held-out baseline runs" in cal.stdout
+    assert "detection latency bad_prompt seed 0:" in cal.stdout and (tmp_path / "th.json").exists()
+    # A run tagged no_flip whose trace has the bad-prompt signature: the toggle is wrong.
+    _write_log(tmp_path / "wrong.jsonl", "no_flip", [synthetic("bad_prompt")], False)
+    bad = subprocess.run(cli + [str(tmp_path / "wrong.jsonl")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "check the toggle" in bad.stderr

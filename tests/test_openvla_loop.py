@@ -149,3 +149,33 @@ def test_each_toggle_changes_exactly_its_input(frames, tag):
     assert (b_key != t_key) == (tag == "bad_unnorm")
     if tag == "no_flip":  # a 180-degree rotation keeps the pixel mean: img_mean alone cannot see it
         assert abs(b_mean - t_mean) < 1.0
+
+
+def test_preflight_catches_a_policy_blind_to_its_image():
+    from vla_eval.preflight import image_sensitivity, preflight
+
+    class Blind(RecordingModel):
+        def predict_action(self, pixel_values, prompt, unnorm_key, do_sample):
+            return np.array([0.1] * 6 + [1.0])  # ignores pixel_values
+
+    class Sees(RecordingModel):
+        def predict_action(self, pixel_values, prompt, unnorm_key, do_sample):
+            return np.array([pixel_values.mean() / 255] * 6 + [1.0])
+
+    blind = OpenVLAPolicy(Blind(), fake_processor, DRILLS["baseline"], "k")
+    sees = OpenVLAPolicy(Sees(), fake_processor, DRILLS["baseline"], "k")
+    assert image_sensitivity(sees) > 0.5
+    with pytest.raises(UsageError, match="identical actions"):
+        preflight(blind)
+
+
+def test_version_warnings_name_the_known_bad_versions(monkeypatch):
+    import vla_eval.preflight as pf
+
+    versions = {"mujoco": (3, 3, 5), "torch": (2, 13, 0), "transformers": (4, 55, 0), "timm": (1, 0, 31),
+                "libero": (0, 2, 0)}
+    monkeypatch.setattr(pf, "_version", versions.get)
+    text = "\n".join(pf.version_warnings("openvla"))
+    assert "mujoco 3.3.5 > 3.3.2" in text and "torch 2.13.0 >= 2.6" in text
+    assert "transformers 4.55.0" in text and "timm 1.0.31" in text
+    assert not any("transformers" in w for w in pf.version_warnings("openvla", native=True))

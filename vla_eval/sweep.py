@@ -154,6 +154,10 @@ def run_sweep(
     tags = [(tag, toggles_for(tag)) for tag in cfg.tags]
     all_jobs = make_jobs(cfg.suite, cfg.task_ids, range(cfg.seeds))[i::k]
     policies = {tag: make_policy(cfg.policy, cfg.suite, t, openvla) for tag, t in tags}  # validates first
+    from vla_eval.preflight import preflight
+
+    for warning in preflight(policies[tags[0][0]], openvla.native):
+        print(f"pre-flight warning: {warning}", file=sys.stderr)
     run_dir = Path(run_dir)
     from sims.libero_env import configure_gl
 
