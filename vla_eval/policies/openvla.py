@@ -88,9 +88,8 @@ def load_openvla_policy(suite: str, toggles, opts) -> OpenVLAPolicy:
                          "--policy scripted (or zero) for real LIBERO runs without a model.")
     checkpoint = opts.checkpoint or default_checkpoint(suite)
     if opts.native:
-        from vla_eval.openvla_native import load_native_policy
-
-        return load_native_policy(checkpoint, suite, toggles, opts)
+        raise UsageError("--native: the trust_remote_code-free batched OpenVLA model is not available in this "
+                         "version yet; run without --native (HF remote code, transformers 4.40.1)")
     kw = dict(trust_remote_code=True, revision=opts.revision)
     try:
         processor = transformers.AutoProcessor.from_pretrained(checkpoint, **kw)
