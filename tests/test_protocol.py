@@ -67,3 +67,18 @@ def test_bad_input_gives_one_clear_message_and_nonzero_exit(argv, message, tmp_p
     assert message in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run"], "no CUDA device"),
+    (["run", "--device", "cpu", "--checkpoint", "/nonexistent/ckpt"], "could not load '/nonexistent/ckpt'"),
+    (["run", "--device", "cpu", "--native"], "--native"),
+    (["sweep", "--suite", "libero_90", "--device", "cpu", "--no-report"], "no fine-tuned OpenVLA checkpoint for libero_90"),
+])
+def test_openvla_setup_problems_fail_before_any_episode(argv, message, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    out = _cli(*argv, timeout=180)
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists()
