@@ -63,7 +63,7 @@ def _worker_main(conn) -> None:
                 if new_spec != spec:
                     if env is not None:
                         env.close()
-                    env, spec = None, None
+                    env, spec = None, None  # stays cleared if the build below raises
                     env, spec = new_spec.build(), new_spec
                 conn.send(("ok", env.reset(init_index)))
             elif cmd == "step":

@@ -1,7 +1,6 @@
 """The published evaluation protocol's constants and input validation (no simulator)."""
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -40,8 +39,7 @@ def _cli(*args, timeout=60):
     return subprocess.run([sys.executable, "-m", "vla_eval.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
-def test_help_and_version_are_fast_and_import_nothing_heavy():
-    t = time.perf_counter()
+def test_help_and_version_import_nothing_heavy():
     out = _cli("--help")
     assert out.returncode == 0 and "sweep" in out.stdout and "drill" in out.stdout
     assert _cli("--version").stdout.strip().startswith("vla-eval ")
@@ -50,7 +48,6 @@ def test_help_and_version_are_fast_and_import_nothing_heavy():
          "print(sorted(m for m in ('torch','transformers','libero','robosuite','mujoco') if m in sys.modules))"],
         capture_output=True, text=True)
     assert probe.stdout.strip() == "[]", probe.stderr
-    assert time.perf_counter() - t < 60  # generous; the point is no heavy import, asserted above
 
 
 @pytest.mark.parametrize("argv, message", [

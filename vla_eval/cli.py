@@ -223,8 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", type=Path, default=Path("runs/demo"))
     dm.set_defaults(fn=cmd_demo)
 
-    for name, module in (("monitor", "monitors.cli"), ("small", "drills.cli"), ("bench-policy", "vla_eval.bench_policy"),
-                         ("bench-monitor", "monitors.bench")):
+    for name, module in (("monitor", "monitors.cli"), ("small", "drills.cli"), ("bench-monitor", "monitors.bench")):
         _lazy(sub, name, module)
     return p
 
