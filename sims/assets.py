@@ -51,11 +51,6 @@ def _cached_assets() -> Path:
     return cache_dir() / "libero-assets"
 
 
-def assets_ready() -> bool:
-    linked = libero_package_dir() / "assets"
-    return (linked / _MARKER).exists()
-
-
 def check_assets() -> Path:
     """Path of the assets folder libero will read, or SetupError naming the fix."""
     linked = libero_package_dir() / "assets"

@@ -111,18 +111,21 @@ def _write_report(run_dir: Path) -> None:
     print(f"report: {write_report(run_dir)}")
 
 
+FAULT_FLAGS = ("no_flip", "bad_prompt", "bad_unnorm")
+
+
+def _chosen_faults(args) -> list[str]:
+    return [t for t in FAULT_FLAGS if getattr(args, t)]
+
+
 def cmd_sweep(args) -> int:
-    tags = tuple(["baseline"] + [t for t, on in (("no_flip", args.no_flip), ("bad_prompt", args.bad_prompt),
-                                                   ("bad_unnorm", args.bad_unnorm)) if on])
-    if len(tags) > 1:  # a sweep with a toggle runs only that toggle
-        tags = tags[1:]
-    return _execute(args, tags, "sweep")
+    """A sweep runs the baseline, or only the faults its flags name."""
+    return _execute(args, tuple(_chosen_faults(args) or ["baseline"]), "sweep")
 
 
 def cmd_drill(args) -> int:
-    chosen = [t for t, on in (("no_flip", args.no_flip), ("bad_prompt", args.bad_prompt),
-                              ("bad_unnorm", args.bad_unnorm)) if on]
-    return _execute(args, tuple(["baseline"] + (chosen or ["no_flip", "bad_prompt", "bad_unnorm"])), "drill")
+    """A drill runs the baseline next to the chosen faults (all three by default)."""
+    return _execute(args, tuple(["baseline"] + (_chosen_faults(args) or list(FAULT_FLAGS))), "drill")
 
 
 def cmd_run(args) -> int:

@@ -23,8 +23,6 @@ from typing import Iterable, Iterator
 from vla_eval.errors import UsageError
 
 SCHEMA_VERSION = 1
-RUN_TAGS = ("baseline", "no_flip", "bad_prompt", "bad_unnorm")
-OUTCOMES = ("success", "failure", "error")
 
 
 @dataclass(frozen=True)
