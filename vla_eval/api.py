@@ -27,6 +27,7 @@ def run_episode(
     attn_implementation: str = "sdpa",
     device: str = "cuda",
     native: bool = False,
+    dtype: str = "bfloat16",
     progress: bool = False,
 ) -> EpisodeRecord:
     """One episode: seed -> init state, RNGs seeded from it; step records go to ``log_path``.
@@ -35,7 +36,7 @@ def run_episode(
     if the checkpoint only has that), as the published eval does.
     """
     toggles = Toggles(flip_image, prompt_template, unnorm_key)
-    pol = make_policy(policy, suite, toggles, OpenVLAOptions(checkpoint, revision, attn_implementation, device, native))
+    pol = make_policy(policy, suite, toggles, OpenVLAOptions(checkpoint, revision, attn_implementation, device, native, dtype))
     jobs = make_jobs(suite, [task_id], [seed])
     cameras = pol.uses_images if cameras is None else cameras  # default: render only for pixel policies
     cfg = RunConfig(cameras=cameras, hard_reset=hard_reset, max_steps=max_steps)

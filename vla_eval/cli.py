@@ -32,11 +32,14 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: int) -> None:
     p.add_argument("--attn", default="sdpa", choices=("flash_attention_2", "sdpa", "eager"))
     p.add_argument("--device", default="cuda", help="torch device for the model (default cuda)")
     p.add_argument("--native", action="store_true", help="use the trust_remote_code-free batched OpenVLA model")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                   help="native model weights and activations (default bfloat16)")
     p.add_argument("--cameras", choices=("auto", "on", "off"), default="auto",
                    help="auto: on for pixel policies, off (physics only, ~10x faster) for state-based ones")
     p.add_argument("--fast-reset", action="store_true", help="reuse the MuJoCo model between episodes (not the published protocol's hard reset)")
     p.add_argument("--max-steps", type=int, help="override the suite's step limit")
     p.add_argument("--workers", type=int, default=0, help="parallel env processes (0: env in this process)")
+    p.add_argument("--batch", type=int, help="N parallel envs feeding one model call per step (= --workers N; batched with --native, a loop otherwise)")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<policy>-<suite>-<tasks>-<tags>)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
@@ -82,13 +85,14 @@ def _execute(args, tags: tuple[str, ...], kind: str) -> int:
         cfg = _sweep_config(args, tags)
         run_dir = args.out or _default_out(cfg, kind)
     ovla = OpenVLAOptions(checkpoint=args.checkpoint, revision=args.revision, attn_implementation=args.attn,
-                          device=args.device, native=args.native)
+                          device=args.device, native=args.native, dtype=args.dtype)
+    workers = _workers(args)
     monitor_factory = None
     if args.monitor or args.stop_on_alert:
         from monitors import RuntimeMonitor
 
         monitor_factory = RuntimeMonitor
-    res = run_sweep(cfg, run_dir, workers=args.workers, openvla=ovla, progress=not args.no_progress,
+    res = run_sweep(cfg, run_dir, workers=workers, openvla=ovla, progress=not args.no_progress,
                     retry_errors=getattr(args, "retry_errors", False), stop_on_alert=args.stop_on_alert,
                     monitor_factory=monitor_factory)
     print(f"\nrun folder: {res.run_dir}  ({res.ran} episodes run, {res.skipped} already done, {res.wall_s:.1f} s)")
@@ -100,6 +104,16 @@ def _execute(args, tags: tuple[str, ...], kind: str) -> int:
     if not args.no_report:
         _write_report(res.run_dir)
     return 0
+
+
+def _workers(args) -> int:
+    if args.batch is None:
+        return args.workers
+    if args.batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {args.batch}")
+    if args.workers and args.workers != args.batch:
+        raise UsageError(f"--batch {args.batch} runs {args.batch} env workers; drop --workers {args.workers}")
+    return args.batch
 
 
 def _write_report(run_dir: Path) -> None:
@@ -138,7 +152,7 @@ def cmd_run(args) -> int:
         unnorm_key="bridge_orig" if args.bad_unnorm else None, max_steps=args.max_steps,
         cameras=_cameras(args), hard_reset=not args.fast_reset, log_path=args.log,
         checkpoint=args.checkpoint, revision=args.revision, attn_implementation=args.attn,
-        device=args.device, native=args.native, progress=not args.no_progress,
+        device=args.device, native=args.native, dtype=args.dtype, progress=not args.no_progress,
     )
     print(f"{ep.run_tag}: {ep.outcome} in {ep.steps} steps, first gripper close at "
           f"{ep.first_close_step}, {ep.wall_s:.1f} s" + (f"\nerror: {ep.error}" if ep.error else ""))

@@ -13,12 +13,12 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
 from vla_eval.errors import UsageError
-from vla_eval.policies.factory import DRILLS, OpenVLAOptions, Toggles, make_policy
+from vla_eval.policies.factory import DRILLS, OpenVLAOptions, Toggles, make_policies
 from vla_eval.records import EpisodeRecord, JsonlWriter, read_jsonl
 from vla_eval.runner import RunConfig, make_jobs, run_episodes
 
@@ -100,7 +100,7 @@ def config_from_manifest(run_dir: Path) -> SweepConfig:
     return SweepConfig(**{**c, "task_ids": tuple(c["task_ids"]), "tags": tuple(c["tags"])})
 
 
-def _check_or_write_manifest(run_dir: Path, cfg: SweepConfig) -> None:
+def _check_or_write_manifest(run_dir: Path, cfg: SweepConfig, model_options: dict | None = None) -> None:
     path = run_dir / MANIFEST
     if path.exists():
         old = json.loads(path.read_text())["config"]
@@ -111,7 +111,8 @@ def _check_or_write_manifest(run_dir: Path, cfg: SweepConfig) -> None:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"config": asdict(cfg), "provenance": provenance()}, indent=2))
+    prov = {**provenance(), **({"openvla": model_options} if model_options else {})}
+    tmp.write_text(json.dumps({"config": asdict(cfg), "provenance": prov}, indent=2))
     tmp.replace(path)
 
 
@@ -153,7 +154,8 @@ def run_sweep(
     i, k = parse_shard(cfg.shard)
     tags = [(tag, toggles_for(tag)) for tag in cfg.tags]
     all_jobs = make_jobs(cfg.suite, cfg.task_ids, range(cfg.seeds))[i::k]
-    policies = {tag: make_policy(cfg.policy, cfg.suite, t, openvla) for tag, t in tags}  # validates first
+    loaded = make_policies(cfg.policy, cfg.suite, [t for _, t in tags], replace(openvla, batch=max(1, workers)))
+    policies = {tag: p for (tag, _), p in zip(tags, loaded)}  # all set-up errors surface before any episode
     from vla_eval.preflight import preflight
 
     for warning in preflight(policies[tags[0][0]], openvla.native):
@@ -162,7 +164,7 @@ def run_sweep(
     from sims.libero_env import configure_gl
 
     configure_gl()  # before the manifest records MUJOCO_GL
-    _check_or_write_manifest(run_dir, cfg)
+    _check_or_write_manifest(run_dir, cfg, asdict(openvla) if cfg.policy == "openvla" else None)
     rc = RunConfig(cameras=cfg.cameras, hard_reset=cfg.hard_reset, max_steps=cfg.max_steps,
                    workers=workers, stop_on_alert=stop_on_alert)
     result = SweepResult(run_dir)

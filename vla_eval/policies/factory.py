@@ -1,7 +1,8 @@
-"""Build a policy by name, with the run's toggles. Heavy imports happen only for 'openvla'."""
+"""Build policies by name, with each run tag's toggles. Heavy imports happen only for 'openvla'."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 from vla_eval.errors import UsageError, bad_choice
 
@@ -44,20 +45,28 @@ class OpenVLAOptions:
     attn_implementation: str = "sdpa"
     device: str = "cuda"
     native: bool = False  # the trust_remote_code-free model with batched decoding
+    dtype: str = "bfloat16"  # native model only; the remote-code path is bf16 as published
+    batch: int = 1  # observations per model call (= parallel envs); checked against GPU memory
 
 
-def make_policy(name: str, suite: str, toggles: Toggles = Toggles(), openvla: OpenVLAOptions = OpenVLAOptions()):
+def make_policies(name: str, suite: str, toggles_per_tag: Sequence[Toggles],
+                  openvla: OpenVLAOptions = OpenVLAOptions()) -> list:
+    """One policy per run tag; OpenVLA's weights are loaded once and shared."""
     if name not in POLICIES:
         raise bad_choice("policy", name, POLICIES)
     if name in ("scripted", "zero"):
-        if toggles != Toggles():
-            raise UsageError(
-                f"policy {name!r} reads privileged state, not images or prompts: the toggle "
-                f"{toggles.tag!r} cannot apply to it. Use --policy openvla for the drills."
-            )
+        for toggles in toggles_per_tag:
+            if toggles != Toggles():
+                raise UsageError(
+                    f"policy {name!r} reads privileged state, not images or prompts: the toggle "
+                    f"{toggles.tag!r} cannot apply to it. Use --policy openvla for the drills.")
         from vla_eval.policies.simple import ScriptedExpert, ZeroPolicy
 
-        return ScriptedExpert() if name == "scripted" else ZeroPolicy()
-    from vla_eval.policies.openvla import load_openvla_policy
+        return [ScriptedExpert() if name == "scripted" else ZeroPolicy() for _ in toggles_per_tag]
+    from vla_eval.policies.openvla import make_openvla_policies
 
-    return load_openvla_policy(suite, toggles, openvla)
+    return make_openvla_policies(suite, toggles_per_tag, openvla)
+
+
+def make_policy(name: str, suite: str, toggles: Toggles = Toggles(), openvla: OpenVLAOptions = OpenVLAOptions()):
+    return make_policies(name, suite, [toggles], openvla)[0]

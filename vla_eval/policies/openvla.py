@@ -1,9 +1,13 @@
-"""OpenVLA through Hugging Face (``trust_remote_code``): the published LIBERO loop.
+"""The OpenVLA policy: the published LIBERO loop over a pluggable model backend.
 
 Per step and env slot: agentview frame -> (flip) -> JPEG -> Lanczos 224 -> centre crop ->
-processor(prompt, image) -> ``predict_action(**inputs, unnorm_key=..., do_sample=False)``
--> gripper post-processing. The remote code decodes one sample per call, so a batch of
-slots is a loop here (the native batched model is the fast path).
+(image, prompt) -> backend -> normalised-space action -> gripper post-processing.
+
+Backends (``predict(images, prompts, unnorm_key) -> (B, 7)``, ``norm_stats``):
+* ``RemoteCodeBackend``: OpenVLA's own ``predict_action`` via HF ``trust_remote_code``; the
+  remote code decodes one sample per call, so a batch of slots is a loop;
+* ``native.backend.NativeBackend``: the batched model of ``policies/native`` (``--native``).
+One policy object per run tag shares one loaded backend (a drill loads the 7B model once).
 """
 from __future__ import annotations
 
@@ -21,14 +25,11 @@ ATTN_IMPLEMENTATIONS = ("flash_attention_2", "sdpa", "eager")
 
 
 class OpenVLAPolicy:
-    """Wraps any object with OpenVLA's ``predict_action`` and a matching processor."""
-
     name = "openvla"
     uses_images = True
 
-    def __init__(self, model, processor, toggles, unnorm_key: str, device="cpu", dtype=None):
-        self.model, self.processor, self.toggles = model, processor, toggles
-        self.unnorm_key, self.device, self.dtype = unnorm_key, device, dtype
+    def __init__(self, backend, toggles, unnorm_key: str):
+        self.backend, self.toggles, self.unnorm_key = backend, toggles, unnorm_key
         build_prompt("", toggles.prompt_template)  # unknown template: fail now, not mid-episode
 
     def reset(self, slot: int = 0) -> None:
@@ -42,16 +43,30 @@ class OpenVLAPolicy:
             o.instruction, self.toggles.prompt_template)
 
     def act(self, obs: Sequence[Observation], slots=None) -> ActionBatch:
+        images, prompts = zip(*(self.model_inputs(o) for o in obs))
+        raw = np.asarray(self.backend.predict(list(images), list(prompts), self.unnorm_key))
+        return ActionBatch(postprocess_gripper(raw), np.array([im.mean() for im in images]))
+
+
+class RemoteCodeBackend:
+    """Any object with OpenVLA's ``predict_action`` and a matching processor."""
+
+    def __init__(self, model, processor, device="cpu", dtype=None):
+        self.model, self.processor, self.device, self.dtype = model, processor, device, dtype
+
+    @property
+    def norm_stats(self) -> dict:
+        return self.model.norm_stats
+
+    def predict(self, images: list[np.ndarray], prompts: list[str], unnorm_key: str) -> np.ndarray:
         from PIL import Image
 
-        images, actions = [], []
-        for o in obs:
-            image, prompt = self.model_inputs(o)
+        out = []
+        for image, prompt in zip(images, prompts):
             inputs = self.processor(prompt, Image.fromarray(image).convert("RGB"))
             inputs = inputs.to(self.device, dtype=self.dtype) if self.dtype is not None else inputs.to(self.device)
-            actions.append(np.asarray(self.model.predict_action(**inputs, unnorm_key=self.unnorm_key, do_sample=False)))
-            images.append(image)
-        return ActionBatch(postprocess_gripper(np.stack(actions)), np.array([im.mean() for im in images]))
+            out.append(np.asarray(self.model.predict_action(**inputs, unnorm_key=unnorm_key, do_sample=False)))
+        return np.stack(out)
 
 
 def default_checkpoint(suite: str) -> str:
@@ -74,10 +89,11 @@ def prepare_unnorm_key(norm_stats: dict, suite: str, requested: str | None) -> s
     return resolve_unnorm_key(norm_stats, suite, requested)
 
 
-def load_openvla_policy(suite: str, toggles, opts) -> OpenVLAPolicy:
+def load_backend(suite: str, opts):
+    """The model behind every run tag of one sweep; all set-up errors surface here."""
     try:
         import torch
-        import transformers
+        import transformers  # noqa: F401
     except ImportError as e:
         raise UsageError(f"OpenVLA needs torch and transformers ({e}). Fix: pip install 'vla-eval[openvla]'") from e
     if opts.attn_implementation not in ATTN_IMPLEMENTATIONS:
@@ -88,8 +104,16 @@ def load_openvla_policy(suite: str, toggles, opts) -> OpenVLAPolicy:
                          "--policy scripted (or zero) for real LIBERO runs without a model.")
     checkpoint = opts.checkpoint or default_checkpoint(suite)
     if opts.native:
-        raise UsageError("--native: the trust_remote_code-free batched OpenVLA model is not available in this "
-                         "version yet; run without --native (HF remote code, transformers 4.40.1)")
+        from vla_eval.policies.native.backend import load_native_backend
+
+        return load_native_backend(checkpoint, opts)
+    return _load_remote_code(checkpoint, opts)
+
+
+def _load_remote_code(checkpoint: str, opts) -> RemoteCodeBackend:
+    import torch
+    import transformers
+
     kw = dict(trust_remote_code=True, revision=opts.revision)
     try:
         processor = transformers.AutoProcessor.from_pretrained(checkpoint, **kw)
@@ -99,9 +123,17 @@ def load_openvla_policy(suite: str, toggles, opts) -> OpenVLAPolicy:
             checkpoint, attn_implementation=opts.attn_implementation, torch_dtype=torch.bfloat16,
             low_cpu_mem_usage=True, **kw).to(opts.device)
     except (OSError, ValueError, ImportError) as e:
-        raise UsageError(
-            f"could not load {checkpoint!r}{' @ ' + opts.revision if opts.revision else ''}: {e}. If the weights are "
+        raise UsageError(not_loadable(checkpoint, opts.revision, e)) from e
+    return RemoteCodeBackend(model, processor, opts.device, torch.bfloat16)
+
+
+def not_loadable(checkpoint: str, revision: str | None, err: Exception) -> str:
+    return (f"could not load {checkpoint!r}{' @ ' + revision if revision else ''}: {err}. If the weights are "
             f"not in the Hugging Face cache and there is no network: download them where there is "
-            f"(huggingface-cli download {checkpoint}) and pass --checkpoint /local/path.") from e
-    key = prepare_unnorm_key(model.norm_stats, suite, toggles.unnorm_key)
-    return OpenVLAPolicy(model, processor, toggles, key, opts.device, torch.bfloat16)
+            f"(huggingface-cli download {checkpoint}) and pass --checkpoint /local/path.")
+
+
+def make_openvla_policies(suite: str, toggles_per_tag, opts) -> list[OpenVLAPolicy]:
+    backend = load_backend(suite, opts)
+    return [OpenVLAPolicy(backend, t, prepare_unnorm_key(backend.norm_stats, suite, t.unnorm_key))
+            for t in toggles_per_tag]

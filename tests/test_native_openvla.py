@@ -1,0 +1,243 @@
+"""The native (trust_remote_code-free) OpenVLA model on tiny random-weight configs.
+
+Everything here is the real code at a small size: the ViTs are checked against transformers'
+own DINOv2-with-registers and SigLIP implementations with the same weights, the cached
+batched decoder against a no-cache per-sample reference and against HF ``generate``, and the
+checkpoint loader against files in OpenVLA's released layout."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from vla_eval.errors import UsageError  # noqa: E402
+from vla_eval.policies.native.checkpoint import build_model, load_native, read_config  # noqa: E402
+from vla_eval.policies.native.model import EMPTY_TOKEN, NativeConfig  # noqa: E402
+from vla_eval.policies.native.random_checkpoints import hf_config, write_random_checkpoint  # noqa: E402
+from vla_eval.policies.native.vit import ViTFeaturizer  # noqa: E402
+
+PROMPTS = ["In: What action should the robot take to pick up the soup?\nOut:",
+           "What action should the robot take? Pick up the alphabet soup and place it in the basket",
+           "In: hi\nOut:"]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return write_random_checkpoint(tmp_path_factory.mktemp("tiny-openvla"))
+
+
+@pytest.fixture(scope="module")
+def backend(ckpt):
+    from vla_eval.policies.factory import OpenVLAOptions
+    from vla_eval.policies.native.backend import load_native_backend
+
+    return load_native_backend(str(ckpt), OpenVLAOptions(device="cpu", dtype="float32", native=True))
+
+
+def _pixels(backend, n, seed=0):
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (224, 224, 3), dtype=np.uint8) for _ in range(n)]
+    return backend.pixel_values(images)
+
+
+def test_dinov2_features_match_transformers_dinov2_with_registers():
+    cfg = NativeConfig.from_hf(hf_config("tiny")).vision[0]
+    torch.manual_seed(0)
+    ours = ViTFeaturizer(cfg).eval()
+    for p in ours.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    ref = transformers.Dinov2WithRegistersModel(transformers.Dinov2WithRegistersConfig(
+        hidden_size=cfg.embed_dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads,
+        mlp_ratio=cfg.mlp_hidden // cfg.embed_dim, image_size=cfg.img_size, patch_size=cfg.patch_size,
+        num_register_tokens=cfg.reg_tokens, layer_norm_eps=cfg.eps)).eval()
+    sd = {"embeddings.cls_token": ours.cls_token, "embeddings.register_tokens": ours.reg_token,
+          # timm's reg4 layout: positions for patches only (none for class/registers)
+          "embeddings.position_embeddings": torch.cat([torch.zeros(1, 1, cfg.embed_dim), ours.pos_embed], 1),
+          "embeddings.patch_embeddings.projection.weight": ours.patch_embed.proj.weight,
+          "embeddings.patch_embeddings.projection.bias": ours.patch_embed.proj.bias}
+    for i, blk in enumerate(ours.blocks):
+        q, k, v = blk.attn.qkv.weight.chunk(3)
+        qb, kb, vb = blk.attn.qkv.bias.chunk(3)
+        p = f"encoder.layer.{i}."
+        sd.update({p + "norm1.weight": blk.norm1.weight, p + "norm1.bias": blk.norm1.bias,
+                   p + "attention.q_proj.weight": q, p + "attention.k_proj.weight": k, p + "attention.v_proj.weight": v,
+                   p + "attention.q_proj.bias": qb, p + "attention.k_proj.bias": kb, p + "attention.v_proj.bias": vb,
+                   p + "attention.o_proj.weight": blk.attn.proj.weight, p + "attention.o_proj.bias": blk.attn.proj.bias,
+                   p + "layer_scale1.lambda1": blk.ls1.gamma, p + "layer_scale2.lambda1": blk.ls2.gamma,
+                   p + "norm2.weight": blk.norm2.weight, p + "norm2.bias": blk.norm2.bias,
+                   p + "mlp.fc1.weight": blk.mlp.fc1.weight, p + "mlp.fc1.bias": blk.mlp.fc1.bias,
+                   p + "mlp.fc2.weight": blk.mlp.fc2.weight, p + "mlp.fc2.bias": blk.mlp.fc2.bias})
+    missing, _ = ref.load_state_dict(sd, strict=False)
+    assert all(k.startswith(("embeddings.mask_token", "layernorm", f"encoder.layer.{cfg.depth - 1}.")) for k in missing)
+    x = torch.randn(2, 3, cfg.img_size, cfg.img_size)
+    with torch.no_grad():
+        want = ref(x, output_hidden_states=True).hidden_states[cfg.feature_block + 1][:, 1 + cfg.reg_tokens:]
+        got = ours(x)
+    assert got.shape == (2, cfg.num_patches, cfg.embed_dim)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_siglip_features_match_transformers_siglip():
+    cfg = NativeConfig.from_hf(hf_config("tiny")).vision[1]
+    torch.manual_seed(1)
+    ours = ViTFeaturizer(cfg).eval()
+    for p in ours.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    ref = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
+        hidden_size=cfg.embed_dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.mlp_hidden, image_size=cfg.img_size, patch_size=cfg.patch_size,
+        hidden_act="gelu", layer_norm_eps=cfg.eps)).eval()  # timm 0.9's so400m uses exact GELU
+    pre = "vision_model." if any(k.startswith("vision_model.") for k in ref.state_dict()) else ""  # 4.x vs 5.x
+    sd = {pre + "embeddings.patch_embedding.weight": ours.patch_embed.proj.weight,
+          pre + "embeddings.patch_embedding.bias": ours.patch_embed.proj.bias,
+          pre + "embeddings.position_embedding.weight": ours.pos_embed[0]}
+    for i, blk in enumerate(ours.blocks):
+        q, k, v = blk.attn.qkv.weight.chunk(3)
+        qb, kb, vb = blk.attn.qkv.bias.chunk(3)
+        p = f"{pre}encoder.layers.{i}."
+        sd.update({p + "layer_norm1.weight": blk.norm1.weight, p + "layer_norm1.bias": blk.norm1.bias,
+                   p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k, p + "self_attn.v_proj.weight": v,
+                   p + "self_attn.q_proj.bias": qb, p + "self_attn.k_proj.bias": kb, p + "self_attn.v_proj.bias": vb,
+                   p + "self_attn.out_proj.weight": blk.attn.proj.weight, p + "self_attn.out_proj.bias": blk.attn.proj.bias,
+                   p + "layer_norm2.weight": blk.norm2.weight, p + "layer_norm2.bias": blk.norm2.bias,
+                   p + "mlp.fc1.weight": blk.mlp.fc1.weight, p + "mlp.fc1.bias": blk.mlp.fc1.bias,
+                   p + "mlp.fc2.weight": blk.mlp.fc2.weight, p + "mlp.fc2.bias": blk.mlp.fc2.bias})
+    missing, _ = ref.load_state_dict(sd, strict=False)
+    assert all(k.startswith((pre + "post_layernorm", pre + "head", f"{pre}encoder.layers.{cfg.depth - 1}."))
+               for k in missing)
+    x = torch.randn(2, 3, cfg.img_size, cfg.img_size)
+    with torch.no_grad():
+        want = ref(x, output_hidden_states=True).hidden_states[cfg.feature_block + 1]
+        got = ours(x)
+    assert len(ours.blocks) == cfg.depth - 1  # the last block is never built
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def _reference_tokens(model, pixels, ids, n=7):
+    """Straightforward decode: one sample, no padding, no cache, the whole sequence re-run per token."""
+    with torch.no_grad():
+        patches = model.projector(model.vision_backbone(pixels))[0]
+        embed = model.language_model.get_input_embeddings()
+        tok = embed(torch.tensor(ids + [EMPTY_TOKEN]))
+        seq = torch.cat([tok[:1], patches, tok[1:]])[None]
+        out, logits = [], []
+        for _ in range(n):
+            step_logits = model.language_model(inputs_embeds=seq).logits[0, -1].float()
+            nxt = int(step_logits.argmax())
+            out.append(nxt)
+            logits.append(step_logits)
+            seq = torch.cat([seq, embed(torch.tensor([[nxt]]))], dim=1)
+    return out, torch.stack(logits)
+
+
+def test_batched_cached_decode_equals_per_sample_reference(backend):
+    model = backend.model
+    pixels = _pixels(backend, 3)
+    ids = backend.prompt_ids(PROMPTS)
+    assert len({len(i) for i in ids}) == 3  # three lengths: rows are left-padded differently
+    tokens, logits = model.generate_action_tokens(pixels, ids, 7, return_logits=True)
+    for i in range(3):
+        ref_tokens, ref_logits = _reference_tokens(model, pixels[i:i + 1], ids[i])
+        assert tokens[i].tolist() == ref_tokens
+        torch.testing.assert_close(logits[i], ref_logits, atol=2e-4, rtol=1e-4)
+        alone = model.generate_action_tokens(pixels[i:i + 1], ids[i:i + 1], 7)
+        assert alone[0].tolist() == ref_tokens
+    assert torch.equal(model.generate_with_hf(pixels, ids, 7), tokens)  # transformers' own generate loop
+    # the steered random head keeps outputs on action bins, and they differ between rows
+    assert ((tokens >= 32000 - 256) & (tokens < 32000)).all() and len({tuple(t) for t in tokens.tolist()}) > 1
+
+
+def test_actions_decode_as_predict_action(backend):
+    model = backend.model
+    pixels, ids = _pixels(backend, 2, seed=3), backend.prompt_ids(PROMPTS[:2])
+    tokens = model.generate_action_tokens(pixels, ids, 7).numpy()
+    acts = model.predict_action(pixels, ids, "libero_object_no_noops")
+    stats = model.cfg.norm_stats["libero_object_no_noops"]["action"]
+    bins = np.clip(32000 - tokens - 1, 0, 254)
+    centres = (np.linspace(-1, 1, 256)[:-1] + np.linspace(-1, 1, 256)[1:]) / 2
+    q01, q99 = np.array(stats["q01"]), np.array(stats["q99"])
+    want = 0.5 * (centres[bins] + 1) * (q99 - q01) + q01
+    want[:, 6] = centres[bins[:, 6]]  # mask False: the gripper stays normalised
+    np.testing.assert_allclose(acts, want)
+    with pytest.raises(UsageError, match="valid: bridge_orig, libero_object_no_noops"):
+        model.predict_action(pixels, ids, "libero_goal")
+
+
+def test_checkpoint_keys_roundtrip_and_mismatches_are_listed(ckpt, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(ckpt / "model.safetensors"))
+    assert any(k.endswith("ls1.scale_factor") for k in state) and not any(k.endswith(".gamma") for k in state)
+    model, report = load_native(ckpt, "cpu", "float32")
+    assert report.skipped_unused == 10 and report.loaded == len(model.state_dict())
+    key = "vision_backbone.featurizer.blocks.0.ls1.scale_factor"
+    torch.testing.assert_close(model.vision_backbone.featurizer.blocks[0].ls1.gamma, state[key])
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((ckpt / "config.json").read_text())
+    bad = dict(state)
+    del bad["projector.fc2.bias"]
+    bad["projector.fc9.weight"] = torch.zeros(2, 2)
+    save_file(bad, str(broken / "model.safetensors"))
+    with pytest.raises(UsageError, match=r"1 missing keys: projector\.fc2\.bias; 1 unexpected keys: projector\.fc9"):
+        load_native(broken, "cpu", "float32")
+
+
+def test_config_values_come_from_the_checkpoint(ckpt, tmp_path):
+    cfg = read_config(ckpt)
+    cfg["text_config"]["rms_norm_eps"] = 1e-5
+    model = build_model(NativeConfig.from_hf(cfg), "cpu", "float32")
+    assert model.language_model.model.norm.variance_epsilon == 1e-5
+    assert model.cfg.action_vocab_size == 32000 and model.action_dim("bridge_orig") == 7
+    cfg["timm_model_ids"][0] = "vit_huge_patch14_clip_224"
+    with pytest.raises(UsageError, match="unknown vision backbone 'vit_huge_patch14_clip_224'.*known: vit_large"):
+        NativeConfig.from_hf(cfg)
+
+
+@pytest.mark.parametrize("device,dtype,message", [
+    ("cpu", "int8", "unknown dtype 'int8'; valid: bfloat16, float16, float32"),
+    ("tpu", "float32", "bad device 'tpu'"),
+    ("cuda:0", "float32", "torch sees no CUDA device"),
+])
+def test_bad_dtype_and_device_requests(device, dtype, message):
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(UsageError, match=message):
+        build_model(NativeConfig.from_hf(hf_config("tiny")), device, dtype)
+
+
+def test_native_policy_toggles_reach_the_model(backend, monkeypatch):
+    """The policy (preprocessing + prompts + post-processing) over the real native backend."""
+    from vla_eval.policies.factory import DRILLS, OpenVLAOptions, make_policies
+    from vla_eval.policies.native import backend as backend_mod
+    from vla_eval.preflight import image_sensitivity
+    from sims.protocol import Observation
+
+    monkeypatch.setattr(backend_mod, "load_native_backend", lambda checkpoint, opts: backend)
+    tags = list(DRILLS)
+    policies = make_policies("openvla", "libero_object", [DRILLS[t] for t in tags],
+                             OpenVLAOptions(checkpoint="tiny", device="cpu", native=True))
+    assert [p.unnorm_key for p in policies] == ["libero_object_no_noops"] * 3 + ["bridge_orig"]
+    assert len({id(p.backend) for p in policies}) == 1  # the weights are loaded once per sweep
+    frame = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    obs = [Observation("Pick up the soup", np.zeros(3), np.array([0, 0, 0, 1.0]), np.zeros(2), agentview=frame)] * 2
+    acts = {t: p.act(obs, [0, 1]).actions for t, p in zip(tags, policies)}
+    for t in tags:
+        assert acts[t].shape == (2, 7) and set(np.abs(acts[t][:, 6])) == {1.0}
+        np.testing.assert_array_equal(acts[t][0], acts[t][1])  # same input, same row
+        if t != "baseline":
+            assert not np.array_equal(acts[t], acts["baseline"]), t
+    assert image_sensitivity(policies[0]) > 0
+
+
+def test_hf_config_of_the_7b_model_has_openvla_sizes():
+    cfg = NativeConfig.from_hf(hf_config("7b"))
+    dino, siglip = cfg.vision
+    assert (dino.embed_dim, dino.depth, dino.feature_block, dino.num_patches) == (1024, 24, 22, 256)
+    assert (siglip.embed_dim, siglip.depth, siglip.feature_block, siglip.mlp_hidden) == (1152, 27, 25, 4304)
+    assert json.loads(json.dumps(hf_config("7b")))["text_config"]["vocab_size"] == 32064

@@ -1,0 +1,117 @@
+"""The native model as an OpenVLA policy backend: batched images + prompts -> actions.
+
+Pixel values are built as OpenVLA's processor builds them: the 224 px image (resized
+bicubically only if the model's input size differs), scaled to [0, 1], normalised once per
+featurizer with that featurizer's mean/std, the two results stacked on channels.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vla_eval.errors import UsageError
+from vla_eval.policies.native.model import NativeOpenVLA
+
+
+class NativeBackend:
+    def __init__(self, model: NativeOpenVLA, tokenizer, means=None, stds=None):
+        self.model, self.tokenizer = model, tokenizer
+        self.means = means or [v.mean for v in model.cfg.vision]
+        self.stds = stds or [v.std for v in model.cfg.vision]
+
+    @property
+    def norm_stats(self) -> dict:
+        return self.model.cfg.norm_stats
+
+    def pixel_values(self, images: list[np.ndarray]) -> torch.Tensor:
+        """B x (H, W, 3) uint8 -> (B, 6, S, S) float32, S the featurizers' input size."""
+        from PIL import Image
+
+        size = self.model.cfg.vision[0].img_size
+        if images[0].shape[:2] != (size, size):
+            images = [np.asarray(Image.fromarray(im).resize((size, size), Image.BICUBIC)) for im in images]
+        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0  # (B, 3, S, S)
+        parts = [(x - torch.tensor(m).view(1, 3, 1, 1)) / torch.tensor(s).view(1, 3, 1, 1)
+                 for m, s in zip(self.means, self.stds)]
+        return torch.cat(parts, dim=1)
+
+    def prompt_ids(self, prompts: list[str]) -> list[list[int]]:
+        return [list(self.tokenizer(p).input_ids) for p in prompts]  # BOS first, as the processor does
+
+    def predict(self, images: list[np.ndarray], prompts: list[str], unnorm_key: str) -> np.ndarray:
+        return self.model.predict_action(self.pixel_values(images), self.prompt_ids(prompts), unnorm_key)
+
+    def largest_batch_that_fits(self, want: int, instruction: str = "pick up the object " * 8) -> int:
+        """On CUDA, run ``want`` dummy observations once; on out-of-memory halve until one fits.
+        Returns ``want`` when it fits (always on CPU, where there is no fixed pool to exhaust)."""
+        if self.model.device.type != "cuda":
+            return want
+        image = np.zeros((224, 224, 3), np.uint8)
+        key = next(iter(self.norm_stats))
+        n = want
+        while n >= 1:
+            try:
+                self.predict([image] * n, [instruction] * n, key)
+                torch.cuda.empty_cache()
+                return n
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                n //= 2
+        return 0
+
+
+def resolve_checkpoint_dir(checkpoint: str, revision: str | None) -> Path:
+    """A local folder as is; a hub id from the local HF cache (no network needed), else the hub."""
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model"]
+    try:
+        return Path(snapshot_download(checkpoint, revision=revision, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        pass
+    try:
+        return Path(snapshot_download(checkpoint, revision=revision, allow_patterns=patterns))
+    except Exception as e:
+        from vla_eval.policies.openvla import not_loadable
+
+        raise UsageError(not_loadable(checkpoint, revision, e)) from e
+
+
+def load_native_backend(checkpoint: str, opts) -> NativeBackend:
+    import json
+
+    from transformers import AutoTokenizer
+
+    from vla_eval.policies.native.checkpoint import load_native
+
+    ckpt_dir = resolve_checkpoint_dir(checkpoint, opts.revision)
+    model, report = load_native(ckpt_dir, opts.device, opts.dtype, opts.attn_implementation)
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # AutoTokenizer warns that model_type "openvla" is unknown to it
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(ckpt_dir))
+    finally:
+        hf_logging.set_verbosity(level)
+    means = stds = None
+    pre = ckpt_dir / "preprocessor_config.json"
+    if pre.exists():
+        cfg = json.loads(pre.read_text())
+        means, stds = cfg.get("means"), cfg.get("stds")
+    backend = NativeBackend(model, tokenizer, means, stds)
+    if opts.batch > 1:
+        fits = backend.largest_batch_that_fits(opts.batch)
+        if fits < opts.batch:
+            free = torch.cuda.mem_get_info(model.device)[1] / 2**30
+            raise UsageError(f"batch {opts.batch} does not fit in GPU memory ({free:.0f} GiB); the largest batch "
+                             f"that fits is {fits}: use --batch {fits}" if fits else
+                             f"even batch 1 does not fit in GPU memory ({free:.0f} GiB)")
+    print(f"native OpenVLA: {report.loaded} tensors loaded, {report.skipped_unused} unused ViT tensors skipped "
+          f"({model.device}, {model.dtype})")
+    return backend
