@@ -241,3 +241,58 @@ def test_hf_config_of_the_7b_model_has_openvla_sizes():
     assert (dino.embed_dim, dino.depth, dino.feature_block, dino.num_patches) == (1024, 24, 22, 256)
     assert (siglip.embed_dim, siglip.depth, siglip.feature_block, siglip.mlp_hidden) == (1152, 27, 25, 4304)
     assert json.loads(json.dumps(hf_config("7b")))["text_config"]["vocab_size"] == 32064
+
+
+def test_native_drill_on_real_libero_with_two_batched_envs(ckpt, tmp_path):
+    """`vla-eval drill --native --batch 2` end to end: two spawned LIBERO workers with cameras,
+    one batched model call per step, four run tags sharing one set of envs and one model."""
+    import subprocess
+    import sys
+
+    from vla_eval.records import read_jsonl
+
+    out = tmp_path / "drill"
+    cmd = [sys.executable, "-m", "vla_eval.cli", "drill", "--policy", "openvla", "--native", "--checkpoint", str(ckpt),
+           "--device", "cpu", "--dtype", "float32", "--seeds", "2", "--batch", "2", "--max-steps", "3",
+           "--fast-reset", "--no-progress", "--no-report", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("native OpenVLA: ") == 1  # one model for the four tags
+    means = {}
+    for tag in ("baseline", "no_flip", "bad_prompt", "bad_unnorm"):
+        log = read_jsonl(out / f"{tag}.jsonl")
+        assert sorted(e.seed for e in log.episodes) == [0, 1]
+        assert all(e.outcome == "failure" and e.steps == 3 for e in log.episodes)  # random weights, 3 steps
+        assert len(log.steps) == 6 and all(len(s.action) == 7 and s.img_mean is not None for s in log.steps)
+        means[tag] = {s.seed: s.img_mean for s in log.steps if s.step == 0}
+    for seed in (0, 1):  # same init state, same preprocessing (soft resets warm-start MuJoCo: not bit-exact)
+        assert abs(means["baseline"][seed] - means["bad_prompt"][seed]) < 0.5
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["provenance"]["openvla"]["native"] is True and manifest["provenance"]["openvla"]["batch"] == 2
+
+
+def test_batch_flag_conflicts_are_refused(ckpt):
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "vla_eval.cli", "sweep", "--policy", "openvla", "--native", "--checkpoint", str(ckpt),
+            "--device", "cpu", "--seeds", "1"]
+    r = subprocess.run(base + ["--batch", "2", "--workers", "3"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--batch 2 runs 2 env workers; drop --workers 3" in r.stderr
+    r = subprocess.run(base + ["--batch", "0"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--batch must be at least 1, got 0" in r.stderr
+
+
+def test_bench_policy_cli_prints_native_and_hf_loop_rows():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "vla_eval.cli", "bench-policy", "--dtype", "float32", "--batches", "1,3",
+                        "--iters", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if "ms/call" in line]
+    assert [line.split("batch")[0].strip() for line in rows] == ["hf-loop", "native", "native"]
+    assert "prompt 30 tokens + 16 patches" in r.stdout
+    bad = subprocess.run([sys.executable, "-m", "vla_eval.cli", "bench-policy", "--batches", "4,x"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "expected comma-separated integers" in bad.stderr

@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", type=Path, default=Path("runs/demo"))
     dm.set_defaults(fn=cmd_demo)
 
-    for name, module in (("monitor", "monitors.cli"), ("small", "drills.cli"), ("bench-monitor", "monitors.bench")):
+    for name, module in (("monitor", "monitors.cli"), ("small", "drills.cli"), ("bench-monitor", "monitors.bench"),
+                         ("bench-policy", "vla_eval.policies.native.bench")):
         _lazy(sub, name, module)
     return p
 

@@ -154,7 +154,8 @@ def run_sweep(
     i, k = parse_shard(cfg.shard)
     tags = [(tag, toggles_for(tag)) for tag in cfg.tags]
     all_jobs = make_jobs(cfg.suite, cfg.task_ids, range(cfg.seeds))[i::k]
-    loaded = make_policies(cfg.policy, cfg.suite, [t for _, t in tags], replace(openvla, batch=max(1, workers)))
+    openvla = replace(openvla, batch=max(1, workers))  # the model is called with one row per env
+    loaded = make_policies(cfg.policy, cfg.suite, [t for _, t in tags], openvla)
     policies = {tag: p for (tag, _), p in zip(tags, loaded)}  # all set-up errors surface before any episode
     from vla_eval.preflight import preflight
 
@@ -169,18 +170,22 @@ def run_sweep(
                    workers=workers, stop_on_alert=stop_on_alert)
     result = SweepResult(run_dir)
     t0 = time.perf_counter()
-    for tag, _ in tags:
-        have = committed(run_dir, tag, retry_errors)
-        done_keys = {(e.task_id, e.seed) for e in have}
-        todo = [j for j in all_jobs if (j.task_id, j.seed) not in done_keys]
-        result.skipped += len(all_jobs) - len(todo)
-        bar = _progress(tag, len(all_jobs), have, enabled=progress)
-        with JsonlWriter(run_dir / f"{tag}.jsonl") as writer:
-            new = run_episodes(policies[tag], todo, writer, tag, rc, monitor_factory, on_episode=bar.update_episode)
-        bar.close()
-        result.ran += len(new)
-        keep = {(e.task_id, e.seed) for e in new}
-        result.episodes[tag] = [e for e in have if (e.task_id, e.seed) not in keep] + new
+    from sims.parallel import make_pool
+
+    with make_pool(workers) as pool:  # one set of envs for every run tag: a drill creates them once
+        for tag, _ in tags:
+            have = committed(run_dir, tag, retry_errors)
+            done_keys = {(e.task_id, e.seed) for e in have}
+            todo = [j for j in all_jobs if (j.task_id, j.seed) not in done_keys]
+            result.skipped += len(all_jobs) - len(todo)
+            bar = _progress(tag, len(all_jobs), have, enabled=progress)
+            with JsonlWriter(run_dir / f"{tag}.jsonl") as writer:
+                new = run_episodes(policies[tag], todo, writer, tag, rc, monitor_factory,
+                                   on_episode=bar.update_episode, pool=pool)
+            bar.close()
+            result.ran += len(new)
+            keep = {(e.task_id, e.seed) for e in new}
+            result.episodes[tag] = [e for e in have if (e.task_id, e.seed) not in keep] + new
     result.wall_s = time.perf_counter() - t0
     return result
 

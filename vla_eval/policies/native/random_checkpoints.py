@@ -9,7 +9,6 @@ with random weights. Two sizes: ``7b`` (OpenVLA-7B's exact architecture, built i
 from __future__ import annotations
 
 import string
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,13 +17,6 @@ from vla_eval.policies.native.vit import VISION_ARCHS, ViTConfig
 
 OPENVLA_7B_TIMM_IDS = ["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"]
 TINY_TIMM_IDS = ["vla-eval/tiny-dinov2-reg4", "vla-eval/tiny-siglip"]
-
-# Same structure as the 7B featurizers (registers, LayerScale, no_embed_class; no class token
-# for SigLIP), tiny widths, a 4x4 patch grid.
-VISION_ARCHS.setdefault(TINY_TIMM_IDS[0], replace(
-    VISION_ARCHS[OPENVLA_7B_TIMM_IDS[0]], embed_dim=32, depth=3, num_heads=2, mlp_hidden=64, img_size=56))
-VISION_ARCHS.setdefault(TINY_TIMM_IDS[1], replace(
-    VISION_ARCHS[OPENVLA_7B_TIMM_IDS[1]], embed_dim=48, depth=4, num_heads=2, mlp_hidden=80, img_size=56))
 
 
 def _demo_stats(scale: float) -> dict:

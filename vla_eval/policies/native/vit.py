@@ -12,7 +12,7 @@ run and never allocated.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +58,12 @@ VISION_ARCHS: dict[str, ViTConfig] = {
     "vit_so400m_patch14_siglip_224": ViTConfig(
         embed_dim=1152, depth=27, num_heads=16, mlp_hidden=4304, class_token=False),
 }
+# Same structure (registers, LayerScale, patch-only positions; no class token for SigLIP) at
+# tiny widths and a 4x4 patch grid: the random checkpoints of tests and CPU benchmarks.
+VISION_ARCHS["vla-eval/tiny-dinov2-reg4"] = replace(
+    VISION_ARCHS["vit_large_patch14_reg4_dinov2.lvd142m"], embed_dim=32, depth=3, num_heads=2, mlp_hidden=64, img_size=56)
+VISION_ARCHS["vla-eval/tiny-siglip"] = replace(
+    VISION_ARCHS["vit_so400m_patch14_siglip_224"], embed_dim=48, depth=4, num_heads=2, mlp_hidden=80, img_size=56)
 
 
 class PatchEmbed(nn.Module):
