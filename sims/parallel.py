@@ -115,6 +115,9 @@ class EnvPool:
 
     def _call(self, commands: Mapping[int, tuple], timeout_s: float) -> dict:
         """Send every command first (the workers run in parallel), then gather replies."""
+        return self._gather(self._send(commands), timeout_s)
+
+    def _send(self, commands: Mapping[int, tuple]) -> dict:
         sent = {}
         for slot, msg in commands.items():
             try:
@@ -122,6 +125,9 @@ class EnvPool:
                 sent[slot] = True
             except (BrokenPipeError, OSError) as e:
                 sent[slot] = WorkerError(slot, "crash", f"worker was dead before {msg[0]}: {e!r}")
+        return sent
+
+    def _gather(self, sent: dict, timeout_s: float) -> dict:
         out = {}
         for slot, ok in sent.items():
             out[slot] = self._receive(slot, timeout_s) if ok is True else ok
@@ -147,7 +153,15 @@ class EnvPool:
         return self._call({s: ("reset", job) for s, job in jobs.items()}, self.reset_timeout_s)
 
     def step(self, actions: Mapping[int, np.ndarray]) -> dict[int, StepResult | WorkerError]:
-        return self._call({s: ("step", np.asarray(a)) for s, a in actions.items()}, self.step_timeout_s)
+        return self.gather(self.send_step(actions))
+
+    def send_step(self, actions: Mapping[int, np.ndarray]) -> dict:
+        """Start a step in these workers and return at once; ``gather`` the results later, so
+        the caller can compute the next actions of other slots while these envs step."""
+        return self._send({s: ("step", np.asarray(a)) for s, a in actions.items()})
+
+    def gather(self, sent: dict) -> dict[int, StepResult | WorkerError]:
+        return self._gather(sent, self.step_timeout_s)
 
     def query(self, slot: int, fn):
         """Run a picklable ``fn(env)`` in the worker; for privileged state reads."""
@@ -196,6 +210,12 @@ class LocalPool:
     def step(self, actions: Mapping[int, np.ndarray]) -> dict:
         ((slot, action),) = actions.items()
         return {slot: _guarded(slot, lambda a: self._env.step(a), action)}
+
+    def send_step(self, actions: Mapping[int, np.ndarray]) -> dict:
+        return self.step(actions)  # one in-process env: the step runs now, nothing overlaps
+
+    def gather(self, sent: dict) -> dict:
+        return sent
 
     def query(self, slot: int, fn):
         return fn(self._env)

@@ -40,6 +40,8 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: int) -> None:
     p.add_argument("--max-steps", type=int, help="override the suite's step limit")
     p.add_argument("--workers", type=int, default=0, help="parallel env processes (0: env in this process)")
     p.add_argument("--batch", type=int, help="N parallel envs feeding one model call per step (= --workers N; batched with --native, a loop otherwise)")
+    p.add_argument("--overlap", action="store_true",
+                   help="split the envs into two groups: one simulates while the model acts for the other")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<policy>-<suite>-<tasks>-<tags>)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
@@ -94,7 +96,7 @@ def _execute(args, tags: tuple[str, ...], kind: str) -> int:
         monitor_factory = RuntimeMonitor
     res = run_sweep(cfg, run_dir, workers=workers, openvla=ovla, progress=not args.no_progress,
                     retry_errors=getattr(args, "retry_errors", False), stop_on_alert=args.stop_on_alert,
-                    monitor_factory=monitor_factory)
+                    monitor_factory=monitor_factory, overlap=args.overlap)
     print(f"\nrun folder: {res.run_dir}  ({res.ran} episodes run, {res.skipped} already done, {res.wall_s:.1f} s)")
     for tag, eps in res.episodes.items():
         n = {o: sum(e.outcome == o for e in eps) for o in ("success", "failure", "error")}

@@ -4,6 +4,10 @@ Slots are env workers (or one in-process env). Each slot runs one episode at a t
 a slot whose episode ends takes the next job, so early successes never leave a worker
 idle. Per step the policy sees the observations of all active slots in one batch.
 
+With ``overlap``, the slots form two groups that take turns: while one group's envs step,
+the policy computes the other group's actions, so neither the GPU nor the simulators idle
+(each call then holds half the slots).
+
     config -> EnvSpec + policy -> run_episodes -> JSONL (+ monitors) -> report
 """
 from __future__ import annotations
@@ -42,6 +46,7 @@ class RunConfig:
     max_steps: int | None = None  # None: the suite's (220/280/300/520/400)
     workers: int = 0  # 0: env in this process; N: N spawned env workers
     stop_on_alert: bool = False
+    overlap: bool = False  # two env groups alternate between simulating and waiting for the policy
 
 
 def make_jobs(suite: str, task_ids: Iterable[int], seeds: Sequence[int]) -> list[EpisodeJob]:
@@ -99,17 +104,103 @@ def run_episodes(
     reuse its envs across calls (e.g. the tags of a drill); else one is made and closed."""
     if cfg.cameras is False and policy.uses_images:
         raise UsageError(f"policy {policy.name!r} reads images; run it with cameras on")
-    queue = deque(jobs)
-    done: list[EpisodeRecord] = []
     own_pool = pool is None
     pool = make_pool(cfg.workers) if own_pool else pool
-    n_slots = pool.n_workers
-    active: dict[int, _Active] = {}
+    try:
+        if cfg.overlap and pool.n_workers < 2:
+            raise UsageError(f"overlap needs at least 2 env workers (two groups); got {pool.n_workers}")
+        slots = range(pool.n_workers)
+        groups = [list(slots[0::2]), list(slots[1::2])] if cfg.overlap else [list(slots)]
+        return _Rollout(policy, deque(jobs), writer, run_tag, cfg, monitor_factory, on_episode, pool).run(groups)
+    finally:
+        if own_pool:
+            pool.close()
 
-    def finish(slot: int, outcome: str, error: str | None = None) -> None:
-        a = active.pop(slot)
+
+@dataclass
+class _Rollout:
+    policy: Policy
+    queue: deque
+    writer: JsonlWriter
+    run_tag: str
+    cfg: RunConfig
+    monitor_factory: MonitorFactory | None
+    on_episode: Callable[[EpisodeRecord], None] | None
+    pool: object
+    active: dict = field(default_factory=dict)  # slot -> _Active
+    done: list = field(default_factory=list)
+
+    def run(self, groups: list[list[int]]) -> list[EpisodeRecord]:
+        in_flight: dict[int, tuple] = {}  # group -> (slots, actions, img_mean, policy_s, sent, t_sent)
+        while self.queue or self.active:
+            for g, group in enumerate(groups):
+                if g in in_flight:
+                    self._collect(*in_flight.pop(g))
+                self._start(group)
+                mine = [s for s in group if s in self.active]
+                if not mine:
+                    continue
+                t = time.perf_counter()
+                batch = self.policy.act([self.active[s].obs for s in mine], mine)
+                policy_s = (time.perf_counter() - t) / len(mine)
+                sent = self.pool.send_step({s: batch.actions[i] for i, s in enumerate(mine)})
+                in_flight[g] = (mine, batch.actions, batch.img_mean, policy_s, sent, time.perf_counter())
+        return self.done
+
+    def _start(self, group: list[int]) -> None:
+        starting = {}
+        for slot in group:
+            if slot not in self.active and self.queue:
+                starting[slot] = self.queue.popleft()
+        if not starting:
+            return
+        specs = {s: (EnvSpec(j.suite, j.task_id, self.cfg.cameras, hard_reset=self.cfg.hard_reset), j.init_state)
+                 for s, j in starting.items()}
+        if len(starting) == 1:
+            seed_everything(next(iter(starting.values())).seed)
+        for slot, first in self.pool.reset(specs).items():
+            self.active[slot] = _Active(starting[slot], first)
+            if isinstance(first, WorkerError):
+                self._finish(slot, "error", _describe(first))
+                continue
+            self.policy.reset(slot)
+            if self.monitor_factory is not None:
+                self.active[slot].monitor = self.monitor_factory()
+
+    def _collect(self, slots, actions, img_mean, policy_s, sent, t_sent) -> None:
+        results = self.pool.gather(sent)
+        sim_s = time.perf_counter() - t_sent  # with overlap: includes the other group's policy call
+        for i, slot in enumerate(slots):
+            a, res = self.active[slot], results[slot]
+            if isinstance(res, WorkerError):
+                self._finish(slot, "error", _describe(res))
+                continue
+            action = actions[i]
+            rec = StepRecord(
+                run_tag=self.run_tag, task_id=a.job.task_id, seed=a.job.seed, attempt=a.attempt, step=a.steps,
+                action=tuple(round(float(x), 4) for x in action),
+                img_mean=None if img_mean is None else round(float(img_mean[i]), 3),
+                reward=float(res.reward), done=res.done, policy_s=round(policy_s, 5), sim_s=round(sim_s, 5),
+            )
+            alerts = a.monitor.update(rec) if a.monitor is not None else []
+            if alerts:
+                rec = replace(rec, alerts=tuple(alerts))
+                a.alerts.extend(alerts)
+            self.writer.write(rec)
+            a.obs, a.steps = res.obs, a.steps + 1
+            a.grips.append(float(action[6]))
+            a.policy_s += policy_s
+            a.sim_s += sim_s
+            max_steps = self.cfg.max_steps or suite_spec(a.job.suite).max_steps
+            if res.done:
+                self._finish(slot, "success")
+            elif a.steps >= max_steps or (self.cfg.stop_on_alert and alerts):
+                self._finish(slot, "failure")
+
+    def _finish(self, slot: int, outcome: str, error: str | None = None) -> None:
+        a = self.active.pop(slot)
         ep = EpisodeRecord(
-            run_tag=run_tag, suite=a.job.suite, task_id=a.job.task_id, seed=a.job.seed,
+            run_tag=self.run_tag, suite=a.job.suite, task_id=a.job.task_id, seed=a.job.seed,
             init_state=a.job.init_state, attempt=a.attempt, outcome=outcome, steps=a.steps,
             first_close_step=first_close_step(a.grips), wall_s=round(time.perf_counter() - a.t0, 3),
             policy_s=round(a.policy_s, 4), sim_s=round(a.sim_s, 4),
@@ -118,69 +209,10 @@ def run_episodes(
         if a.monitor is not None:
             a.alerts.extend(a.monitor.finish(ep))
         ep = replace(ep, alerts=tuple(dict.fromkeys(a.alerts)))
-        writer.write(ep)
-        done.append(ep)
-        if on_episode:
-            on_episode(ep)
-
-    try:
-        while queue or active:
-            starting = {}
-            for slot in range(n_slots):
-                if slot not in active and queue:
-                    starting[slot] = queue.popleft()
-            if starting:
-                specs = {s: (EnvSpec(j.suite, j.task_id, cfg.cameras, hard_reset=cfg.hard_reset), j.init_state)
-                         for s, j in starting.items()}
-                if len(starting) == 1:
-                    seed_everything(next(iter(starting.values())).seed)
-                for slot, first in pool.reset(specs).items():
-                    active[slot] = _Active(starting[slot], first)
-                    if isinstance(first, WorkerError):
-                        finish(slot, "error", _describe(first))
-                        continue
-                    policy.reset(slot)
-                    if monitor_factory is not None:
-                        active[slot].monitor = monitor_factory()
-            if not active:
-                continue
-            slots = list(active)
-            t = time.perf_counter()
-            batch = policy.act([active[s].obs for s in slots], slots)
-            policy_s = (time.perf_counter() - t) / len(slots)
-            t = time.perf_counter()
-            results = pool.step({s: batch.actions[i] for i, s in enumerate(slots)})
-            sim_s = time.perf_counter() - t
-            for i, slot in enumerate(slots):
-                a, res = active[slot], results[slot]
-                if isinstance(res, WorkerError):
-                    finish(slot, "error", _describe(res))
-                    continue
-                action = batch.actions[i]
-                rec = StepRecord(
-                    run_tag=run_tag, task_id=a.job.task_id, seed=a.job.seed, attempt=a.attempt, step=a.steps,
-                    action=tuple(round(float(x), 4) for x in action),
-                    img_mean=None if batch.img_mean is None else round(float(batch.img_mean[i]), 3),
-                    reward=float(res.reward), done=res.done, policy_s=round(policy_s, 5), sim_s=round(sim_s, 5),
-                )
-                alerts = a.monitor.update(rec) if a.monitor is not None else []
-                if alerts:
-                    rec = replace(rec, alerts=tuple(alerts))
-                    a.alerts.extend(alerts)
-                writer.write(rec)
-                a.obs, a.steps = res.obs, a.steps + 1
-                a.grips.append(float(action[6]))
-                a.policy_s += policy_s
-                a.sim_s += sim_s
-                max_steps = cfg.max_steps or suite_spec(a.job.suite).max_steps
-                if res.done:
-                    finish(slot, "success")
-                elif a.steps >= max_steps or (cfg.stop_on_alert and alerts):
-                    finish(slot, "failure")
-    finally:
-        if own_pool:
-            pool.close()
-    return done
+        self.writer.write(ep)
+        self.done.append(ep)
+        if self.on_episode:
+            self.on_episode(ep)
 
 
 def _describe(err: WorkerError) -> str:

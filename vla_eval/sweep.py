@@ -148,9 +148,12 @@ def run_sweep(
     progress: bool = True,
     stop_on_alert: bool = False,
     monitor_factory=None,
+    overlap: bool = False,
 ) -> SweepResult:
     if cfg.seeds < 1:
         raise UsageError(f"--seeds must be at least 1, got {cfg.seeds}")
+    if overlap and workers < 2:
+        raise UsageError(f"--overlap needs two env groups: --batch (or --workers) of at least 2, got {workers}")
     i, k = parse_shard(cfg.shard)
     tags = [(tag, toggles_for(tag)) for tag in cfg.tags]
     all_jobs = make_jobs(cfg.suite, cfg.task_ids, range(cfg.seeds))[i::k]
@@ -167,7 +170,7 @@ def run_sweep(
     configure_gl()  # before the manifest records MUJOCO_GL
     _check_or_write_manifest(run_dir, cfg, asdict(openvla) if cfg.policy == "openvla" else None)
     rc = RunConfig(cameras=cfg.cameras, hard_reset=cfg.hard_reset, max_steps=cfg.max_steps,
-                   workers=workers, stop_on_alert=stop_on_alert)
+                   workers=workers, stop_on_alert=stop_on_alert, overlap=overlap)
     result = SweepResult(run_dir)
     t0 = time.perf_counter()
     from sims.parallel import make_pool
