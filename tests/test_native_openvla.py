@@ -236,7 +236,14 @@ def test_native_policy_toggles_reach_the_model(backend, monkeypatch):
 
 
 def test_hf_config_of_the_7b_model_has_openvla_sizes():
+    from vla_eval.policies.native.model import NativeOpenVLA
+
     cfg = NativeConfig.from_hf(hf_config("7b"))
+    with torch.device("meta"):  # shapes only, no memory
+        model = NativeOpenVLA(cfg)
+    # OpenVLA-7B has 7,541,237,184 parameters; 43,080,480 of them are never run (DINOv2's last
+    # block 12,598,272 + norm 2,048; SigLIP's last block 15,239,504 + norm 2,304 + pool head 15,238,352).
+    assert sum(p.numel() for p in model.parameters()) == 7_541_237_184 - 43_080_480
     dino, siglip = cfg.vision
     assert (dino.embed_dim, dino.depth, dino.feature_block, dino.num_patches) == (1024, 24, 22, 256)
     assert (siglip.embed_dim, siglip.depth, siglip.feature_block, siglip.mlp_hidden) == (1152, 27, 25, 4304)
