@@ -44,12 +44,26 @@ def _pixels(backend, n, seed=0):
     return backend.pixel_values(images)
 
 
-def test_dinov2_features_match_transformers_dinov2_with_registers():
-    cfg = NativeConfig.from_hf(hf_config("tiny")).vision[0]
-    torch.manual_seed(0)
+def _random_featurizer(index: int):
+    cfg = NativeConfig.from_hf(hf_config("tiny")).vision[index]
+    torch.manual_seed(index)
     ours = ViTFeaturizer(cfg).eval()
     for p in ours.parameters():
         torch.nn.init.normal_(p, std=0.2)
+    return cfg, ours
+
+
+def _block_state(blk, prefix: str, names: dict) -> dict:
+    """One of our ViT blocks as a transformers state dict (separate q/k/v), by module name."""
+    mods = dict(norm1=blk.norm1, norm2=blk.norm2, fc1=blk.mlp.fc1, fc2=blk.mlp.fc2, o=blk.attn.proj)
+    out = {f"{prefix}{names[n]}.{p}": getattr(m, p) for n, m in mods.items() for p in ("weight", "bias")}
+    for n, w, b in zip("qkv", blk.attn.qkv.weight.chunk(3), blk.attn.qkv.bias.chunk(3)):
+        out.update({f"{prefix}{names[n]}.weight": w, f"{prefix}{names[n]}.bias": b})
+    return out
+
+
+def test_dinov2_features_match_transformers_dinov2_with_registers():
+    cfg, ours = _random_featurizer(0)
     ref = transformers.Dinov2WithRegistersModel(transformers.Dinov2WithRegistersConfig(
         hidden_size=cfg.embed_dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads,
         mlp_ratio=cfg.mlp_hidden // cfg.embed_dim, image_size=cfg.img_size, patch_size=cfg.patch_size,
@@ -59,18 +73,12 @@ def test_dinov2_features_match_transformers_dinov2_with_registers():
           "embeddings.position_embeddings": torch.cat([torch.zeros(1, 1, cfg.embed_dim), ours.pos_embed], 1),
           "embeddings.patch_embeddings.projection.weight": ours.patch_embed.proj.weight,
           "embeddings.patch_embeddings.projection.bias": ours.patch_embed.proj.bias}
+    names = dict(norm1="norm1", norm2="norm2", fc1="mlp.fc1", fc2="mlp.fc2", q="attention.q_proj",
+                 k="attention.k_proj", v="attention.v_proj", o="attention.o_proj")
     for i, blk in enumerate(ours.blocks):
-        q, k, v = blk.attn.qkv.weight.chunk(3)
-        qb, kb, vb = blk.attn.qkv.bias.chunk(3)
         p = f"encoder.layer.{i}."
-        sd.update({p + "norm1.weight": blk.norm1.weight, p + "norm1.bias": blk.norm1.bias,
-                   p + "attention.q_proj.weight": q, p + "attention.k_proj.weight": k, p + "attention.v_proj.weight": v,
-                   p + "attention.q_proj.bias": qb, p + "attention.k_proj.bias": kb, p + "attention.v_proj.bias": vb,
-                   p + "attention.o_proj.weight": blk.attn.proj.weight, p + "attention.o_proj.bias": blk.attn.proj.bias,
-                   p + "layer_scale1.lambda1": blk.ls1.gamma, p + "layer_scale2.lambda1": blk.ls2.gamma,
-                   p + "norm2.weight": blk.norm2.weight, p + "norm2.bias": blk.norm2.bias,
-                   p + "mlp.fc1.weight": blk.mlp.fc1.weight, p + "mlp.fc1.bias": blk.mlp.fc1.bias,
-                   p + "mlp.fc2.weight": blk.mlp.fc2.weight, p + "mlp.fc2.bias": blk.mlp.fc2.bias})
+        sd.update(_block_state(blk, p, names))
+        sd.update({p + "layer_scale1.lambda1": blk.ls1.gamma, p + "layer_scale2.lambda1": blk.ls2.gamma})
     missing, _ = ref.load_state_dict(sd, strict=False)
     assert all(k.startswith(("embeddings.mask_token", "layernorm", f"encoder.layer.{cfg.depth - 1}.")) for k in missing)
     x = torch.randn(2, 3, cfg.img_size, cfg.img_size)
@@ -82,11 +90,7 @@ def test_dinov2_features_match_transformers_dinov2_with_registers():
 
 
 def test_siglip_features_match_transformers_siglip():
-    cfg = NativeConfig.from_hf(hf_config("tiny")).vision[1]
-    torch.manual_seed(1)
-    ours = ViTFeaturizer(cfg).eval()
-    for p in ours.parameters():
-        torch.nn.init.normal_(p, std=0.2)
+    cfg, ours = _random_featurizer(1)
     ref = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
         hidden_size=cfg.embed_dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads,
         intermediate_size=cfg.mlp_hidden, image_size=cfg.img_size, patch_size=cfg.patch_size,
@@ -95,17 +99,10 @@ def test_siglip_features_match_transformers_siglip():
     sd = {pre + "embeddings.patch_embedding.weight": ours.patch_embed.proj.weight,
           pre + "embeddings.patch_embedding.bias": ours.patch_embed.proj.bias,
           pre + "embeddings.position_embedding.weight": ours.pos_embed[0]}
+    names = dict(norm1="layer_norm1", norm2="layer_norm2", fc1="mlp.fc1", fc2="mlp.fc2", q="self_attn.q_proj",
+                 k="self_attn.k_proj", v="self_attn.v_proj", o="self_attn.out_proj")
     for i, blk in enumerate(ours.blocks):
-        q, k, v = blk.attn.qkv.weight.chunk(3)
-        qb, kb, vb = blk.attn.qkv.bias.chunk(3)
-        p = f"{pre}encoder.layers.{i}."
-        sd.update({p + "layer_norm1.weight": blk.norm1.weight, p + "layer_norm1.bias": blk.norm1.bias,
-                   p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k, p + "self_attn.v_proj.weight": v,
-                   p + "self_attn.q_proj.bias": qb, p + "self_attn.k_proj.bias": kb, p + "self_attn.v_proj.bias": vb,
-                   p + "self_attn.out_proj.weight": blk.attn.proj.weight, p + "self_attn.out_proj.bias": blk.attn.proj.bias,
-                   p + "layer_norm2.weight": blk.norm2.weight, p + "layer_norm2.bias": blk.norm2.bias,
-                   p + "mlp.fc1.weight": blk.mlp.fc1.weight, p + "mlp.fc1.bias": blk.mlp.fc1.bias,
-                   p + "mlp.fc2.weight": blk.mlp.fc2.weight, p + "mlp.fc2.bias": blk.mlp.fc2.bias})
+        sd.update(_block_state(blk, f"{pre}encoder.layers.{i}.", names))
     missing, _ = ref.load_state_dict(sd, strict=False)
     assert all(k.startswith((pre + "post_layernorm", pre + "head", f"{pre}encoder.layers.{cfg.depth - 1}."))
                for k in missing)
