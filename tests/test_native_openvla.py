@@ -300,3 +300,28 @@ def test_bench_policy_cli_prints_native_and_hf_loop_rows():
     bad = subprocess.run([sys.executable, "-m", "vla_eval.cli", "bench-policy", "--batches", "4,x"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "expected comma-separated integers" in bad.stderr
+
+
+def test_batch_too_large_names_the_largest_that_fits(backend, monkeypatch):
+    """The search behind `--batch N` on a GPU: out-of-memory at N halves, then bisects.
+    (Out-of-memory is raised by a stand-in here; this machine has no GPU to exhaust.)"""
+    from types import SimpleNamespace
+
+    from vla_eval.policies.native.backend import NativeBackend
+
+    tried = []
+
+    class SmallGPU(NativeBackend):
+        def predict(self, images, prompts, unnorm_key):
+            tried.append(len(images))
+            if len(images) > 5:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+            return np.zeros((len(images), 7))
+
+    fake = SmallGPU(SimpleNamespace(device=torch.device("cuda"), cfg=backend.model.cfg), backend.tokenizer)
+    assert fake.largest_batch_that_fits(32) == 5 and tried == [32, 16, 8, 4, 6, 5]
+    tried.clear()
+    assert fake.largest_batch_that_fits(5) == 5 and tried == [5]
+    monkeypatch.setattr(SmallGPU, "predict", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("oom")))
+    assert fake.largest_batch_that_fits(8) == 0
+    assert backend.largest_batch_that_fits(32) == 32  # CPU: no fixed memory pool, nothing to probe

@@ -44,22 +44,34 @@ class NativeBackend:
         return self.model.predict_action(self.pixel_values(images), self.prompt_ids(prompts), unnorm_key)
 
     def largest_batch_that_fits(self, want: int, instruction: str = "pick up the object " * 8) -> int:
-        """On CUDA, run ``want`` dummy observations once; on out-of-memory halve until one fits.
-        Returns ``want`` when it fits (always on CPU, where there is no fixed pool to exhaust)."""
+        """On CUDA, run ``want`` dummy observations once; on out-of-memory halve until one fits,
+        then bisect between that and the last failure. ``want`` when it fits (always on CPU,
+        where there is no fixed pool to exhaust); 0 when not even one fits."""
         if self.model.device.type != "cuda":
             return want
         image = np.zeros((224, 224, 3), np.uint8)
         key = next(iter(self.norm_stats))
-        n = want
-        while n >= 1:
+
+        def fits(n: int) -> bool:
             try:
                 self.predict([image] * n, [instruction] * n, key)
-                torch.cuda.empty_cache()
-                return n
+                return True
             except torch.cuda.OutOfMemoryError:
+                return False
+            finally:
                 torch.cuda.empty_cache()
-                n //= 2
-        return 0
+
+        if fits(want):
+            return want
+        hi, lo = want, want // 2
+        while lo >= 1 and not fits(lo):
+            hi, lo = lo, lo // 2
+        if lo == 0:
+            return 0
+        while hi - lo > 1:  # lo fits, hi does not
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return lo
 
 
 def resolve_checkpoint_dir(checkpoint: str, revision: str | None) -> Path:
@@ -108,10 +120,10 @@ def load_native_backend(checkpoint: str, opts) -> NativeBackend:
     if opts.batch > 1:
         fits = backend.largest_batch_that_fits(opts.batch)
         if fits < opts.batch:
-            free = torch.cuda.mem_get_info(model.device)[1] / 2**30
-            raise UsageError(f"batch {opts.batch} does not fit in GPU memory ({free:.0f} GiB); the largest batch "
+            total = torch.cuda.mem_get_info(model.device)[1] / 2**30
+            raise UsageError(f"batch {opts.batch} does not fit in GPU memory ({total:.0f} GiB); the largest batch "
                              f"that fits is {fits}: use --batch {fits}" if fits else
-                             f"even batch 1 does not fit in GPU memory ({free:.0f} GiB)")
+                             f"even batch 1 does not fit in GPU memory ({total:.0f} GiB)")
     print(f"native OpenVLA: {report.loaded} tensors loaded, {report.skipped_unused} unused ViT tensors skipped "
           f"({model.device}, {model.dtype})")
     return backend

@@ -20,8 +20,9 @@ import numpy as np
 
 from vla_eval.errors import UsageError
 
-# Dense bf16 tensor TFLOP/s and memory GB/s from the vendors' data sheets.
-PEAKS = {"H100 80GB HBM3": (989.0, 3350.0), "H100": (989.0, 3350.0), "H200": (989.0, 4800.0),
+# Dense bf16 tensor TFLOP/s and memory GB/s from the vendors' data sheets; first substring match
+# of torch.cuda.get_device_name wins (so the PCIe H100 comes before the SXM one).
+PEAKS = {"H100 PCIe": (756.0, 2000.0), "H100": (989.0, 3350.0), "H200": (989.0, 4800.0),
          "A100": (312.0, 2039.0), "RTX 4090": (165.2, 1008.0), "L40S": (362.0, 864.0)}
 PROMPT = "In: What action should the robot take to pick up the alphabet soup and place it in the basket?\nOut:"
 
