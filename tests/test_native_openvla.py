@@ -286,6 +286,9 @@ def test_batch_flag_conflicts_are_refused(ckpt):
     assert r.returncode == 2 and "--batch 2 runs 2 env workers; drop --workers 3" in r.stderr
     r = subprocess.run(base + ["--batch", "0"], capture_output=True, text=True)
     assert r.returncode == 2 and "--batch must be at least 1, got 0" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "vla_eval.cli", "run", "--policy", "zero", "--batch", "4"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--batch, --overlap and --workers apply to sweep and drill" in r.stderr
 
 
 def test_bench_policy_cli_prints_native_and_hf_loop_rows():

@@ -148,6 +148,9 @@ def cmd_run(args) -> int:
     """``vla-eval run``: one episode (seed -> init state), any toggles, no resume bookkeeping."""
     from vla_eval.api import run_episode
 
+    if (args.batch or 1) > 1 or args.overlap or args.workers:
+        raise UsageError("vla-eval run is one episode in this process: --batch, --overlap and --workers apply to "
+                         "sweep and drill")
     ep = run_episode(
         policy=args.policy, suite=args.suite, task_id=args.task, seed=args.seed,
         flip_image=not args.no_flip, prompt_template="rephrased" if args.bad_prompt else "default",
