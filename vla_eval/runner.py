@@ -24,7 +24,7 @@ import numpy as np
 from sims.parallel import EnvSpec, WorkerError, make_pool
 from sims.protocol import N_INIT_STATES, check_task_id, suite_spec
 from vla_eval.errors import UsageError
-from vla_eval.policies.base import Policy
+from vla_eval.policies.base import ActionBatch, Policy
 from vla_eval.records import EpisodeRecord, JsonlWriter, StepRecord, first_close_step, new_attempt_id
 
 
@@ -107,14 +107,30 @@ def run_episodes(
     own_pool = pool is None
     pool = make_pool(cfg.workers) if own_pool else pool
     try:
-        if cfg.overlap and pool.n_workers < 2:
-            raise UsageError(f"overlap needs at least 2 env workers (two groups); got {pool.n_workers}")
-        slots = range(pool.n_workers)
-        groups = [list(slots[0::2]), list(slots[1::2])] if cfg.overlap else [list(slots)]
+        groups = slot_groups(pool.n_workers, cfg.overlap)
         return _Rollout(policy, deque(jobs), writer, run_tag, cfg, monitor_factory, on_episode, pool).run(groups)
     finally:
         if own_pool:
             pool.close()
+
+
+def slot_groups(n_slots: int, overlap: bool) -> list[list[int]]:
+    """The groups that take turns: all slots together, or (overlap) even and odd slots."""
+    if overlap and n_slots < 2:
+        raise UsageError(f"--overlap needs two env groups: --batch (or --workers) of at least 2, got {n_slots}")
+    slots = range(n_slots)
+    return [list(slots[0::2]), list(slots[1::2])] if overlap else [list(slots)]
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    """A group's step: sent to its envs, results not yet gathered."""
+
+    slots: list[int]
+    batch: ActionBatch
+    policy_s: float  # per observation
+    sent: dict
+    t_sent: float
 
 
 @dataclass
@@ -131,11 +147,11 @@ class _Rollout:
     done: list = field(default_factory=list)
 
     def run(self, groups: list[list[int]]) -> list[EpisodeRecord]:
-        in_flight: dict[int, tuple] = {}  # group -> (slots, actions, img_mean, policy_s, sent, t_sent)
+        in_flight: dict[int, _InFlight] = {}  # group index -> its pending step
         while self.queue or self.active:
             for g, group in enumerate(groups):
                 if g in in_flight:
-                    self._collect(*in_flight.pop(g))
+                    self._collect(in_flight.pop(g))
                 self._start(group)
                 mine = [s for s in group if s in self.active]
                 if not mine:
@@ -144,7 +160,7 @@ class _Rollout:
                 batch = self.policy.act([self.active[s].obs for s in mine], mine)
                 policy_s = (time.perf_counter() - t) / len(mine)
                 sent = self.pool.send_step({s: batch.actions[i] for i, s in enumerate(mine)})
-                in_flight[g] = (mine, batch.actions, batch.img_mean, policy_s, sent, time.perf_counter())
+                in_flight[g] = _InFlight(mine, batch, policy_s, sent, time.perf_counter())
         return self.done
 
     def _start(self, group: list[int]) -> None:
@@ -167,15 +183,16 @@ class _Rollout:
             if self.monitor_factory is not None:
                 self.active[slot].monitor = self.monitor_factory()
 
-    def _collect(self, slots, actions, img_mean, policy_s, sent, t_sent) -> None:
-        results = self.pool.gather(sent)
-        sim_s = time.perf_counter() - t_sent  # with overlap: includes the other group's policy call
-        for i, slot in enumerate(slots):
+    def _collect(self, step: _InFlight) -> None:
+        results = self.pool.gather(step.sent)
+        sim_s = time.perf_counter() - step.t_sent  # with overlap: includes the other group's policy call
+        policy_s, img_mean = step.policy_s, step.batch.img_mean
+        for i, slot in enumerate(step.slots):
             a, res = self.active[slot], results[slot]
             if isinstance(res, WorkerError):
                 self._finish(slot, "error", _describe(res))
                 continue
-            action = actions[i]
+            action = step.batch.actions[i]
             rec = StepRecord(
                 run_tag=self.run_tag, task_id=a.job.task_id, seed=a.job.seed, attempt=a.attempt, step=a.steps,
                 action=tuple(round(float(x), 4) for x in action),

@@ -20,7 +20,7 @@ from typing import Sequence
 from vla_eval.errors import UsageError
 from vla_eval.policies.factory import DRILLS, OpenVLAOptions, Toggles, make_policies
 from vla_eval.records import EpisodeRecord, JsonlWriter, read_jsonl
-from vla_eval.runner import RunConfig, make_jobs, run_episodes
+from vla_eval.runner import RunConfig, make_jobs, run_episodes, slot_groups
 
 MANIFEST = "manifest.json"
 
@@ -152,8 +152,7 @@ def run_sweep(
 ) -> SweepResult:
     if cfg.seeds < 1:
         raise UsageError(f"--seeds must be at least 1, got {cfg.seeds}")
-    if overlap and workers < 2:
-        raise UsageError(f"--overlap needs two env groups: --batch (or --workers) of at least 2, got {workers}")
+    slot_groups(max(workers, 1), overlap)  # refuse a bad --overlap before loading any model
     i, k = parse_shard(cfg.shard)
     tags = [(tag, toggles_for(tag)) for tag in cfg.tags]
     all_jobs = make_jobs(cfg.suite, cfg.task_ids, range(cfg.seeds))[i::k]

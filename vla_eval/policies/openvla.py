@@ -109,6 +109,9 @@ def load_backend(suite: str, opts):
     if opts.attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise UsageError(f"unknown attention implementation {opts.attn_implementation!r}; valid: "
                          f"{', '.join(ATTN_IMPLEMENTATIONS)}")
+    if not opts.native and opts.dtype != "bfloat16":
+        raise UsageError(f"--dtype {opts.dtype}: the remote-code model runs in bfloat16 as published; "
+                         "--dtype applies to --native")
     if opts.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("no CUDA device: OpenVLA-7B in bf16 needs a GPU with ~16 GB. On a CPU-only machine use "
                          "--policy scripted (or zero) for real LIBERO runs without a model.")

@@ -177,7 +177,7 @@ def register(sub) -> None:
                    help="prompt length in tokens incl. BOS (default 30: a LIBERO prompt under Llama's tokenizer)")
     p.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, for the physical limit")
     p.add_argument("--peak-gbps", type=float, help="the GPU's memory bandwidth, for the physical limit")
-    p.set_defaults(fn=lambda a: _cmd(a))
+    p.set_defaults(fn=_cmd)
 
 
 def _cmd(args) -> int:

@@ -16,13 +16,13 @@ padded row sees the same positions as it would alone (``tests`` check batched ==
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import nn
 
-from vla_eval.errors import UsageError
+from vla_eval.errors import UsageError, bad_choice
 from vla_eval.policies.action_tokens import N_BINS, tokens_to_normalized, unnormalize
 from vla_eval.policies.native.vit import VISION_ARCHS, ViTConfig, ViTFeaturizer
 
@@ -54,18 +54,12 @@ class NativeConfig:
                 raise UsageError(f"unknown vision backbone {timm_id!r} in the checkpoint's config; "
                                  f"known: {', '.join(VISION_ARCHS)}")
             arch = VISION_ARCHS[timm_id]
-            visions.append(arch if arch.img_size == size else _with(arch, img_size=size))
+            visions.append(arch if arch.img_size == size else replace(arch, img_size=size))
         if "text_config" not in config:
             raise UsageError("the checkpoint's config.json has no text_config (is this an OpenVLA checkpoint?)")
         return cls(vision=tuple(visions), text_config=dict(config["text_config"]),
                    norm_stats=config.get("norm_stats", {}), n_action_bins=config.get("n_action_bins", N_BINS),
                    pad_to_multiple_of=config.get("pad_to_multiple_of", 64))
-
-
-def _with(cfg: ViTConfig, **changes) -> ViTConfig:
-    from dataclasses import replace
-
-    return replace(cfg, **changes)
 
 
 class FusedMLPProjector(nn.Module):
@@ -188,6 +182,6 @@ class NativeOpenVLA(nn.Module):
     def predict_action(self, pixels: torch.Tensor, prompt_ids: list[list[int]], unnorm_key: str) -> np.ndarray:
         """Batched ``predict_action``: (B, 6, H, W) pixels + B token lists -> (B, 7) actions."""
         if unnorm_key not in self.cfg.norm_stats:
-            raise UsageError(f"unnorm_key {unnorm_key!r} not in norm_stats; valid: {', '.join(sorted(self.cfg.norm_stats))}")
+            raise bad_choice("unnorm_key", unnorm_key, sorted(self.cfg.norm_stats))
         tokens = self.generate_action_tokens(pixels, prompt_ids, self.action_dim(unnorm_key))
         return self.tokens_to_actions(tokens.cpu().numpy(), unnorm_key)
