@@ -67,7 +67,7 @@ def test_bad_input_gives_one_clear_message_and_nonzero_exit(argv, message, tmp_p
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["run"], "no CUDA device"),
+    (["run"], "torch sees no CUDA device. OpenVLA-7B in bf16 needs a GPU"),
     (["run", "--device", "cpu", "--checkpoint", "/nonexistent/ckpt"], "could not load '/nonexistent/ckpt'"),
     (["run", "--device", "cpu", "--native"], "could not load 'openvla/openvla-7b-finetuned-libero-object'"),
     (["run", "--device", "cpu", "--native", "--checkpoint", "/nonexistent/ckpt"], "could not load '/nonexistent/ckpt'"),

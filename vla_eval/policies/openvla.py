@@ -102,7 +102,7 @@ def prepare_unnorm_key(norm_stats: dict, suite: str, requested: str | None) -> s
 def load_backend(suite: str, opts):
     """The model behind every run tag of one sweep; all set-up errors surface here."""
     try:
-        import torch
+        import torch  # noqa: F401
         import transformers  # noqa: F401
     except ImportError as e:
         raise UsageError(f"OpenVLA needs torch and transformers ({e}). Fix: pip install 'vla-eval[openvla]'") from e
@@ -112,9 +112,9 @@ def load_backend(suite: str, opts):
     if not opts.native and opts.dtype != "bfloat16":
         raise UsageError(f"--dtype {opts.dtype}: the remote-code model runs in bfloat16 as published; "
                          "--dtype applies to --native")
-    if opts.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("no CUDA device: OpenVLA-7B in bf16 needs a GPU with ~16 GB. On a CPU-only machine use "
-                         "--policy scripted (or zero) for real LIBERO runs without a model.")
+    from vla_eval.policies.native.checkpoint import check_device
+
+    check_device(opts.device)
     checkpoint = opts.checkpoint or default_checkpoint(suite)
     if opts.native:
         from vla_eval.policies.native.backend import load_native_backend
