@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drills.data import ACT_DIM, OBS_DIM, DataConfig, Dataset
+from vla_eval.drills.data import ACT_DIM, OBS_DIM, DataConfig, Dataset
 
 N_BINS = 256
 FAMILIES = ("mse", "ce", "denoise")
@@ -78,7 +78,7 @@ def run_bakeoff(data: Dataset, data_cfg: DataConfig, cfg: BakeoffConfig = Bakeof
     import torch
     import torch.nn.functional as F
 
-    from drills.stacked import StackedAdam, StackedMLP
+    from vla_eval.drills.stacked import StackedAdam, StackedMLP
 
     rng = np.random.default_rng(cfg.seed)
     obs = torch.tensor(np.stack([data.normalize(data.obs_train)] * 2), dtype=torch.float32)  # (2, N, 14)

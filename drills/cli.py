@@ -20,10 +20,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    import torch
+    from vla_eval.errors import require
 
-    from drills.data import DataConfig, load_dataset
-    from drills.faults import FAULTS, run_faults
+    torch = require("torch", "drills", "vla-eval small")
+    from vla_eval.drills.data import DataConfig, load_dataset
+    from vla_eval.drills.faults import FAULTS, run_faults
     from vla_eval.errors import bad_choice
 
     torch.set_num_threads(args.threads)
@@ -46,7 +47,7 @@ def run(args) -> int:
             lines.append(f"[{'matches' if r.matches else 'DOES NOT MATCH'} the expected signature] {r.sentence}")
             all_match &= r.matches
     if args.drill in ("bakeoff", "all"):
-        from drills.bakeoff import plot_bakeoff, run_bakeoff, summarize
+        from vla_eval.drills.bakeoff import plot_bakeoff, run_bakeoff, summarize
 
         t = time.perf_counter()
         result = run_bakeoff(data, cfg)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from drills.checks import CurveFeatures, read_curve
-from drills.data import DataConfig, Dataset, mse_floor
-from drills.train import History, TrainConfig, train_many
+from vla_eval.drills.checks import CurveFeatures, read_curve
+from vla_eval.drills.data import DataConfig, Dataset, mse_floor
+from vla_eval.drills.train import History, TrainConfig, train_many
 
 FAULTS: dict[str, TrainConfig] = {
     "baseline": TrainConfig(),

@@ -2,7 +2,7 @@
 
     SmallPolicy: 14 -> 256 -> 256 -> 7, ReLU, no dropout; MSE, Adam, batch 64, 50 epochs.
 
-``train_many`` runs several configs in lockstep (``drills.stacked``); each is the same
+``train_many`` runs several configs in lockstep (``vla_eval.drills.stacked``); each is the same
 training as alone, only batched.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from drills.data import ACT_DIM, OBS_DIM, Dataset
+from vla_eval.drills.data import ACT_DIM, OBS_DIM, Dataset
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def train_many(data: Dataset, cfgs: Sequence[TrainConfig]) -> tuple[object, list
     """Train one SmallPolicy per config (MSE). Configs must share batch, epochs, log_every."""
     import torch
 
-    from drills.stacked import StackedAdam, StackedMLP
+    from vla_eval.drills.stacked import StackedAdam, StackedMLP
 
     c0 = cfgs[0]
     assert all((c.batch, c.epochs, c.log_every) == (c0.batch, c0.epochs, c0.log_every) for c in cfgs)

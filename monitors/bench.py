@@ -13,7 +13,7 @@ def register(sub) -> None:
 
 
 def run(steps: int = 20000) -> int:
-    from monitors import RuntimeMonitor
+    from vla_eval.monitors import RuntimeMonitor
 
     rng = np.random.default_rng(0)
     actions = rng.uniform(-1, 1, size=(steps, 7))

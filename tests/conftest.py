@@ -13,7 +13,7 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 @pytest.fixture(scope="module")
 def object_env():
     """libero_object task 0, cameras off, soft resets (same init states, faster)."""
-    from sims.libero_env import LiberoEnv
+    from vla_eval.sims.libero_env import LiberoEnv
 
     env = LiberoEnv("libero_object", 0, cameras=False, hard_reset=False)
     yield env

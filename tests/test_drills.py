@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from drills.checks import assert_finite, check_alignment, grad_norms, overfit_small_batch, read_curve
-from drills.data import DataConfig, load_dataset, mse_floor
-from drills.train import TrainConfig, small_policy, train_many
+from vla_eval.drills.checks import assert_finite, check_alignment, grad_norms, overfit_small_batch, read_curve
+from vla_eval.drills.data import DataConfig, load_dataset, mse_floor
+from vla_eval.drills.train import TrainConfig, small_policy, train_many
 
 CFG = DataConfig()
 
@@ -41,7 +41,7 @@ def test_lockstep_training_equals_training_alone(data):
 
 @pytest.fixture(scope="module")
 def readings(data, tmp_path_factory):
-    from drills.faults import run_faults
+    from vla_eval.drills.faults import run_faults
 
     return run_faults(data, CFG, tmp_path_factory.mktemp("faults"))
 
@@ -68,7 +68,7 @@ def test_bimodal_plateau_is_near_its_floor(readings):
 
 
 def test_bakeoff_denoising_covers_both_modes(data):
-    from drills.bakeoff import BakeoffConfig, mode_fractions, run_bakeoff
+    from vla_eval.drills.bakeoff import BakeoffConfig, mode_fractions, run_bakeoff
 
     r = run_bakeoff(data, CFG, BakeoffConfig(epochs=4))
     mse, ce, den = (r["samples"][f][1, :, :, 0] for f in ("mse", "ce", "denoise"))

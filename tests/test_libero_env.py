@@ -58,7 +58,7 @@ def test_scripted_expert_succeeds_and_success_is_done(object_env):
 
 
 def test_cameras_render_two_256_views_raw_orientation():
-    from sims.libero_env import LiberoEnv
+    from vla_eval.sims.libero_env import LiberoEnv
 
     with LiberoEnv("libero_object", 0, cameras=True, hard_reset=False) as env:
         obs = env.reset(0)
@@ -71,15 +71,15 @@ def test_cameras_render_two_256_views_raw_orientation():
 
 
 def test_missing_assets_message_names_the_fix(monkeypatch, tmp_path):
-    import sims.assets as assets
+    import vla_eval.sims.assets as assets
 
     monkeypatch.setattr(assets, "libero_package_dir", lambda: tmp_path)
-    with pytest.raises(assets.SetupError, match="python -m sims.assets install"):
+    with pytest.raises(assets.SetupError, match="python -m vla_eval.sims.assets install"):
         assets.check_assets()
 
 
 def test_bad_gl_backend_is_named(monkeypatch):
-    from sims.libero_env import configure_gl
+    from vla_eval.sims.libero_env import configure_gl
 
     monkeypatch.setenv("MUJOCO_GL", "vulkan")
     with pytest.raises(UsageError, match="unknown MUJOCO_GL backend 'vulkan'; valid: egl, osmesa, glfw"):

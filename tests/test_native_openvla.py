@@ -214,7 +214,7 @@ def test_native_policy_toggles_reach_the_model(backend, monkeypatch):
     from vla_eval.policies.factory import DRILLS, OpenVLAOptions, make_policies
     from vla_eval.policies.native import backend as backend_mod
     from vla_eval.preflight import image_sensitivity
-    from sims.protocol import Observation
+    from vla_eval.sims.protocol import Observation
 
     monkeypatch.setattr(backend_mod, "load_native_backend", lambda checkpoint, opts: backend)
     tags = list(DRILLS)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sims.protocol import Observation
+from vla_eval.sims.protocol import Observation
 from vla_eval.errors import UsageError
 from vla_eval.policies.action_tokens import (
     bin_centres, resolve_unnorm_key, tokens_to_normalized, unnormalize,

@@ -5,8 +5,8 @@ import signal
 import numpy as np
 import pytest
 
-from sims.parallel import EnvPool, EnvSpec, WorkerError
-from sims.protocol import Observation, StepResult, WAIT_ACTION
+from vla_eval.sims.parallel import EnvPool, EnvSpec, WorkerError
+from vla_eval.sims.protocol import Observation, StepResult, WAIT_ACTION
 
 pytestmark = pytest.mark.libero
 

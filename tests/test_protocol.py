@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from sims.protocol import NUM_WAIT_STEPS, RESOLUTION, SUITES, WAIT_ACTION, check_task_id, suite_spec
+from vla_eval.sims.protocol import NUM_WAIT_STEPS, RESOLUTION, SUITES, WAIT_ACTION, check_task_id, suite_spec
 from vla_eval.errors import UsageError
 
 

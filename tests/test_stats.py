@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from reports.stats import Rate, published_number, rate_of, verdict
+from vla_eval.reports.stats import Rate, published_number, rate_of, verdict
 
 
 def test_standard_error_and_wilson_interval():

@@ -41,7 +41,7 @@ def resumed_run(tmp_path_factory):
     assert killed_at < 4
     resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
-    return out, killed_at, resumed.stdout
+    return out, killed_at, resumed.stdout + resumed.stderr
 
 
 def test_kill_and_resume_gives_exactly_one_record_per_seed(resumed_run):
@@ -55,6 +55,12 @@ def test_kill_and_resume_gives_exactly_one_record_per_seed(resumed_run):
         steps = log.steps_of(ep)
         assert [s.step for s in steps] == list(range(ep.steps))
     assert sum(e.success for e in log.episodes) >= 3  # the expert really solves this task
+
+
+def test_third_party_noise_is_silenced_at_the_source(resumed_run):
+    """robosuite's macro-file warnings and LIBERO's task-order print never reach the user."""
+    _, _, stdout = resumed_run
+    assert "No private macro file" not in stdout and "using task orders" not in stdout
 
 
 def test_rerun_of_a_finished_sweep_runs_nothing(resumed_run):
@@ -131,7 +137,7 @@ def test_report_renders_in_a_browser(resumed_run, tmp_path):
 def test_report_escapes_text_from_tasks_and_configs(tmp_path):
     """Synthetic run folder (records written by hand) with markup in the instruction."""
     from vla_eval.records import EpisodeRecord, JsonlWriter
-    from reports.html import write_report
+    from vla_eval.reports.html import write_report
 
     (tmp_path / "manifest.json").write_text(json.dumps({"config": {
         "suite": "libero_object", "task_ids": [0], "seeds": 1, "policy": "scripted", "tags": ["baseline"],

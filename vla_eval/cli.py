@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from vla_eval import __version__
-from vla_eval.errors import UsageError
+from vla_eval.errors import DIST, MissingDependency, UsageError, install_hint
 
 DEFAULT_SUITE = "libero_object"
 
@@ -50,7 +50,7 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: int) -> None:
 
 
 def _sweep_config(args, tags: tuple[str, ...]):
-    from sims.protocol import suite_spec
+    from vla_eval.sims.protocol import suite_spec
     from vla_eval.sweep import SweepConfig
 
     spec = suite_spec(args.suite)
@@ -91,7 +91,7 @@ def _execute(args, tags: tuple[str, ...], kind: str) -> int:
     workers = _workers(args)
     monitor_factory = None
     if args.monitor or args.stop_on_alert:
-        from monitors import RuntimeMonitor
+        from vla_eval.monitors import RuntimeMonitor
 
         monitor_factory = RuntimeMonitor
     res = run_sweep(cfg, run_dir, workers=workers, openvla=ovla, progress=not args.no_progress,
@@ -120,9 +120,9 @@ def _workers(args) -> int:
 
 def _write_report(run_dir: Path) -> None:
     try:
-        from reports.html import write_report
+        from vla_eval.reports.html import write_report
     except ImportError as e:  # matplotlib missing
-        print(f"report skipped: {e}. Fix: pip install 'vla-eval[report]'", file=sys.stderr)
+        print(f"report skipped: {e}. Fix: {install_hint('report')}", file=sys.stderr)
         return
     print(f"report: {write_report(run_dir)}")
 
@@ -180,7 +180,7 @@ def cmd_merge(args) -> int:
 
 
 def cmd_bench_sim(args) -> int:
-    from sims.bench import BenchConfig, run_bench
+    from vla_eval.sims.bench import BenchConfig, run_bench
 
     run_bench(BenchConfig(args.suite, args.task, args.steps, args.workers, not args.no_cameras))
     return 0
@@ -245,19 +245,30 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", type=Path, default=Path("runs/demo"))
     dm.set_defaults(fn=cmd_demo)
 
-    for name, module in (("monitor", "monitors.cli"), ("small", "drills.cli"), ("bench-monitor", "monitors.bench"),
-                         ("bench-policy", "vla_eval.policies.native.bench")):
-        _lazy(sub, name, module)
+    for name, module, extra in (("monitor", "vla_eval.monitors.cli", None), ("small", "vla_eval.drills.cli", "drills"),
+                                ("bench-monitor", "vla_eval.monitors.bench", None),
+                                ("bench-policy", "vla_eval.policies.native.bench", "openvla")):
+        _lazy(sub, name, module, extra)
     return p
 
 
-def _lazy(sub, name: str, module: str) -> None:
-    """Subcommands owned by other packages register their own arguments."""
+def _lazy(sub, name: str, module: str, extra: str | None) -> None:
+    """Subcommands owned by other packages register their own arguments. If one cannot be
+    imported, it still shows in --help and running it says what to install."""
     import importlib
 
     try:
         mod = importlib.import_module(module)
-    except ImportError:
+    except ImportError as e:
+        fix = install_hint(extra) if extra else f"pip install --force-reinstall {DIST}"
+        reason = f"vla-eval {name} is unavailable: {e}. Fix: {fix}"
+        stub = sub.add_parser(name, help=f"(unavailable: {e}; {fix})")
+        stub.add_argument("rest", nargs="*")
+
+        def unavailable(args, reason=reason):
+            raise MissingDependency(reason)
+
+        stub.set_defaults(fn=unavailable)
         return
     mod.register(sub)
 
@@ -277,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: committed episodes are kept; re-run the same command to resume", file=sys.stderr)
         return 130
     except Exception as e:
-        from sims.assets import SetupError
+        from vla_eval.sims.assets import SetupError
 
         if isinstance(e, SetupError):
             print(f"vla-eval: setup error: {e}", file=sys.stderr)

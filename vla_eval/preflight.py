@@ -11,7 +11,7 @@ from importlib import metadata
 
 import numpy as np
 
-from sims.protocol import Observation
+from vla_eval.sims.protocol import Observation
 
 
 def _version(pkg: str) -> tuple[int, ...] | None:

@@ -21,8 +21,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from sims.parallel import EnvSpec, WorkerError, make_pool
-from sims.protocol import N_INIT_STATES, check_task_id, suite_spec
+from vla_eval.sims.parallel import EnvSpec, WorkerError, make_pool
+from vla_eval.sims.protocol import N_INIT_STATES, check_task_id, suite_spec
 from vla_eval.errors import UsageError
 from vla_eval.policies.base import ActionBatch, Policy
 from vla_eval.records import EpisodeRecord, JsonlWriter, StepRecord, first_close_step, new_attempt_id
@@ -86,7 +86,7 @@ class _Active:
 
 
 # A monitor factory returns an object with ``update(step: StepRecord) -> list[str]`` and
-# ``finish(episode: EpisodeRecord) -> list[str]`` (monitors.RuntimeMonitor fits).
+# ``finish(episode: EpisodeRecord) -> list[str]`` (vla_eval.monitors.RuntimeMonitor fits).
 MonitorFactory = Callable[[], object]
 
 

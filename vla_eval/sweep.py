@@ -164,7 +164,7 @@ def run_sweep(
     for warning in preflight(policies[tags[0][0]], openvla.native):
         print(f"pre-flight warning: {warning}", file=sys.stderr)
     run_dir = Path(run_dir)
-    from sims.libero_env import configure_gl
+    from vla_eval.sims.libero_env import configure_gl
 
     configure_gl()  # before the manifest records MUJOCO_GL
     _check_or_write_manifest(run_dir, cfg, asdict(openvla) if cfg.policy == "openvla" else None)
@@ -172,7 +172,7 @@ def run_sweep(
                    workers=workers, stop_on_alert=stop_on_alert, overlap=overlap)
     result = SweepResult(run_dir)
     t0 = time.perf_counter()
-    from sims.parallel import make_pool
+    from vla_eval.sims.parallel import make_pool
 
     with make_pool(workers) as pool:  # one set of envs for every run tag: a drill creates them once
         for tag, _ in tags:

@@ -47,7 +47,7 @@ def resolve_unnorm_key(norm_stats: dict, suite: str, requested: str | None) -> s
 
 def shipped_norm_stats(key: str) -> dict | None:
     """Statistics shipped in configs/norm_stats (e.g. bridge_orig for the bad-unnorm drill)."""
-    from configs import CONFIG_DIR
+    from vla_eval.configs import CONFIG_DIR
     import json
 
     path = CONFIG_DIR / "norm_stats" / f"{key}.json"

@@ -10,7 +10,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from sims.protocol import Observation
+from vla_eval.sims.protocol import Observation
 
 
 @dataclass(frozen=True)

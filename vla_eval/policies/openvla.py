@@ -18,10 +18,11 @@ from typing import Sequence
 
 import numpy as np
 
-from sims.protocol import Observation
+from vla_eval.sims.protocol import Observation
 from vla_eval.errors import UsageError
 from vla_eval.policies.action_tokens import resolve_unnorm_key, shipped_norm_stats
 from vla_eval.policies.base import ActionBatch
+from vla_eval.policies.hub import not_loadable
 from vla_eval.policies.preprocess import build_prompt, postprocess_gripper, preprocess_libero_image
 
 ATTN_IMPLEMENTATIONS = ("flash_attention_2", "sdpa", "eager")
@@ -80,7 +81,7 @@ class RemoteCodeBackend:
 
 
 def default_checkpoint(suite: str) -> str:
-    from configs import load
+    from vla_eval.configs import load
 
     table = load("checkpoints")["openvla"]
     if suite not in table:
@@ -105,7 +106,7 @@ def load_backend(suite: str, opts):
         import torch  # noqa: F401
         import transformers  # noqa: F401
     except ImportError as e:
-        raise UsageError(f"OpenVLA needs torch and transformers ({e}). Fix: pip install 'vla-eval[openvla]'") from e
+        raise UsageError(f"OpenVLA needs torch and transformers ({e}). Fix: {install_hint('openvla')}") from e
     if opts.attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise UsageError(f"unknown attention implementation {opts.attn_implementation!r}; valid: "
                          f"{', '.join(ATTN_IMPLEMENTATIONS)}")
@@ -138,12 +139,6 @@ def _load_remote_code(checkpoint: str, opts) -> RemoteCodeBackend:
     except (OSError, ValueError, ImportError) as e:
         raise UsageError(not_loadable(checkpoint, opts.revision, e)) from e
     return RemoteCodeBackend(model, processor, opts.device, torch.bfloat16)
-
-
-def not_loadable(checkpoint: str, revision: str | None, err: Exception) -> str:
-    return (f"could not load {checkpoint!r}{' @ ' + revision if revision else ''}: {err}. If the weights are "
-            f"not in the Hugging Face cache and there is no network: download them where there is "
-            f"(huggingface-cli download {checkpoint}) and pass --checkpoint /local/path.")
 
 
 def make_openvla_policies(suite: str, toggles_per_tag, opts) -> list[OpenVLAPolicy]:

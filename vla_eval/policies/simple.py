@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sims.protocol import Observation
+from vla_eval.sims.protocol import Observation
 from vla_eval.errors import UsageError
 from vla_eval.policies.base import ActionBatch
 

@@ -6,12 +6,11 @@ featurizer with that featurizer's mean/std, the two results stacked on channels.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from vla_eval.errors import UsageError
+from vla_eval.policies.hub import resolve_checkpoint_dir
 from vla_eval.policies.native.model import NativeOpenVLA
 
 
@@ -72,26 +71,6 @@ class NativeBackend:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if fits(mid) else (lo, mid)
         return lo
-
-
-def resolve_checkpoint_dir(checkpoint: str, revision: str | None) -> Path:
-    """A local folder as is; a hub id from the local HF cache (no network needed), else the hub."""
-    path = Path(checkpoint).expanduser()
-    if path.is_dir():
-        return path
-    from huggingface_hub import snapshot_download
-
-    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model"]
-    try:
-        return Path(snapshot_download(checkpoint, revision=revision, allow_patterns=patterns, local_files_only=True))
-    except Exception:
-        pass
-    try:
-        return Path(snapshot_download(checkpoint, revision=revision, allow_patterns=patterns))
-    except Exception as e:
-        from vla_eval.policies.openvla import not_loadable
-
-        raise UsageError(not_loadable(checkpoint, revision, e)) from e
 
 
 def load_native_backend(checkpoint: str, opts) -> NativeBackend:

@@ -184,7 +184,7 @@ def _cmd(args) -> int:
     try:
         import torch  # noqa: F401
     except ImportError as e:
-        raise UsageError(f"bench-policy needs torch ({e}). Fix: pip install 'vla-eval[openvla]'") from e
+        raise UsageError(f"bench-policy needs torch ({e}). Fix: {install_hint('openvla')}") from e
     if args.iters < 1 or args.prompt_tokens < 0:
         raise UsageError(f"--iters must be at least 1 (got {args.iters}) and --prompt-tokens at least 0 "
                          f"(got {args.prompt_tokens})")

@@ -1,0 +1,33 @@
+"""Finding checkpoints: a local folder, the local Hugging Face cache, then the hub.
+
+Shared by both OpenVLA backends (remote code and native), so neither imports the other.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from vla_eval.errors import UsageError
+
+
+def not_loadable(checkpoint: str, revision: str | None, err: Exception) -> str:
+    return (f"could not load {checkpoint!r}{' @ ' + revision if revision else ''}: {err}. If the weights are "
+            f"not in the Hugging Face cache and there is no network: download them where there is "
+            f"(huggingface-cli download {checkpoint}) and pass --checkpoint /local/path.")
+
+
+def resolve_checkpoint_dir(checkpoint: str, revision: str | None) -> Path:
+    """A local folder as is; a hub id from the local HF cache (no network needed), else the hub."""
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model"]
+    try:
+        return Path(snapshot_download(checkpoint, revision=revision, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        pass
+    try:
+        return Path(snapshot_download(checkpoint, revision=revision, allow_patterns=patterns))
+    except Exception as e:
+        raise UsageError(not_loadable(checkpoint, revision, e)) from e
