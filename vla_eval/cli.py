@@ -18,6 +18,16 @@ def _seed_count(text: str) -> int:
     return n
 
 
+def _task_list(text: str) -> tuple[int, ...]:
+    try:
+        ids = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tasks takes comma-separated integers, got {text!r}") from None
+    if len(set(ids)) != len(ids):
+        raise argparse.ArgumentTypeError(f"--tasks lists a task twice: {text!r}")
+    return ids
+
+
 def _add_run_args(p: argparse.ArgumentParser, seeds_default: int) -> None:
     from vla_eval.policies.factory import POLICIES
 
@@ -25,6 +35,7 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: int) -> None:
     tasks = p.add_mutually_exclusive_group()
     tasks.add_argument("--task", type=int, default=0, help="task id within the suite (default 0)")
     tasks.add_argument("--all-tasks", action="store_true", help="every task of the suite")
+    tasks.add_argument("--tasks", type=_task_list, help="comma-separated task ids, e.g. 0,3,5")
     p.add_argument("--seeds", type=_seed_count, default=seeds_default, help="episodes per task; seed i -> init state i")
     p.add_argument("--policy", default="openvla", choices=POLICIES)
     p.add_argument("--checkpoint", help="HF id or local path (default: openvla/openvla-7b-finetuned-<suite>)")
@@ -54,7 +65,7 @@ def _sweep_config(args, tags: tuple[str, ...]):
     from vla_eval.sweep import SweepConfig
 
     spec = suite_spec(args.suite)
-    task_ids = tuple(range(spec.n_tasks)) if args.all_tasks else (args.task,)
+    task_ids = tuple(range(spec.n_tasks)) if args.all_tasks else getattr(args, "tasks", None) or (args.task,)
     return SweepConfig(
         suite=args.suite, task_ids=task_ids, seeds=args.seeds, policy=args.policy, tags=tags,
         cameras=_cameras(args), hard_reset=not args.fast_reset, max_steps=args.max_steps,
@@ -69,7 +80,10 @@ def _cameras(args) -> bool:
 
 
 def _default_out(cfg, kind: str) -> Path:
-    tasks = "all" if len(cfg.task_ids) > 1 else f"t{cfg.task_ids[0]}"
+    from vla_eval.sims.protocol import suite_spec
+
+    n_tasks = suite_spec(cfg.suite).n_tasks
+    tasks = "all" if len(cfg.task_ids) == n_tasks > 1 else "t" + "-".join(map(str, cfg.task_ids))
     shard = f"-shard{cfg.shard.replace('/', 'of')}" if cfg.shard else ""
     return Path("runs") / f"{kind}-{cfg.policy}-{cfg.suite}-{tasks}-{'+'.join(cfg.tags)}{shard}"
 
@@ -151,6 +165,9 @@ def cmd_run(args) -> int:
     if (args.batch or 1) > 1 or args.overlap or args.workers:
         raise UsageError("vla-eval run is one episode in this process: --batch, --overlap and --workers apply to "
                          "sweep and drill")
+    if args.all_tasks or args.tasks:
+        raise UsageError("vla-eval run is one episode: pick its task with --task N (--tasks/--all-tasks apply to "
+                         "sweep and drill)")
     ep = run_episode(
         policy=args.policy, suite=args.suite, task_id=args.task, seed=args.seed,
         flip_image=not args.no_flip, prompt_template="rephrased" if args.bad_prompt else "default",
@@ -186,10 +203,14 @@ def cmd_bench_sim(args) -> int:
     return 0
 
 
+DEMO_TASKS = "0,2,4,6,8"
+
+
 def cmd_demo(args) -> int:
-    """The CPU default main job: a scripted-expert sweep on real LIBERO, then its report."""
-    argv = ["sweep", "--policy", "scripted", "--suite", "libero_object", "--task", "0",
-            "--seeds", str(args.seeds), "--out", str(args.out)]
+    """The CPU default main job: the shipped tiny OpenVLA on real LIBERO (pixels in, tokens out),
+    its baseline next to the three silent failures, two env workers, then the report."""
+    argv = ["drill", "--policy", "tiny", "--suite", "libero_object", "--tasks", args.tasks,
+            "--seeds", str(args.seeds), "--batch", "2", "--out", str(args.out)]
     return main(argv)
 
 
@@ -240,14 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-cameras", action="store_true", help="workers run physics only")
     b.set_defaults(fn=cmd_bench_sim)
 
-    dm = sub.add_parser("demo", help="CPU main job: scripted-expert sweep on LIBERO libero_object task 0 + report")
-    dm.add_argument("--seeds", type=_seed_count, default=50)
+    dm = sub.add_parser("demo", help="CPU main job: the tiny OpenVLA's drill (baseline + 3 silent failures) "
+                                     "on LIBERO libero_object + report")
+    dm.add_argument("--seeds", type=_seed_count, default=1, help="seeds per task and run tag (default 1)")
+    dm.add_argument("--tasks", default=DEMO_TASKS, help=f"task ids (default {DEMO_TASKS})")
     dm.add_argument("--out", type=Path, default=Path("runs/demo"))
     dm.set_defaults(fn=cmd_demo)
 
     for name, module, extra in (("monitor", "vla_eval.monitors.cli", None), ("small", "vla_eval.drills.cli", "drills"),
                                 ("bench-monitor", "vla_eval.monitors.bench", None),
-                                ("bench-policy", "vla_eval.policies.native.bench", "openvla")):
+                                ("bench-policy", "vla_eval.policies.native.bench", "openvla"),
+                                ("collect-demos", "vla_eval.tinyvla.cli", "data")):
         _lazy(sub, name, module, extra)
     return p
 

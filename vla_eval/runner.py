@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from vla_eval.sims.parallel import EnvSpec, WorkerError, make_pool
-from vla_eval.sims.protocol import N_INIT_STATES, check_task_id, suite_spec
+from vla_eval.sims.protocol import CAMERAS, N_INIT_STATES, check_task_id, suite_spec
 from vla_eval.errors import UsageError
 from vla_eval.policies.base import ActionBatch, Policy
 from vla_eval.records import EpisodeRecord, JsonlWriter, StepRecord, first_close_step, new_attempt_id
@@ -170,8 +170,10 @@ class _Rollout:
                 starting[slot] = self.queue.popleft()
         if not starting:
             return
-        specs = {s: (EnvSpec(j.suite, j.task_id, self.cfg.cameras, hard_reset=self.cfg.hard_reset), j.init_state)
-                 for s, j in starting.items()}
+        # Render only the cameras the policy reads (OpenVLA: agentview); all when it reads none.
+        cams = tuple(getattr(self.policy, "cameras", ())) or CAMERAS
+        specs = {s: (EnvSpec(j.suite, j.task_id, self.cfg.cameras, hard_reset=self.cfg.hard_reset, camera_names=cams),
+                     j.init_state) for s, j in starting.items()}
         if len(starting) == 1:
             seed_everything(next(iter(starting.values())).seed)
         for slot, first in self.pool.reset(specs).items():

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from vla_eval.errors import UsageError
-from vla_eval.policies.factory import DRILLS, OpenVLAOptions, Toggles, make_policies
+from vla_eval.policies.factory import DRILLS, PIXEL_POLICIES, OpenVLAOptions, Toggles, make_policies, resolve_options
 from vla_eval.records import EpisodeRecord, JsonlWriter, read_jsonl
 from vla_eval.runner import RunConfig, make_jobs, run_episodes, slot_groups
 
@@ -157,6 +157,8 @@ def run_sweep(
     tags = [(tag, toggles_for(tag)) for tag in cfg.tags]
     all_jobs = make_jobs(cfg.suite, cfg.task_ids, range(cfg.seeds))[i::k]
     openvla = replace(openvla, batch=max(1, workers))  # the model is called with one row per env
+    if cfg.policy in PIXEL_POLICIES:
+        openvla = resolve_options(cfg.policy, cfg.suite, openvla)
     loaded = make_policies(cfg.policy, cfg.suite, [t for _, t in tags], openvla)
     policies = {tag: p for (tag, _), p in zip(tags, loaded)}  # all set-up errors surface before any episode
     from vla_eval.preflight import preflight
@@ -167,7 +169,7 @@ def run_sweep(
     from vla_eval.sims.libero_env import configure_gl
 
     configure_gl()  # before the manifest records MUJOCO_GL
-    _check_or_write_manifest(run_dir, cfg, asdict(openvla) if cfg.policy == "openvla" else None)
+    _check_or_write_manifest(run_dir, cfg, asdict(openvla) if cfg.policy in PIXEL_POLICIES else None)
     rc = RunConfig(cameras=cfg.cameras, hard_reset=cfg.hard_reset, max_steps=cfg.max_steps,
                    workers=workers, stop_on_alert=stop_on_alert, overlap=overlap)
     result = SweepResult(run_dir)

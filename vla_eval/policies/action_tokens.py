@@ -27,6 +27,28 @@ def tokens_to_normalized(token_ids: np.ndarray, vocab_size: int = VOCAB_SIZE, n_
     return centres[idx]
 
 
+def libero_to_training_gripper(actions: np.ndarray) -> np.ndarray:
+    """LIBERO's gripper (-1 open, +1 close) -> OpenVLA's training convention (1 open, 0 close),
+    as its RLDS transform does (clip to [0, 1], then invert). Works on (..., 7)."""
+    a = np.array(actions, dtype=np.float64, copy=True)
+    a[..., 6] = 1.0 - np.clip(a[..., 6], 0.0, 1.0)
+    return a
+
+
+def normalize(actions: np.ndarray, stats: dict) -> np.ndarray:
+    """Inverse of ``unnormalize``: masked dims to [-1, 1] by q01/q99 (clipped), the rest as is."""
+    q01, q99 = np.asarray(stats["q01"], dtype=np.float64), np.asarray(stats["q99"], dtype=np.float64)
+    mask = np.asarray(stats.get("mask", np.ones_like(q01, dtype=bool)), dtype=bool)
+    scaled = np.clip(2.0 * (actions - q01) / (q99 - q01 + 1e-8) - 1.0, -1.0, 1.0)
+    return np.where(mask, scaled, actions)
+
+
+def normalized_to_tokens(normalized: np.ndarray, vocab_size: int = VOCAB_SIZE, n_bins: int = N_BINS) -> np.ndarray:
+    """OpenVLA's ActionTokenizer: digitize into ``n_bins`` edges over [-1, 1], token = vocab - bin."""
+    edges = np.linspace(-1.0, 1.0, n_bins)
+    return vocab_size - np.digitize(np.clip(normalized, -1.0, 1.0), edges)
+
+
 def unnormalize(normalized: np.ndarray, stats: dict) -> np.ndarray:
     """``stats`` is a checkpoint's ``norm_stats[key]["action"]`` (q01, q99, optional mask)."""
     q01, q99 = np.asarray(stats["q01"], dtype=np.float64), np.asarray(stats["q99"], dtype=np.float64)

@@ -24,6 +24,7 @@ class ActionBatch:
 class Policy(Protocol):
     name: str
     uses_images: bool  # False: the env may run with cameras off
+    cameras: tuple[str, ...]  # the views it reads (the env renders only these); () for state policies
 
     def reset(self, slot: int = 0) -> None: ...
 

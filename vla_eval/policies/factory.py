@@ -6,8 +6,8 @@ from typing import Sequence
 
 from vla_eval.errors import UsageError, bad_choice
 
-POLICIES = ("openvla", "scripted", "zero")
-PIXEL_POLICIES = ("openvla",)  # the others run with cameras off unless asked
+POLICIES = ("openvla", "tiny", "scripted", "zero")
+PIXEL_POLICIES = ("openvla", "tiny")  # the others run with cameras off unless asked
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,27 @@ def make_policies(name: str, suite: str, toggles_per_tag: Sequence[Toggles],
         return [ScriptedExpert() if name == "scripted" else ZeroPolicy() for _ in toggles_per_tag]
     from vla_eval.policies.openvla import make_openvla_policies
 
-    return make_openvla_policies(suite, toggles_per_tag, openvla)
+    return make_openvla_policies(suite, toggles_per_tag, resolve_options(name, suite, openvla))
+
+
+def resolve_options(name: str, suite: str, opts: OpenVLAOptions) -> OpenVLAOptions:
+    """``tiny`` is OpenVLA's loop on the shipped tiny checkpoint: native model, CPU, float32 unless
+    asked otherwise. Nothing else differs: the same loader, preprocessing and decoding."""
+    if name != "tiny":
+        return opts
+    from dataclasses import replace
+
+    from vla_eval.configs import shipped_checkpoint
+
+    shipped = str(shipped_checkpoint("tiny", suite))
+    if opts.checkpoint == shipped and opts.native:
+        return opts  # already resolved
+    if opts.checkpoint is not None:
+        raise UsageError("--policy tiny runs the shipped tiny checkpoint; for another checkpoint use "
+                         "--policy openvla --native --checkpoint PATH")
+    return replace(opts, checkpoint=shipped, native=True,
+                   device=opts.device if opts.device != "cuda" else "cpu",
+                   dtype=opts.dtype if opts.dtype != "bfloat16" else "float32")
 
 
 def make_policy(name: str, suite: str, toggles: Toggles = Toggles(), openvla: OpenVLAOptions = OpenVLAOptions()):

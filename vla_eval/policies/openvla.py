@@ -31,6 +31,7 @@ ATTN_IMPLEMENTATIONS = ("flash_attention_2", "sdpa", "eager")
 class OpenVLAPolicy:
     name = "openvla"
     uses_images = True
+    cameras = ("agentview",)  # the published loop reads the third-person view only
 
     def __init__(self, backend, toggles, unnorm_key: str):
         self.backend, self.toggles, self.unnorm_key = backend, toggles, unnorm_key

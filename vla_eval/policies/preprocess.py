@@ -35,12 +35,30 @@ def build_prompt(instruction: str, template: str = "default") -> str:
     return PROMPT_TEMPLATES[template].format(instruction_lower=instruction.lower(), instruction=instruction)
 
 
-def jpeg_round_trip(img: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
+def jpeg_encode(img: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    """The bytes the RLDS data holds: libjpeg, quality 95, 4:2:0 (PIL's encoder matches TF's)."""
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=quality, subsampling="4:2:0")
-    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    Image.fromarray(np.ascontiguousarray(img)).save(buf, format="JPEG", quality=quality, subsampling="4:2:0")
+    return buf.getvalue()
+
+
+def jpeg_decode(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def jpeg_round_trip(img: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
+    return jpeg_decode(jpeg_encode(img, quality))
+
+
+def preprocess_jpeg(data: bytes, center_crop: bool = True) -> np.ndarray:
+    """Steps 3-4 of the chain on stored JPEG bytes (an upright frame already encoded): what
+    the policy would feed the model for that frame. Demonstrations are stored this way."""
+    img = lanczos_resize(jpeg_decode(data))
+    return center_crop_resize(img) if center_crop else img
 
 
 def _lanczos3(x: np.ndarray) -> np.ndarray:

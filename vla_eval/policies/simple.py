@@ -19,6 +19,7 @@ class ZeroPolicy:
 
     name = "zero"
     uses_images = False
+    cameras: tuple[str, ...] = ()
 
     def reset(self, slot: int = 0) -> None:
         pass
@@ -72,6 +73,7 @@ class ScriptedExpert:
 
     name = "scripted"
     uses_images = False
+    cameras: tuple[str, ...] = ()
 
     def __init__(self, gains: ExpertGains = ExpertGains()):
         self.g = gains

@@ -122,8 +122,9 @@ def check_device(device: str) -> torch.device:
         raise UsageError(f"bad device {device!r} ({e}); valid: cpu, cuda, cuda:N") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {device!r} requested but torch sees no CUDA device. OpenVLA-7B in bf16 needs "
-                         "a GPU with ~16 GB; on a CPU-only machine use --policy scripted (or zero) for real LIBERO "
-                         "runs without a model, or --device cpu (very slow)")
+                         "a GPU with ~16 GB. On a CPU-only machine: --policy tiny (the shipped tiny OpenVLA, trained "
+                         "here, runs the same loop on CPU), --policy scripted for the privileged expert, or "
+                         "--device cpu for a real checkpoint (very slow)")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise UsageError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
     if dev.type not in ("cpu", "cuda"):

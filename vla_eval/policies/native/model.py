@@ -128,13 +128,28 @@ class NativeOpenVLA(nn.Module):
         total = max(lengths)
         embeds = patches.new_zeros(b, total, d)
         mask = torch.zeros(b, total, dtype=torch.long, device=self.device)
-        for i, row in enumerate(ids):
-            tok = embed(torch.tensor(row, device=self.device))  # (len, d)
+        # One embedding call for all rows (per-row calls cost a dense vocab-sized gradient each in training).
+        flat = embed(torch.tensor([t for row in ids for t in row], device=self.device))  # (sum len, d)
+        for i, tok in enumerate(torch.split(flat, [len(row) for row in ids])):
             start = total - lengths[i]
             embeds[i, start:] = torch.cat([tok[:1], patches[i], tok[1:]])
             mask[i, start:] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return embeds, mask, positions
+
+    # -- training ------------------------------------------------------------------------
+    def action_token_logits(self, pixels: torch.Tensor, prompt_ids: list[list[int]],
+                            action_tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits for OpenVLA's objective: ``[BOS][patches][prompt][29871][a1..a6]``,
+        the logits at 29871, a1..a6 predict a1..a7. (B, 7) ids -> (B, 7, vocab) float logits."""
+        embeds, mask, positions = self.build_prefill(pixels, prompt_ids)
+        n = action_tokens.shape[1]
+        given = self.language_model.get_input_embeddings()(action_tokens[:, :-1])  # (B, n-1, d)
+        embeds = torch.cat([embeds, given], dim=1)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], n - 1)], dim=1)
+        positions = torch.cat([positions, positions[:, -1:] + torch.arange(1, n, device=positions.device)], dim=1)
+        hidden = self.language_model.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+        return self.language_model.lm_head(hidden.last_hidden_state[:, -n:]).float()
 
     # -- decoding ------------------------------------------------------------------------
     def _last_logits(self, out) -> torch.Tensor:

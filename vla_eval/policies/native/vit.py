@@ -64,6 +64,14 @@ VISION_ARCHS["vla-eval/tiny-dinov2-reg4"] = replace(
     VISION_ARCHS["vit_large_patch14_reg4_dinov2.lvd142m"], embed_dim=32, depth=3, num_heads=2, mlp_hidden=64, img_size=56)
 VISION_ARCHS["vla-eval/tiny-siglip"] = replace(
     VISION_ARCHS["vit_so400m_patch14_siglip_224"], embed_dim=48, depth=4, num_heads=2, mlp_hidden=80, img_size=56)
+# The trained tiny OpenVLA (vla_eval.tinyvla): 14 px patches on a 112 px input (the processor
+# resizes OpenVLA's 224 px image, as it does for any featurizer size): an 8x8 grid and two run
+# blocks of width 64 keep training and decoding within a 2-core CPU budget.
+VISION_ARCHS["vla-eval/tiny-dinov2-reg4-112"] = replace(
+    VISION_ARCHS["vit_large_patch14_reg4_dinov2.lvd142m"], embed_dim=64, depth=3, num_heads=4, mlp_hidden=128,
+    img_size=112)
+VISION_ARCHS["vla-eval/tiny-siglip-112"] = replace(
+    VISION_ARCHS["vit_so400m_patch14_siglip_224"], embed_dim=64, depth=3, num_heads=4, mlp_hidden=128, img_size=112)
 
 
 class PatchEmbed(nn.Module):

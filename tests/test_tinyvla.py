@@ -1,0 +1,144 @@
+"""The tiny OpenVLA: action tokens, demo collection on real LIBERO, training, the shipped checkpoint."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vla_eval.policies.action_tokens import (libero_to_training_gripper, normalize, normalized_to_tokens,
+                                             tokens_to_normalized, unnormalize)
+from vla_eval.policies.preprocess import postprocess_gripper
+
+STATS = {"q01": [-0.9, -0.5, -1.0, 0, 0, 0, 0], "q99": [0.9, 0.7, 1.0, 0, 0, 0, 1], "mask": [True] * 6 + [False]}
+
+
+def test_action_tokens_round_trip_within_one_bin():
+    """Expert action -> training tokens -> predict_action's decoding -> the eval's gripper mapping."""
+    rng = np.random.default_rng(0)
+    actions = np.concatenate([rng.uniform(-0.5, 0.7, (200, 3)), np.zeros((200, 3)),
+                              rng.choice([-1.0, 1.0], (200, 1))], axis=1)
+    tokens = normalized_to_tokens(normalize(libero_to_training_gripper(actions), STATS))
+    assert tokens.min() >= 32000 - 256 and tokens.max() <= 31999  # the last 256 ids of Llama's vocabulary
+    back = postprocess_gripper(unnormalize(tokens_to_normalized(tokens), STATS))
+    span = np.array(STATS["q99"][:3]) - np.array(STATS["q01"][:3])
+    assert np.all(np.abs(back[:, :3] - actions[:, :3]) <= span * 1.01 / 255)  # within one bin width
+    assert np.array_equal(back[:, 3:6], actions[:, 3:6])  # zero-width statistics decode to exactly 0
+    assert np.array_equal(back[:, 6], actions[:, 6])  # open stays open, close stays close
+
+
+def test_shipped_checkpoint_is_in_the_released_layout():
+    from vla_eval.configs import shipped_checkpoint
+
+    ckpt = shipped_checkpoint("tiny", "libero_object")
+    cfg = json.loads((ckpt / "config.json").read_text())
+    for field in ("vision_backbone_id", "llm_backbone_id", "arch_specifier", "timm_model_ids", "image_sizes",
+                  "norm_stats", "text_config", "n_action_bins"):
+        assert field in cfg
+    assert set(cfg["norm_stats"]) == {"libero_object_no_noops", "bridge_orig"}
+    size = sum(p.stat().st_size for p in ckpt.iterdir())
+    assert size <= 20 * 2**20, f"{size / 2**20:.1f} MB"
+
+
+@pytest.mark.libero
+def test_shipped_tiny_policy_runs_a_real_episode(tmp_path):
+    """One short real LIBERO episode of the shipped policy through the CLI, cameras on."""
+    from vla_eval.records import read_jsonl
+
+    log = tmp_path / "ep.jsonl"
+    r = subprocess.run([sys.executable, "-m", "vla_eval.cli", "run", "--policy", "tiny", "--seed", "0",
+                        "--max-steps", "12", "--fast-reset", "--no-progress", "--log", str(log)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    steps = read_jsonl(log).steps
+    assert len(steps) == 12 and all(s.img_mean is not None for s in steps)
+    actions = np.array([s.action for s in steps])
+    assert np.abs(actions[:, :3]).max() > 0.05  # it moves
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    """One real expert demo (libero_object task 0, a sampled scene), collected twice: the second
+    call must find it and record nothing."""
+    pytest.importorskip("pandas")
+    from vla_eval.tinyvla.demos import DemoConfig, collect
+
+    out = tmp_path_factory.mktemp("demos") / "libero_object"
+    cfg = DemoConfig(tasks=(0,), per_task=1, workers=1, out=out)
+    assert collect(cfg, progress=False) == {0: 1}
+    before = sorted(p.name for p in (out / "task0").iterdir())
+    assert collect(cfg, progress=False) == {0: 1}  # resumed: nothing new
+    assert sorted(p.name for p in (out / "task0").iterdir()) == before
+    return out
+
+
+@pytest.mark.libero
+def test_demo_shards_are_plain_parquet_with_upright_frames(demo_dir):
+    import pandas as pd
+
+    from vla_eval.policies.preprocess import jpeg_decode
+
+    (shard,) = (demo_dir / "task0").glob("*.parquet")
+    df = pd.read_parquet(shard)
+    assert {"task_id", "scene", "step", "instruction", "image", "action", "executed"} <= set(df.columns)
+    assert len(df) > 50 and df["instruction"].nunique() == 1
+    frame = jpeg_decode(df["image"].iloc[0])
+    assert frame.shape == (256, 256, 3)
+    # Upright: LIBERO's floor is at the bottom of the training image, the (brighter) wall at the top.
+    assert frame[:64].mean() != frame[-64:].mean()
+    actions = np.stack(df["action"].to_numpy())
+    assert set(np.unique(actions[:, 6])) <= {-1.0, 1.0} and (actions[:, 6] == 1.0).any()  # it grasps
+    config = json.loads((demo_dir / "collection.json").read_text())
+    assert config["scene_seed_base"] >= 100_000  # never the stored init states 0..49
+
+
+@pytest.mark.libero
+def test_training_lowers_the_loss_and_exports_a_loadable_checkpoint(demo_dir, tmp_path):
+    """A few real optimizer steps on the collected demo; the export loads through --native."""
+    pytest.importorskip("transformers")
+    from vla_eval.policies.factory import OpenVLAOptions
+    from vla_eval.policies.native import llama_tokenizer
+    from vla_eval.policies.native.backend import load_native_backend
+    from vla_eval.tinyvla.train import TrainConfig, train
+
+    if not llama_tokenizer.is_installed():
+        pytest.skip("Llama-2 tokenizer not installed (python -m vla_eval.policies.native.llama_tokenizer install)")
+    cfg = TrainConfig(demos=demo_dir, out=tmp_path / "run", tokenizer=llama_tokenizer.tokenizer_dir(), steps=30,
+                      batch=8, warmup=5, log_every=5, ckpt_every=15, val_episodes_per_task=0)
+    ckpt = train(cfg, progress=False)
+    rows = (tmp_path / "run" / "train_log.csv").read_text().splitlines()[1:]
+    losses = [float(r.split(",")[1]) for r in rows]
+    assert losses[-1] < losses[0] - 1.0, losses
+    backend = load_native_backend(str(ckpt), OpenVLAOptions(device="cpu", dtype="float32", native=True))
+    out = backend.predict([np.zeros((224, 224, 3), np.uint8)] * 2, ["In: What?\nOut:"] * 2, "libero_object_no_noops")
+    assert out.shape == (2, 7) and np.isfinite(out).all()
+    # Resuming a finished run trains nothing more and gives the same export.
+    assert train(cfg, progress=False) == ckpt
+
+
+def test_bad_demo_shard_names_the_file(tmp_path):
+    pytest.importorskip("pandas")
+    from vla_eval.errors import UsageError
+    from vla_eval.tinyvla.train import load_demos
+
+    (tmp_path / "task0").mkdir()
+    (tmp_path / "task0" / "scene0.parquet").write_bytes(b"not parquet")
+    with pytest.raises(UsageError, match="scene0.parquet.*re-run vla-eval collect-demos"):
+        load_demos(tmp_path, tmp_path / "cache")
+    with pytest.raises(UsageError, match="no demonstration shards"):
+        load_demos(tmp_path / "empty", tmp_path / "cache")
+
+
+def test_tiny_policy_refuses_another_checkpoint():
+    from vla_eval.errors import UsageError
+    from vla_eval.policies.factory import OpenVLAOptions, resolve_options
+
+    with pytest.raises(UsageError, match="--policy openvla --native --checkpoint"):
+        resolve_options("tiny", "libero_object", OpenVLAOptions(checkpoint="/elsewhere"))
+    with pytest.raises(UsageError, match="no shipped tiny checkpoint for suite 'libero_goal'"):
+        resolve_options("tiny", "libero_goal", OpenVLAOptions())
+    opts = resolve_options("tiny", "libero_object", OpenVLAOptions())
+    assert opts.native and opts.device == "cpu" and opts.dtype == "float32" and Path(opts.checkpoint).is_dir()

@@ -1,0 +1,201 @@
+"""Scripted-expert demonstrations on real LIBERO, recorded as an OpenVLA fine-tuning set.
+
+Scenes are freshly sampled placements (``LiberoEnv.reset_sampled``, scene seed
+``SCENE_SEED_BASE + 1000 * task + k``), never the 50 stored init states: every evaluation
+seed (seed i -> stored init state i) stays unseen by training.
+
+Storage (``$VLA_EVAL_CACHE/demos/<suite>/``), one parquet file per successful episode,
+written atomically, so an interrupted collection resumes where it stopped:
+
+    task<T>/scene<K>.parquet   one row per kept step (no-ops dropped, as OpenVLA's
+                               "<suite>_no_noops" data), columns:
+        task_id int, scene int, step int, instruction str,
+        image bytes      the upright 256x256 agentview frame as JPEG (q95, 4:2:0): the bytes
+                         the eval chain makes before its resize and crop
+        action  7 float  the expert's action (the label; LIBERO convention, gripper -1 open)
+        executed 7 float what the env received (label + DART noise on xyz in noisy episodes)
+        eef_pos 3 float, gripper_qpos 2 float
+    task<T>/scene<K>.failed    the expert failed that scene: skipped on resume
+    collection.json            the config the folder was collected with
+
+    pd.read_parquet(path)  # any shard is a plain DataFrame
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vla_eval.errors import UsageError, require
+
+SCENE_SEED_BASE = 100_000  # far from the stored init states' indices 0..49
+DEFAULT_NOISE = 0.2
+
+
+def demos_root() -> Path:
+    return Path(os.environ.get("VLA_EVAL_CACHE", Path.home() / ".cache" / "vla-eval")) / "demos"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    suite: str = "libero_object"
+    tasks: tuple[int, ...] = tuple(range(10))
+    per_task: int = 20  # successful episodes per task
+    noise: float = DEFAULT_NOISE  # DART: std of Gaussian noise on the executed xyz action
+    clean_every: int = 3  # every third episode runs without noise
+    max_steps: int = 280
+    workers: int = 2
+    out: Path = field(default_factory=lambda: demos_root() / "libero_object")
+
+    def scene_seed(self, task: int, k: int) -> int:
+        return SCENE_SEED_BASE + 1000 * task + k
+
+    def noise_of(self, k: int) -> float:
+        return 0.0 if k % self.clean_every == 0 else self.noise
+
+
+def task_dir(out: Path, task: int) -> Path:
+    return out / f"task{task}"
+
+
+def successes(out: Path, task: int) -> int:
+    return len(list(task_dir(out, task).glob("scene*.parquet")))
+
+
+def _is_noop(action: np.ndarray, prev_grip: float | None) -> bool:
+    """OpenVLA's no-op filter: no motion and the gripper command unchanged."""
+    return bool(np.linalg.norm(action[:6]) < 1e-4 and prev_grip is not None and action[6] == prev_grip)
+
+
+def record_episode(env, expert, cfg: DemoConfig, task: int, k: int) -> tuple[list[dict], bool]:
+    """One expert episode in a sampled scene -> (rows, success)."""
+    from vla_eval.policies.preprocess import jpeg_encode
+
+    rng = np.random.default_rng(cfg.scene_seed(task, k))
+    obs = env.reset_sampled(cfg.scene_seed(task, k))
+    expert.reset(0)
+    noise, rows, prev_grip = cfg.noise_of(k), [], None
+    for step in range(cfg.max_steps):
+        label = expert.act([obs]).actions[0]
+        executed = label.copy()
+        if noise > 0:
+            executed[:3] = np.clip(executed[:3] + rng.normal(0.0, noise, 3), -1.0, 1.0)
+        if not _is_noop(label, prev_grip):
+            rows.append({
+                "task_id": task, "scene": k, "step": step, "instruction": obs.instruction,
+                "image": jpeg_encode(obs.agentview[::-1, ::-1]),  # upright, as the training data
+                "action": label.astype(np.float32).tolist(), "executed": executed.astype(np.float32).tolist(),
+                "eef_pos": obs.eef_pos.astype(np.float32).tolist(),
+                "gripper_qpos": obs.gripper_qpos.astype(np.float32).tolist(),
+            })
+        prev_grip = label[6]
+        result = env.step(executed)
+        obs = result.obs
+        if result.done:
+            return rows, True
+    return rows, False
+
+
+def _write_atomic(rows: list[dict], path: Path) -> None:
+    import pandas as pd
+
+    tmp = path.with_suffix(".tmp")
+    pd.DataFrame(rows).to_parquet(tmp, index=False)
+    os.replace(tmp, path)  # a kill leaves a .tmp, never a half-written shard
+
+
+def _worker(cfg: DemoConfig, tasks: list[int]) -> None:
+    from vla_eval.policies.simple import ScriptedExpert
+    from vla_eval.sims.libero_env import LiberoEnv, configure_gl
+
+    configure_gl()
+    expert = ScriptedExpert()
+    for task in tasks:
+        folder = task_dir(cfg.out, task)
+        folder.mkdir(parents=True, exist_ok=True)
+        if successes(cfg.out, task) >= cfg.per_task:
+            continue
+        with LiberoEnv(cfg.suite, task, cameras=True, hard_reset=False, camera_names=("agentview",)) as env:
+            k = 0
+            while successes(cfg.out, task) < cfg.per_task:
+                shard, failed = folder / f"scene{k}.parquet", folder / f"scene{k}.failed"
+                if not shard.exists() and not failed.exists():
+                    rows, ok = record_episode(env, expert, cfg, task, k)
+                    if ok:
+                        _write_atomic(rows, shard)
+                    else:
+                        failed.write_text(f"expert failed after {len(rows)} steps\n")
+                k += 1
+
+
+def _check_config(cfg: DemoConfig) -> None:
+    """A folder collected with other settings is never mixed with this collection."""
+    from vla_eval.sims.protocol import check_task_id, suite_spec
+
+    suite_spec(cfg.suite)
+    for t in cfg.tasks:
+        check_task_id(cfg.suite, t)
+    if cfg.per_task < 1 or cfg.workers < 1 or not 0 <= cfg.noise <= 1:
+        raise UsageError(f"--per-task and --workers must be at least 1 and --noise in [0, 1]; got "
+                         f"{cfg.per_task}, {cfg.workers}, {cfg.noise}")
+    meta = cfg.out / "collection.json"
+    mine = {"suite": cfg.suite, "noise": cfg.noise, "clean_every": cfg.clean_every, "max_steps": cfg.max_steps,
+            "scene_seed_base": SCENE_SEED_BASE, "format": 1}
+    if meta.exists():
+        theirs = json.loads(meta.read_text())
+        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        if diff:
+            raise UsageError(f"{cfg.out} was collected with other settings ({diff}); use another --out")
+    else:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps(mine, indent=1) + "\n")
+
+
+def collect(cfg: DemoConfig, progress: bool = True) -> dict[int, int]:
+    """Collect until every task has ``per_task`` successful episodes; returns successes per task."""
+    require("pandas", "data", "collecting demonstrations")
+    require("pyarrow", "data", "collecting demonstrations")
+    _check_config(cfg)
+    from tqdm import tqdm
+
+    chunks = [list(cfg.tasks[i::cfg.workers]) for i in range(min(cfg.workers, len(cfg.tasks)))]
+    ctx = mp.get_context("spawn")  # MuJoCo/EGL state must not be forked
+    procs = [ctx.Process(target=_worker, args=(cfg, chunk), daemon=True) for chunk in chunks]
+    for p in procs:
+        p.start()
+    total = cfg.per_task * len(cfg.tasks)
+    done = lambda: sum(min(successes(cfg.out, t), cfg.per_task) for t in cfg.tasks)  # noqa: E731
+    bar = tqdm(total=total, initial=done(), desc="demos", unit="ep", disable=not progress)
+    try:
+        while any(p.is_alive() for p in procs):
+            time.sleep(2.0)
+            bar.update(done() - bar.n)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        bar.close()
+    failed = [p.exitcode for p in procs if p.exitcode]
+    if failed:
+        raise RuntimeError(f"demo workers exited with {failed}; re-run the same command to resume")
+    return {t: successes(cfg.out, t) for t in cfg.tasks}
+
+
+def stats_of(cfg_out: Path) -> dict:
+    """Episodes, failures and steps per task of a demo folder (for the CLI and README)."""
+    out = {}
+    for folder in sorted(cfg_out.glob("task*")):
+        out[folder.name] = {"episodes": len(list(folder.glob("*.parquet"))),
+                            "failed": len(list(folder.glob("*.failed")))}
+    return out
+
+
+def asdict_config(cfg: DemoConfig) -> dict:
+    d = asdict(cfg)
+    d["out"] = str(cfg.out)
+    return d

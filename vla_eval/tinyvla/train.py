@@ -1,0 +1,320 @@
+"""Train the tiny OpenVLA on the scripted-expert demos with OpenVLA's objective, on a CPU.
+
+Reads top to bottom: config -> demos -> model -> loop -> export. The model is the native
+OpenVLA architecture (``policies/native``) at tiny width: two ViT featurizers (DINOv2-style
+with registers and LayerScale, SigLIP-style), the fused GELU MLP projector and a Llama
+decoder with the 32064-token vocabulary; the loss is next-token cross-entropy on the 7
+action tokens (256 bins, OpenVLA's ActionTokenizer), teacher-forced after the prompt.
+
+    pixels  (B, 6, 112, 112)   upright 224 px frame, random 0.9-area crop (OpenVLA's fine-tune
+                               augmentation; the eval takes the centre crop), resized bicubically
+                               to the featurizers' 112 px as the processor does, twice normalised
+    prompt  "In: What action should the robot take to {instruction}?\\nOut:" (Llama-2 ids)
+    labels  (B, 7)             action tokens of the expert's action, normalised by the demos'
+                               q01/q99 (``libero_object_no_noops``), gripper 1 open / 0 close
+
+Resumable: ``train_state.pt`` is written atomically every ``ckpt_every`` steps and a re-run
+continues from it. The result is exported in the released checkpoint layout (bf16
+safetensors, config.json with norm_stats, tokenizer) and loads with ``--native --checkpoint``.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vla_eval.errors import UsageError
+
+PROMPT = "default"  # the template the model is trained on; the bad-prompt drill rephrases it
+UNNORM_KEY = "libero_object_no_noops"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    demos: Path                 # a folder written by ``vla-eval collect-demos``
+    out: Path                   # run folder: train_state.pt, train_log.csv, checkpoint/
+    tokenizer: Path             # a Llama-2 tokenizer folder (``vla-eval setup-tokenizer``)
+    steps: int = 4000
+    batch: int = 32
+    lr: float = 1e-3            # AdamW peak; linear warm-up, cosine to lr/10
+    warmup: int = 200
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    val_episodes_per_task: int = 1  # the last demo episodes of each task, for token accuracy
+    ckpt_every: int = 250
+    log_every: int = 25
+    threads: int = 2
+    seed: int = 0
+    llm_width: int = 96
+    llm_layers: int = 3
+
+
+def text_config(cfg: TrainConfig) -> dict:
+    """LlamaConfig kwargs: Llama-2's vocabulary padded to 64 (as OpenVLA), tiny width."""
+    return {"model_type": "llama", "vocab_size": 32064, "pad_token_id": 32000, "hidden_size": cfg.llm_width,
+            "intermediate_size": 3 * cfg.llm_width, "num_hidden_layers": cfg.llm_layers, "num_attention_heads": 4,
+            "num_key_value_heads": 4, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
+            "bos_token_id": 1, "eos_token_id": 2, "tie_word_embeddings": False}
+
+
+# -- demos -----------------------------------------------------------------------------------
+@dataclass
+class Demos:
+    frames: np.ndarray      # (N, 224, 224, 3) uint8: JPEG-decoded, Lanczos-resized, not yet cropped
+    actions: np.ndarray     # (N, 7) float64 expert actions, LIBERO convention
+    task_ids: np.ndarray    # (N,) int
+    episodes: np.ndarray    # (N,) int: a global episode index
+    instructions: dict      # task id -> instruction
+    n_episodes: int
+
+
+def shard_paths(demos: Path) -> list[Path]:
+    paths = sorted(demos.glob("task*/scene*.parquet"), key=lambda p: (p.parent.name, int(p.stem[5:])))
+    if not paths:
+        raise UsageError(f"no demonstration shards in {demos}; collect them first: vla-eval collect-demos")
+    return paths
+
+
+def load_demos(demos: Path, cache: Path) -> Demos:
+    """All shards, frames preprocessed once (cached as .npz next to the run, keyed by the shard list)."""
+    import pandas as pd
+
+    from vla_eval.policies.preprocess import jpeg_decode, lanczos_resize
+
+    paths = shard_paths(demos)
+    key = hashlib.sha1("\n".join(f"{p}:{p.stat().st_size}" for p in paths).encode()).hexdigest()[:12]
+    cached = cache / f"frames-{key}.npz"
+    tables = []
+    for i, p in enumerate(paths):
+        try:
+            df = pd.read_parquet(p, columns=["task_id", "instruction", "action"] + ([] if cached.exists() else ["image"]))
+        except Exception as e:
+            raise UsageError(f"demo shard {p} is unreadable ({e}); delete it and re-run vla-eval collect-demos, "
+                             f"which records that scene again") from e
+        df["episode"] = i
+        tables.append(df)
+    df = pd.concat(tables, ignore_index=True)
+    if cached.exists():
+        frames = np.load(cached)["frames"]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+        from tqdm import tqdm
+
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # JPEG and BLAS release the GIL
+            frames = np.stack(list(tqdm(pool.map(lambda b: lanczos_resize(jpeg_decode(b)), df["image"]),
+                                        total=len(df), desc="preprocess", unit="frame")))
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp.npz")
+        np.savez(tmp, frames=frames)
+        os.replace(tmp, cached)
+    instructions = dict(zip(df["task_id"].astype(int), df["instruction"]))
+    return Demos(frames, np.stack(df["action"].to_numpy()).astype(np.float64), df["task_id"].to_numpy(int),
+                 df["episode"].to_numpy(int), instructions, len(paths))
+
+
+def norm_stats_of(actions: np.ndarray, n_episodes: int) -> dict:
+    """OpenVLA's dataset statistics of the training-convention actions (gripper 1 open, 0 close)."""
+    from vla_eval.policies.action_tokens import libero_to_training_gripper
+
+    a = libero_to_training_gripper(actions)
+    q01, q99 = np.quantile(a, 0.01, axis=0), np.quantile(a, 0.99, axis=0)
+    q01[6], q99[6] = 0.0, 1.0
+    stat = lambda x: [float(v) for v in x]  # noqa: E731
+    return {"action": {"mean": stat(a.mean(0)), "std": stat(a.std(0)), "max": stat(a.max(0)), "min": stat(a.min(0)),
+                       "q01": stat(q01), "q99": stat(q99), "mask": [True] * 6 + [False]},
+            "num_transitions": int(len(a)), "num_trajectories": int(n_episodes)}
+
+
+def val_split(d: Demos, per_task: int) -> np.ndarray:
+    """(N,) bool: the last ``per_task`` episodes of every task are validation."""
+    val = np.zeros(len(d.task_ids), bool)
+    if per_task < 1:
+        return val
+    for t in np.unique(d.task_ids):
+        eps = np.unique(d.episodes[d.task_ids == t])
+        val |= np.isin(d.episodes, eps[-per_task:]) if len(eps) > per_task else False
+    return val
+
+
+# -- model -------------------------------------------------------------------------------------
+def hf_config(cfg: TrainConfig, norm_stats: dict) -> dict:
+    """config.json in the released layout (the remote code's OpenVLAConfig fields)."""
+    from vla_eval.policies.action_tokens import shipped_norm_stats
+
+    ids = ["vla-eval/tiny-dinov2-reg4-112", "vla-eval/tiny-siglip-112"]
+    return {
+        "architectures": ["OpenVLAForActionPrediction"], "model_type": "openvla", "torch_dtype": "bfloat16",
+        "vision_backbone_id": "tiny-dinosiglip-112px", "llm_backbone_id": "tiny-llama2", "arch_specifier":
+        "no-align+fused-gelu-mlp", "use_fused_vision_backbone": True, "image_resize_strategy": "resize-naive",
+        "timm_model_ids": ids, "timm_override_act_layers": [None, None], "image_sizes": [112, 112],
+        "llm_max_length": 2048, "pad_token_id": 32000, "pad_to_multiple_of": 64, "n_action_bins": 256,
+        "output_projector_states": False, "text_config": text_config(cfg),
+        "norm_stats": {UNNORM_KEY: norm_stats, "bridge_orig": {"action": shipped_norm_stats("bridge_orig")["action"]}},
+    }
+
+
+def build(cfg: TrainConfig, norm_stats: dict):
+    import torch
+
+    from vla_eval.policies.native.checkpoint import build_model
+    from vla_eval.policies.native.model import NativeConfig
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(NativeConfig.from_hf(hf_config(cfg, norm_stats)), "cpu", "float32")
+    for name, p in model.named_parameters():  # the ViTs' tokens and positions start at zero otherwise
+        if name.endswith(("pos_embed", "cls_token", "reg_token")):
+            torch.nn.init.normal_(p, std=0.02)
+    return model.train()
+
+
+def pixel_batch(frames: np.ndarray, vision, rng: np.random.Generator | None):
+    """(B, 224, 224, 3) uint8 -> (B, 6, S, S): a 0.9-area crop (random position when ``rng``, else
+    central) resized back to 224 bilinearly, then to the featurizers' S px bicubically with
+    antialiasing (PIL's resize in the processor), normalised for each featurizer."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+    b, side = x.shape[0], math.sqrt(0.9)
+    centre = torch.zeros(b, 2) if rng is None else torch.from_numpy(rng.uniform(-(1 - side), 1 - side, (b, 2))).float()
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = side
+    theta[:, :, 2] = centre
+    grid = F.affine_grid(theta, list(x.shape), align_corners=True)
+    x = F.grid_sample(x, grid, mode="bilinear", align_corners=True)
+    size = vision[0].img_size
+    if size != x.shape[-1]:
+        x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    parts = [(x - torch.tensor(v.mean).view(1, 3, 1, 1)) / torch.tensor(v.std).view(1, 3, 1, 1) for v in vision]
+    return torch.cat(parts, dim=1)
+
+
+# -- loop --------------------------------------------------------------------------------------
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> Path:
+    import torch
+    import torch.nn.functional as F
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    from vla_eval.policies.action_tokens import libero_to_training_gripper, normalize, normalized_to_tokens
+    from vla_eval.policies.preprocess import build_prompt
+
+    torch.set_num_threads(cfg.threads)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    demos = load_demos(cfg.demos, cfg.out / "cache")
+    stats = norm_stats_of(demos.actions, demos.n_episodes)
+    tokens = normalized_to_tokens(normalize(libero_to_training_gripper(demos.actions), stats["action"]))  # (N, 7)
+    tokenizer = AutoTokenizer.from_pretrained(str(cfg.tokenizer))
+    prompts = {t: list(tokenizer(build_prompt(i, PROMPT)).input_ids) for t, i in demos.instructions.items()}
+    val = val_split(demos, cfg.val_episodes_per_task)
+    train_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)
+    print(f"demos: {demos.n_episodes} episodes, {len(train_idx)} train / {len(val_idx)} val frames, "
+          f"{len(prompts)} tasks")
+
+    model = build(cfg, stats)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    state_path, start = cfg.out / "train_state.pt", 0
+    if state_path.exists():  # resume
+        state = torch.load(state_path, weights_only=False)
+        if state["config"] != _jsonable(cfg):
+            raise UsageError(f"{cfg.out} holds a run with another config; use another --out")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+    rng = np.random.default_rng(cfg.seed + start)
+    vision = model.cfg.vision
+
+    def batch_loss(idx: np.ndarray, augment: bool):
+        pixels = pixel_batch(demos.frames[idx], vision, rng if augment else None)
+        labels = torch.from_numpy(tokens[idx]).long()
+        logits = model.action_token_logits(pixels, [prompts[t] for t in demos.task_ids[idx]], labels)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        return loss, (logits.argmax(-1) == labels).float().mean()
+
+    log = cfg.out / "train_log.csv"
+    new_log = not log.exists() or start == 0
+    with open(log, "w" if new_log else "a", newline="") as f:
+        writer = csv.writer(f)
+        if new_log:
+            writer.writerow(["step", "loss", "token_acc", "val_loss", "val_token_acc", "lr", "elapsed_s"])
+        t0, bar = time.perf_counter(), tqdm(range(start, cfg.steps), initial=start, total=cfg.steps,
+                                            desc="train", disable=not progress)
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, cfg)
+            loss, acc = batch_loss(rng.choice(train_idx, cfg.batch), augment=True)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            last = step + 1 == cfg.steps
+            if (step + 1) % cfg.log_every == 0 or last:
+                vloss, vacc = _validate(batch_loss, val_idx, cfg.batch, model)
+                writer.writerow([step + 1, f"{loss.item():.4f}", f"{acc.item():.3f}", f"{vloss:.4f}", f"{vacc:.3f}",
+                                 f"{lr_at(step, cfg):.2e}", f"{time.perf_counter() - t0:.0f}"])
+                f.flush()
+                bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{vacc:.2f}")
+            if (step + 1) % cfg.ckpt_every == 0 or last:
+                tmp = state_path.with_suffix(".tmp")
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1,
+                            "config": _jsonable(cfg)}, tmp)
+                os.replace(tmp, state_path)
+    return export(model, cfg, stats, cfg.out / "checkpoint")
+
+
+def _validate(batch_loss, val_idx: np.ndarray, batch: int, model) -> tuple[float, float]:
+    import torch
+
+    if len(val_idx) == 0:
+        return float("nan"), float("nan")
+    model.eval()
+    with torch.no_grad():
+        idx = val_idx[:: max(1, len(val_idx) // (2 * batch))][: 2 * batch]  # a fixed, spread-out subset
+        loss, acc = batch_loss(idx, augment=False)
+    model.train()
+    return loss.item(), acc.item()
+
+
+def _jsonable(cfg: TrainConfig) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()
+            if k not in ("demos", "out", "tokenizer", "threads", "ckpt_every", "log_every")}
+
+
+# -- export ------------------------------------------------------------------------------------
+def export(model, cfg: TrainConfig, stats: dict, out_dir: Path) -> Path:
+    """The released layout: bf16 safetensors (with the never-run ViT tensors), config.json,
+    preprocessor_config.json and the Llama-2 tokenizer."""
+    import shutil
+
+    import torch
+
+    from vla_eval.policies.native.checkpoint import save_hf_layout
+    from vla_eval.policies.native.random_checkpoints import unused_vit_tensors
+
+    model = model.eval().to(torch.bfloat16)
+    extra = {k: v.to(torch.bfloat16) for k, v in unused_vit_tensors(model.cfg.vision).items()}
+    save_hf_layout(model, out_dir, hf_config(cfg, stats), extra=extra)
+    v = model.cfg.vision
+    (out_dir / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "PrismaticImageProcessor", "image_resize_strategy": "resize-naive",
+        "input_sizes": [[3, v[0].img_size, v[0].img_size], [3, v[1].img_size, v[1].img_size]], "interpolations": ["bicubic", "bicubic"],
+        "means": [list(v[0].mean), list(v[1].mean)], "stds": [list(v[0].std), list(v[1].std)],
+        "use_fused_vision_backbone": True}, indent=1))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (cfg.tokenizer / name).exists():
+            shutil.copy(cfg.tokenizer / name, out_dir / name)
+    return out_dir
