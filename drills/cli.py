@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from vla_eval.argtypes import int_at_least
+
 
 def register(sub) -> None:
     p = sub.add_parser("small", help="SmallPolicy CPU drills: baseline, five faults, loss bake-off")
@@ -15,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("--fault", help="one fault only (faults drill)")
     p.add_argument("--out", type=Path, default=Path("runs/small"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int_at_least(1), default=2, help="torch CPU threads")
     p.set_defaults(fn=run)
 
 

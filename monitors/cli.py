@@ -15,6 +15,12 @@ from vla_eval.monitors.stream import classify, evaluate
 FAULT_TAGS = ("baseline",) + PREDICATES
 
 
+def _alpha(text: str) -> float:
+    from vla_eval.argtypes import float_between
+
+    return float_between(0.0, 1.0)(text)  # a false-alarm rate strictly between 0 and 1
+
+
 def register(sub) -> None:
     p = sub.add_parser("monitor", help="classify JSONL logs with the silent-failure predicates")
     p.add_argument("logs", nargs="+", type=Path)
@@ -22,7 +28,8 @@ def register(sub) -> None:
     p.add_argument("--calibrate", type=Path, metavar="OUT.json",
                    help="fit thresholds on the successful baseline runs of LOGS (half fit, half held out), "
                         "save them here, then classify with them")
-    p.add_argument("--alpha", type=float, default=0.05, help="target false-alarm rate for --calibrate")
+    p.add_argument("--alpha", type=_alpha, default=0.05, help="target false-alarm rate for --calibrate (0 < a < 1)")
+    p.add_argument("--force", action="store_true", help="let --calibrate replace an existing file")
     p.set_defaults(fn=run)
 
 
@@ -51,6 +58,13 @@ def run(args) -> int:
     from vla_eval.errors import UsageError
     from vla_eval.records import read_jsonl
 
+    if args.calibrate is not None:  # checked before anything is read or written
+        if any(args.calibrate.resolve() == p.resolve() for p in args.logs):
+            raise UsageError(f"--calibrate {args.calibrate} is one of the input logs; choose another file")
+        if args.calibrate.is_dir() or (args.calibrate.exists() and not args.force):
+            raise UsageError(f"--calibrate {args.calibrate} exists; choose a new file or pass --force to replace it")
+        if args.thresholds:
+            raise UsageError("--calibrate fits new thresholds; it cannot be combined with --thresholds")
     logs = [read_jsonl(p) for p in args.logs]
     th = Thresholds.load(args.thresholds) if args.thresholds else Thresholds()
     if args.calibrate:

@@ -3,6 +3,7 @@ time split and provenance in one file (images inline; opens with no network)."""
 from __future__ import annotations
 
 import base64
+from dataclasses import asdict
 import html
 import json
 from pathlib import Path
@@ -14,7 +15,7 @@ from vla_eval.reports.stats import published_number, rate_of, verdict
 from vla_eval.sims.protocol import suite_spec
 from vla_eval.errors import UsageError
 from vla_eval.records import RunLog, read_jsonl
-from vla_eval.sweep import MANIFEST, load_manifest
+from vla_eval.sweep import MANIFEST, config_from_manifest, load_manifest
 
 e = html.escape
 
@@ -62,7 +63,7 @@ def render(run_dir: Path) -> str:
     if not (run_dir / MANIFEST).exists():
         raise UsageError(f"{run_dir} is not a vla-eval run folder (no {MANIFEST})")
     manifest = load_manifest(run_dir)
-    cfg, prov = manifest["config"], manifest.get("provenance", {})
+    cfg, prov = asdict(config_from_manifest(run_dir)), manifest.get("provenance", {})  # typed, checked config
     logs = _logs(run_dir, cfg["tags"])
     main_tag = "baseline" if "baseline" in logs else next(iter(logs))
     main = logs[main_tag]
@@ -158,9 +159,17 @@ def _episode_table(log: RunLog) -> str:
 
 
 def write_report(run_dir: Path) -> Path:
+    """Render, then write atomically under the folder's lock; a failed write leaves no partial file."""
+    from vla_eval.rundir import run_lock
+
     text = render(run_dir)
     path = Path(run_dir) / "report.html"
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    with run_lock(run_dir, "write its report"):
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return path

@@ -51,11 +51,14 @@ class WorkerError:
 
 
 def _worker_main(conn) -> None:
+    from vla_eval.sims.stopping import ignore_interrupts_in_worker
+
+    ignore_interrupts_in_worker()  # the parent decides when to stop; no tracebacks from workers
     env, spec = None, None
     while True:
         try:
             cmd, payload = conn.recv()
-        except (EOFError, KeyboardInterrupt):
+        except (EOFError, OSError, KeyboardInterrupt):
             break
         if cmd == "close":
             break
@@ -74,14 +77,22 @@ def _worker_main(conn) -> None:
                 conn.send(("ok", payload(env)))
             else:
                 conn.send(("error", f"unknown command {cmd!r}", ""))
+        except (BrokenPipeError, ConnectionResetError):
+            break  # the parent is gone: leave quietly
         except Exception as e:  # reported to the parent, the worker lives on
-            conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc()))
+            try:
+                conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc()))
+            except OSError:
+                break
     if env is not None:
         env.close()
 
 
+RESET_TIMEOUT_S, STEP_TIMEOUT_S = 180.0, 60.0  # a hung env becomes an error episode after these
+
+
 class EnvPool:
-    def __init__(self, n_workers: int, reset_timeout_s: float = 600.0, step_timeout_s: float = 120.0):
+    def __init__(self, n_workers: int, reset_timeout_s: float = RESET_TIMEOUT_S, step_timeout_s: float = STEP_TIMEOUT_S):
         if n_workers < 1:
             raise ValueError(f"n_workers must be >= 1, got {n_workers}")
         self._ctx = mp.get_context("spawn")  # fork would copy GL contexts and torch threads
@@ -241,6 +252,12 @@ def _guarded(slot: int, fn, *args):
         return WorkerError(slot, "exception", f"{type(e).__name__}: {e}", traceback.format_exc())
 
 
-def make_pool(n_workers: int) -> EnvPool | LocalPool:
-    """0: the env lives in this process; N >= 1: N spawned workers."""
-    return LocalPool() if n_workers == 0 else EnvPool(n_workers)
+def make_pool(n_workers: int, env_timeout_s: float | None = None) -> EnvPool | LocalPool:
+    """0: the env lives in this process; N >= 1: N spawned workers, each watched: a reset or
+    step that takes longer than ``env_timeout_s`` (default 180 s / 60 s) ends that episode as
+    an error and the worker is restarted. (An in-process env cannot be watched that way.)"""
+    if n_workers == 0:
+        return LocalPool()
+    if env_timeout_s is None:
+        return EnvPool(n_workers)
+    return EnvPool(n_workers, reset_timeout_s=env_timeout_s, step_timeout_s=env_timeout_s)

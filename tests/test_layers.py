@@ -18,6 +18,7 @@ PACKAGES = {"vla_eval": "vla_eval", "monitors": "vla_eval.monitors", "sims": "vl
 # The longest matching prefix decides a module's layer.
 LAYERS = {
     "vla_eval": 0, "vla_eval.errors": 0, "vla_eval.configs": 0,       # shared errors and data
+    "vla_eval.argtypes": 0, "vla_eval.rundir": 1,                      # CLI value types; run-folder lock
     "vla_eval.records": 1, "vla_eval.monitors": 1,                     # shared types; numpy-only monitor
     "vla_eval.sims": 2,                                               # simulators
     "vla_eval.policies": 3,                                           # policies (over sims' Observation)

@@ -285,7 +285,7 @@ def test_batch_flag_conflicts_are_refused(ckpt):
     r = subprocess.run(base + ["--batch", "2", "--workers", "3"], capture_output=True, text=True)
     assert r.returncode == 2 and "--batch 2 runs 2 env workers; drop --workers 3" in r.stderr
     r = subprocess.run(base + ["--batch", "0"], capture_output=True, text=True)
-    assert r.returncode == 2 and "--batch must be at least 1, got 0" in r.stderr
+    assert r.returncode == 2 and "--batch: must be at least 1, got 0" in r.stderr
     r = subprocess.run(base + ["--overlap"], capture_output=True, text=True)
     assert r.returncode == 2 and "--overlap needs two env groups: --batch (or --workers) of at least 2, got 1" in r.stderr
     r = subprocess.run([sys.executable, "-m", "vla_eval.cli", "run", "--policy", "zero", "--batch", "4"],

@@ -6,16 +6,16 @@ import sys
 from pathlib import Path
 
 from vla_eval import __version__
+from vla_eval.argtypes import float_between, int_at_least
 from vla_eval.errors import DIST, MissingDependency, UsageError, install_hint
 
 DEFAULT_SUITE = "libero_object"
 
 
-def _seed_count(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--seeds must be at least 1, got {n}")
-    return n
+_seed_count = int_at_least(1)
+_non_negative = int_at_least(0)
+_positive_int = int_at_least(1)
+_positive_float = float_between(0.0)
 
 
 def _task_list(text: str) -> tuple[int, ...]:
@@ -40,17 +40,20 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: int) -> None:
     p.add_argument("--policy", default="openvla", choices=POLICIES)
     p.add_argument("--checkpoint", help="HF id or local path (default: openvla/openvla-7b-finetuned-<suite>)")
     p.add_argument("--revision", help="pin the checkpoint's revision (commit hash)")
-    p.add_argument("--attn", default="sdpa", choices=("flash_attention_2", "sdpa", "eager"))
-    p.add_argument("--device", default="cuda", help="torch device for the model (default cuda)")
+    p.add_argument("--attn", choices=("flash_attention_2", "sdpa", "eager"), help="attention (default sdpa)")
+    p.add_argument("--device", help="torch device for the model (default: cuda; cpu for --policy tiny)")
     p.add_argument("--native", action="store_true", help="use the trust_remote_code-free batched OpenVLA model")
-    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
-                   help="native model weights and activations (default bfloat16)")
+    p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
+                   help="native model weights and activations (default: bfloat16; float32 for --policy tiny)")
     p.add_argument("--cameras", choices=("auto", "on", "off"), default="auto",
                    help="auto: on for pixel policies, off (physics only, ~10x faster) for state-based ones")
     p.add_argument("--fast-reset", action="store_true", help="reuse the MuJoCo model between episodes (not the published protocol's hard reset)")
-    p.add_argument("--max-steps", type=int, help="override the suite's step limit")
-    p.add_argument("--workers", type=int, default=0, help="parallel env processes (0: env in this process)")
-    p.add_argument("--batch", type=int, help="N parallel envs feeding one model call per step (= --workers N; batched with --native, a loop otherwise)")
+    p.add_argument("--max-steps", type=_positive_int, help="override the suite's step limit")
+    p.add_argument("--workers", type=_non_negative, default=0, help="parallel env processes (0: env in this process)")
+    p.add_argument("--env-timeout", type=_positive_float, default=None, metavar="S",
+                   help="with workers: a reset or step taking longer than S seconds ends that episode as an error "
+                        "and restarts its worker (default 180 s reset / 60 s step)")
+    p.add_argument("--batch", type=_positive_int, help="N parallel envs feeding one model call per step (= --workers N; batched with --native, a loop otherwise)")
     p.add_argument("--overlap", action="store_true",
                    help="split the envs into two groups: one simulates while the model acts for the other")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<policy>-<suite>-<tasks>-<tags>)")
@@ -88,20 +91,34 @@ def _default_out(cfg, kind: str) -> Path:
     return Path("runs") / f"{kind}-{cfg.policy}-{cfg.suite}-{tasks}-{'+'.join(cfg.tags)}{shard}"
 
 
+# Flags that define a run (and so must match a folder being resumed).
+_RUN_SHAPING = ("suite", "task", "all_tasks", "tasks", "seeds", "policy", "checkpoint", "revision", "cameras",
+                "fast_reset", "max_steps", "shard", "no_flip", "bad_prompt", "bad_unnorm")
+
+
 def _execute(args, tags: tuple[str, ...], kind: str) -> int:
-    from vla_eval.policies.factory import OpenVLAOptions
     from vla_eval.sweep import run_sweep
 
     resume = getattr(args, "resume", None)
-    if resume is not None:  # the folder's own config, whatever the other flags say
+    if resume is not None:  # the folder's own config: flags that would change it are refused, not ignored
         from vla_eval.sweep import config_from_manifest
 
+        defaults = vars(build_parser().parse_args([args.command]))
+        clash = [f"--{k.replace('_', '-')}" for k in _RUN_SHAPING if getattr(args, k, None) != defaults.get(k)]
+        if clash or args.out:
+            raise UsageError(f"--resume continues the folder's own run; drop {', '.join(clash + ['--out'] * bool(args.out))}")
         cfg, run_dir = config_from_manifest(resume), resume
+        args.policy = cfg.policy
     else:
         cfg = _sweep_config(args, tags)
         run_dir = args.out or _default_out(cfg, kind)
-    ovla = OpenVLAOptions(checkpoint=args.checkpoint, revision=args.revision, attn_implementation=args.attn,
-                          device=args.device, native=args.native, dtype=args.dtype)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--out {run_dir} is a file; a run folder is a directory")
+    from vla_eval.policies.factory import PIXEL_POLICIES
+
+    if not cfg.cameras and cfg.policy in PIXEL_POLICIES:
+        raise UsageError(f"policy {cfg.policy!r} reads camera images; drop --cameras off")
+    ovla = _model_options(args)
     workers = _workers(args)
     monitor_factory = None
     if args.monitor or args.stop_on_alert:
@@ -110,7 +127,7 @@ def _execute(args, tags: tuple[str, ...], kind: str) -> int:
         monitor_factory = RuntimeMonitor
     res = run_sweep(cfg, run_dir, workers=workers, openvla=ovla, progress=not args.no_progress,
                     retry_errors=getattr(args, "retry_errors", False), stop_on_alert=args.stop_on_alert,
-                    monitor_factory=monitor_factory, overlap=args.overlap)
+                    monitor_factory=monitor_factory, overlap=args.overlap, env_timeout_s=args.env_timeout)
     print(f"\nrun folder: {res.run_dir}  ({res.ran} episodes run, {res.skipped} already done, {res.wall_s:.1f} s)")
     for tag, eps in res.episodes.items():
         n = {o: sum(e.outcome == o for e in eps) for o in ("success", "failure", "error")}
@@ -120,6 +137,12 @@ def _execute(args, tags: tuple[str, ...], kind: str) -> int:
     if not args.no_report:
         _write_report(res.run_dir)
     return 0
+
+
+def _model_options(args):
+    from vla_eval.policies.factory import model_options
+
+    return model_options(args.policy, args.checkpoint, args.revision, args.attn, args.device, args.native, args.dtype)
 
 
 def _workers(args) -> int:
@@ -168,19 +191,36 @@ def cmd_run(args) -> int:
     if args.all_tasks or args.tasks:
         raise UsageError("vla-eval run is one episode: pick its task with --task N (--tasks/--all-tasks apply to "
                          "sweep and drill)")
+    extra = [flag for flag, used in (("--seeds", args.seeds != 1), ("--out", args.out is not None),
+                                     ("--env-timeout", args.env_timeout is not None), ("--no-report", args.no_report))
+             if used]
+    if extra:
+        raise UsageError(f"vla-eval run is one episode: {', '.join(extra)} apply to sweep and drill "
+                         "(use --seed N and --log FILE)")
+    if args.log is not None:
+        _check_log_target(args.log)
     ep = run_episode(
         policy=args.policy, suite=args.suite, task_id=args.task, seed=args.seed,
         flip_image=not args.no_flip, prompt_template="rephrased" if args.bad_prompt else "default",
         unnorm_key="bridge_orig" if args.bad_unnorm else None, max_steps=args.max_steps,
         cameras=_cameras(args), hard_reset=not args.fast_reset, log_path=args.log,
-        checkpoint=args.checkpoint, revision=args.revision, attn_implementation=args.attn,
-        device=args.device, native=args.native, dtype=args.dtype, progress=not args.no_progress,
+        model=_model_options(args), progress=not args.no_progress,
     )
     print(f"{ep.run_tag}: {ep.outcome} in {ep.steps} steps, first gripper close at "
           f"{ep.first_close_step}, {ep.wall_s:.1f} s" + (f"\nerror: {ep.error}" if ep.error else ""))
     if args.log:
         print(f"log: {args.log}")
     return 0 if ep.outcome != "error" else 1
+
+
+def _check_log_target(log: Path) -> None:
+    """``run --log`` appends to a log of its own; never into a sweep's run folder (it would
+    silently replace that seed in the folder's report) and never into a directory."""
+    if log.is_dir():
+        raise UsageError(f"--log {log} is a folder; give a file path, e.g. {log / 'episode.jsonl'}")
+    if (log.parent / "manifest.json").exists():
+        raise UsageError(f"--log {log} is inside the run folder {log.parent}; a single episode would mix into "
+                         "that sweep's records. Log to a file outside it.")
 
 
 def cmd_report(args) -> int:
@@ -191,7 +231,7 @@ def cmd_report(args) -> int:
 def cmd_merge(args) -> int:
     from vla_eval.sweep import merge_runs
 
-    counts = merge_runs(args.out, args.shards)
+    counts = merge_runs(args.out, args.shards, allow_partial=args.allow_partial)
     print(f"merged {len(args.shards)} shards into {args.out}: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
     return 0
 
@@ -237,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="one episode with any toggles")
     _add_run_args(r, seeds_default=1)
-    r.add_argument("--seed", type=int, default=0, help="seed = init state index")
+    r.add_argument("--seed", type=_non_negative, default=0, help="seed = init state index (0..49)")
     r.add_argument("--log", type=Path, help="write the step and episode records here (JSONL)")
     r.add_argument("--no-flip", action="store_true")
     r.add_argument("--bad-prompt", action="store_true")
@@ -251,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("merge", help="join the shard folders of one sweep")
     m.add_argument("out", type=Path)
     m.add_argument("shards", type=Path, nargs="+")
+    m.add_argument("--allow-partial", action="store_true", help="merge an incomplete shard set (marked partial)")
     m.set_defaults(fn=cmd_merge)
 
     b = sub.add_parser("bench-sim", help="LIBERO env costs on this machine: create, reset, physics vs rendering, workers")
@@ -303,14 +344,26 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "fn", None):
         parser.print_help()
         return 0
+    import signal
+
+    from vla_eval.sims.stopping import Stopped
+
+    def terminate(signum, frame):
+        raise Stopped(signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)  # SIGTERM: the same clean stop as Ctrl-C
     try:
         return args.fn(args)
     except UsageError as e:
         print(f"vla-eval: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: committed episodes are kept; re-run the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        print(f"\nstopped ({signal.Signals(signum).name}): committed episodes are kept; re-run the same command "
+              f"to resume", file=sys.stderr)
+        return 128 + signum
+    except OSError as e:
+        return _os_error(e)
     except Exception as e:
         from vla_eval.sims.assets import SetupError
 
@@ -318,6 +371,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vla-eval: setup error: {e}", file=sys.stderr)
             return 3
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _os_error(e: OSError) -> int:
+    """Disk full, read-only folder, permissions: one line naming the file, no traceback."""
+    import errno
+
+    if e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR):
+        print(f"vla-eval: error: cannot write {e.filename or 'a file'}: {e.strerror}. Nothing partial was kept; "
+              f"free space or choose a writable --out, then re-run (committed episodes resume).", file=sys.stderr)
+        return 1
+    raise e
 
 
 if __name__ == "__main__":

@@ -84,6 +84,45 @@ def first_close_step(gripper_commands: Iterable[float]) -> int | None:
 
 
 _KINDS = {"step": StepRecord, "episode": EpisodeRecord}
+OUTCOMES = ("success", "failure", "error")
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _opt(check):
+    return lambda v: v is None or check(v)
+
+
+# Every field read back from a file is checked by type and range, so a report or a monitor only
+# ever sees typed values (a crafted line is a file:line error, never a string rendered as a number).
+_FIELD_CHECKS = {
+    "run_tag": (lambda v: isinstance(v, str) and 0 < len(v) <= 64, "a short string"),
+    "suite": (lambda v: isinstance(v, str) and 0 < len(v) <= 64, "a suite name"),
+    "task_id": (lambda v: _int(v) and 0 <= v < 1000, "an integer 0..999"),
+    "seed": (lambda v: _int(v) and 0 <= v < 1000, "an integer 0..999"),
+    "init_state": (lambda v: _int(v) and 0 <= v < 1000, "an integer 0..999"),
+    "attempt": (lambda v: isinstance(v, str) and 0 < len(v) <= 64, "an attempt id"),
+    "step": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "steps": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
+    "action": (lambda v: isinstance(v, (list, tuple)) and len(v) <= 64 and all(_num(x) for x in v), "a list of numbers"),
+    "img_mean": (_opt(_num), "null or a number"),
+    "reward": (_num, "a number"),
+    "done": (lambda v: isinstance(v, bool), "true or false"),
+    "policy_s": (_num, "a number"), "sim_s": (_num, "a number"), "wall_s": (_num, "a number"),
+    "alerts": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(a, str) for a in v), "a list of strings"),
+    "outcome": (lambda v: v in OUTCOMES, f"one of {', '.join(OUTCOMES)}"),
+    "first_close_step": (_opt(lambda v: _int(v) and v >= 0), "null or an integer >= 0"),
+    "instruction": (lambda v: isinstance(v, str), "a string"),
+    "error": (_opt(lambda v: isinstance(v, str)), "null or a string"),
+    "kind": (lambda v: v in _KINDS, "step or episode"),
+    "v": (_int, "an integer"),
+}
 
 
 def to_json(record: StepRecord | EpisodeRecord) -> str:
@@ -91,13 +130,22 @@ def to_json(record: StepRecord | EpisodeRecord) -> str:
 
 
 def from_dict(d: dict) -> StepRecord | EpisodeRecord:
+    if not isinstance(d, dict):
+        raise ValueError(f"a record is a JSON object, got {type(d).__name__}")
     cls = _KINDS.get(d.get("kind"))
     if cls is None:
         raise ValueError(f"unknown record kind {d.get('kind')!r}; valid: {', '.join(_KINDS)}")
     if d.get("v") != SCHEMA_VERSION:
         raise ValueError(f"schema version {d.get('v')!r}; this vla-eval reads version {SCHEMA_VERSION}")
     names = {f.name for f in fields(cls)}
-    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} field(s) {', '.join(unknown)}")
+    for key, value in d.items():
+        ok, valid = _FIELD_CHECKS[key]
+        if not ok(value):
+            raise ValueError(f"{key}={value!r:.60} is invalid; valid: {valid}")
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
     try:
         return cls(**kw)
     except TypeError as e:  # a missing field
@@ -130,7 +178,8 @@ class JsonlWriter:
 
 
 def _cut_torn_tail(path: Path) -> None:
-    """Drop a final line with no newline (a write cut short by a kill)."""
+    """Drop a final line with no newline if it is torn (a write cut short by a kill); a complete
+    record that only lacks its newline is kept and the newline added."""
     if not path.exists() or path.stat().st_size == 0:
         return
     with open(path, "rb+") as f:
@@ -138,7 +187,14 @@ def _cut_torn_tail(path: Path) -> None:
         if f.read(1) == b"\n":
             return
         f.seek(0)
-        f.truncate(f.read().rfind(b"\n") + 1)
+        data = f.read()
+        start = data.rfind(b"\n") + 1
+        try:
+            from_dict(json.loads(data[start:].decode("utf-8")))
+            f.write(b"\n")
+        except (ValueError, UnicodeDecodeError):
+            f.seek(0)
+            f.truncate(start)
 
 
 @dataclass
@@ -156,9 +212,13 @@ class RunLog:
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, dict | None, str]]:
-    """Yield (line number, parsed dict or None if malformed, raw text)."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    """Yield (line number, parsed value or None if malformed, raw text)."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise UsageError(f"{path}:{n}: not UTF-8 text; is this a vla-eval JSONL log?") from None
             if not line.strip():
                 continue
             try:

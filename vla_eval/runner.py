@@ -23,6 +23,7 @@ import numpy as np
 
 from vla_eval.sims.parallel import EnvSpec, WorkerError, make_pool
 from vla_eval.sims.protocol import CAMERAS, N_INIT_STATES, check_task_id, suite_spec
+from vla_eval.sims.stopping import raise_if_stopping, stop_on_signals
 from vla_eval.errors import UsageError
 from vla_eval.policies.base import ActionBatch, Policy
 from vla_eval.records import EpisodeRecord, JsonlWriter, StepRecord, first_close_step, new_attempt_id
@@ -47,6 +48,7 @@ class RunConfig:
     workers: int = 0  # 0: env in this process; N: N spawned env workers
     stop_on_alert: bool = False
     overlap: bool = False  # two env groups alternate between simulating and waiting for the policy
+    env_timeout_s: float | None = None  # worker reset/step watchdog (None: the pool's defaults)
 
 
 def make_jobs(suite: str, task_ids: Iterable[int], seeds: Sequence[int]) -> list[EpisodeJob]:
@@ -105,7 +107,7 @@ def run_episodes(
     if cfg.cameras is False and policy.uses_images:
         raise UsageError(f"policy {policy.name!r} reads images; run it with cameras on")
     own_pool = pool is None
-    pool = make_pool(cfg.workers) if own_pool else pool
+    pool = make_pool(cfg.workers, cfg.env_timeout_s) if own_pool else pool
     try:
         groups = slot_groups(pool.n_workers, cfg.overlap)
         return _Rollout(policy, deque(jobs), writer, run_tag, cfg, monitor_factory, on_episode, pool).run(groups)
@@ -148,20 +150,25 @@ class _Rollout:
 
     def run(self, groups: list[list[int]]) -> list[EpisodeRecord]:
         in_flight: dict[int, _InFlight] = {}  # group index -> its pending step
-        while self.queue or self.active:
-            for g, group in enumerate(groups):
-                if g in in_flight:
-                    self._collect(in_flight.pop(g))
-                self._start(group)
-                mine = [s for s in group if s in self.active]
-                if not mine:
-                    continue
-                t = time.perf_counter()
-                batch = self.policy.act([self.active[s].obs for s in mine], mine)
-                policy_s = (time.perf_counter() - t) / len(mine)
-                sent = self.pool.send_step({s: batch.actions[i] for i, s in enumerate(mine)})
-                in_flight[g] = _InFlight(mine, batch, policy_s, sent, time.perf_counter())
+        with stop_on_signals():
+            while self.queue or self.active:
+                self._round(groups, in_flight)
         return self.done
+
+    def _round(self, groups: list[list[int]], in_flight: dict) -> None:
+        for g, group in enumerate(groups):
+            raise_if_stopping()  # between steps: the in-flight episodes are dropped, never recorded
+            if g in in_flight:
+                self._collect(in_flight.pop(g))
+            self._start(group)
+            mine = [s for s in group if s in self.active]
+            if not mine:
+                continue
+            t = time.perf_counter()
+            batch = self.policy.act([self.active[s].obs for s in mine], mine)
+            policy_s = (time.perf_counter() - t) / len(mine)
+            sent = self.pool.send_step({s: batch.actions[i] for i, s in enumerate(mine)})
+            in_flight[g] = _InFlight(mine, batch, policy_s, sent, time.perf_counter())
 
     def _start(self, group: list[int]) -> None:
         starting = {}

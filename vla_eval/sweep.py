@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Sequence
 
 from vla_eval.errors import UsageError
-from vla_eval.policies.factory import DRILLS, PIXEL_POLICIES, OpenVLAOptions, Toggles, make_policies, resolve_options
+from vla_eval.sims.protocol import N_INIT_STATES, SUITES
+from vla_eval.policies.factory import DRILLS, PIXEL_POLICIES, POLICIES, OpenVLAOptions, Toggles, make_policies, resolve_options
 from vla_eval.records import EpisodeRecord, JsonlWriter, read_jsonl
+from vla_eval.rundir import run_lock
 from vla_eval.runner import RunConfig, make_jobs, run_episodes, slot_groups
 
 MANIFEST = "manifest.json"
@@ -92,15 +94,53 @@ def load_manifest(run_dir: Path) -> dict:
     path = Path(run_dir) / MANIFEST
     if not path.is_file():
         raise UsageError(f"{run_dir} is not a vla-eval run folder (no {MANIFEST})")
-    return json.loads(path.read_text())
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path}: not a readable manifest ({e})") from None
+    if not isinstance(d, dict) or not isinstance(d.get("config"), dict):
+        raise UsageError(f"{path}: a manifest is a JSON object with a 'config' object")
+    return d
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# field -> (check, what a valid value is); every value read back from a manifest passes one.
+_CONFIG_CHECKS = {
+    "suite": (lambda v: isinstance(v, str) and v in SUITES, f"one of {', '.join(SUITES)}"),
+    "task_ids": (lambda v: isinstance(v, list) and v and all(_is_int(t) and 0 <= t < 90 for t in v), "task ids"),
+    "seeds": (lambda v: _is_int(v) and 1 <= v <= N_INIT_STATES, f"an integer 1..{N_INIT_STATES}"),
+    "policy": (lambda v: isinstance(v, str) and v in POLICIES, f"one of {', '.join(POLICIES)}"),
+    "tags": (lambda v: isinstance(v, list) and v and all(isinstance(t, str) and t in DRILLS for t in v),
+             f"a list of {', '.join(DRILLS)}"),
+    "cameras": (lambda v: isinstance(v, bool), "true or false"),
+    "hard_reset": (lambda v: isinstance(v, bool), "true or false"),
+    "max_steps": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+    "checkpoint": (lambda v: v is None or isinstance(v, str), "null or a string"),
+    "revision": (lambda v: v is None or isinstance(v, str), "null or a string"),
+    "shard": (lambda v: v is None or isinstance(v, str), "null or 'i/K'"),
+}
 
 
 def config_from_manifest(run_dir: Path) -> SweepConfig:
+    """The run's config, every field checked by type and range (a crafted manifest is refused)."""
     c = load_manifest(run_dir)["config"]
+    where = Path(run_dir) / MANIFEST
+    unknown = sorted(set(c) - set(_CONFIG_CHECKS))
+    missing = sorted(set(_CONFIG_CHECKS) - set(c))
+    if unknown or missing:
+        raise UsageError(f"{where}: config has unknown fields {unknown} / lacks {missing}")
+    for key, (ok, valid) in _CONFIG_CHECKS.items():
+        if not ok(c[key]):
+            raise UsageError(f"{where}: config {key}={c[key]!r} is invalid; valid: {valid}")
+    parse_shard(c["shard"])
     return SweepConfig(**{**c, "task_ids": tuple(c["task_ids"]), "tags": tuple(c["tags"])})
 
 
-def _check_or_write_manifest(run_dir: Path, cfg: SweepConfig, model_options: dict | None = None) -> None:
+def _check_or_write_manifest(run_dir: Path, cfg: SweepConfig, model_options: dict | None = None,
+                             merged: dict | None = None) -> None:
     path = run_dir / MANIFEST
     if path.exists():
         old = json.loads(path.read_text())["config"]
@@ -112,7 +152,8 @@ def _check_or_write_manifest(run_dir: Path, cfg: SweepConfig, model_options: dic
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     prov = {**provenance(), **({"openvla": model_options} if model_options else {})}
-    tmp.write_text(json.dumps({"config": asdict(cfg), "provenance": prov}, indent=2))
+    tmp.write_text(json.dumps({"config": asdict(cfg), "provenance": prov, **({"merged": merged} if merged else {})},
+                              indent=2))
     tmp.replace(path)
 
 
@@ -149,6 +190,7 @@ def run_sweep(
     stop_on_alert: bool = False,
     monitor_factory=None,
     overlap: bool = False,
+    env_timeout_s: float | None = None,
 ) -> SweepResult:
     if cfg.seeds < 1:
         raise UsageError(f"--seeds must be at least 1, got {cfg.seeds}")
@@ -169,14 +211,20 @@ def run_sweep(
     from vla_eval.sims.libero_env import configure_gl
 
     configure_gl()  # before the manifest records MUJOCO_GL
-    _check_or_write_manifest(run_dir, cfg, asdict(openvla) if cfg.policy in PIXEL_POLICIES else None)
-    rc = RunConfig(cameras=cfg.cameras, hard_reset=cfg.hard_reset, max_steps=cfg.max_steps,
-                   workers=workers, stop_on_alert=stop_on_alert, overlap=overlap)
+    with run_lock(run_dir, "run episodes"):  # one writer per folder, manifest checked under the lock
+        _check_or_write_manifest(run_dir, cfg, asdict(openvla) if cfg.policy in PIXEL_POLICIES else None)
+        rc = RunConfig(cameras=cfg.cameras, hard_reset=cfg.hard_reset, max_steps=cfg.max_steps, workers=workers,
+                       stop_on_alert=stop_on_alert, overlap=overlap, env_timeout_s=env_timeout_s)
+        return _run_tags(run_dir, tags, all_jobs, policies, rc, retry_errors, monitor_factory, progress)
+
+
+def _run_tags(run_dir, tags, all_jobs, policies, rc: RunConfig, retry_errors, monitor_factory,
+              progress) -> SweepResult:
     result = SweepResult(run_dir)
     t0 = time.perf_counter()
     from vla_eval.sims.parallel import make_pool
 
-    with make_pool(workers) as pool:  # one set of envs for every run tag: a drill creates them once
+    with make_pool(rc.workers, rc.env_timeout_s) as pool:  # one set of envs for every tag: a drill creates them once
         for tag, _ in tags:
             have = committed(run_dir, tag, retry_errors)
             done_keys = {(e.task_id, e.seed) for e in have}
@@ -221,8 +269,11 @@ class _progress:
         self.bar.close()
 
 
-def merge_runs(out_dir: Path, shard_dirs: Sequence[Path]) -> dict[str, int]:
-    """Join shard folders into one; refuses mismatched configs and overlapping episodes."""
+def merge_runs(out_dir: Path, shard_dirs: Sequence[Path], allow_partial: bool = False) -> dict[str, int]:
+    """Join shard folders into a new folder. Refuses mismatched configs, overlapping episodes, an
+    existing output and (unless ``allow_partial``) an incomplete shard set. Built in
+    ``<out>.partial``, which it creates itself and renames at the end: a refused or failed merge
+    removes only that folder, and a second merge into the same output is refused."""
     if not shard_dirs:
         raise UsageError("merge needs at least one shard folder")
     configs = [config_from_manifest(d) for d in shard_dirs]
@@ -231,23 +282,48 @@ def merge_runs(out_dir: Path, shard_dirs: Sequence[Path]) -> dict[str, int]:
         if other.identity() != ref.identity():
             diff = [k for k, v in other.identity().items() if ref.identity()[k] != v]
             raise UsageError(f"cannot merge {d} with {shard_dirs[0]}: configs differ in {', '.join(diff)}")
+    coverage = _shard_coverage(shard_dirs, configs, allow_partial)
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise UsageError(f"{out_dir} already exists; merge into a new folder")
-    # Built aside and renamed at the end, so a refused merge leaves nothing behind.
     tmp_dir = out_dir.with_name(out_dir.name + ".partial")
-    if tmp_dir.exists():
-        shutil.rmtree(tmp_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp_dir.mkdir()  # atomic claim: a concurrent merge into the same output fails here
+    except FileExistsError:
+        raise UsageError(f"{tmp_dir} exists: another merge into {out_dir} is running, or one was interrupted "
+                         f"(then remove {tmp_dir} yourself; it is never deleted automatically)") from None
     counts = {}
     try:
-        _check_or_write_manifest(tmp_dir, SweepConfig(**{**asdict(ref), "shard": None}))
+        _check_or_write_manifest(tmp_dir, SweepConfig(**{**asdict(ref), "shard": None}), merged=coverage)
         for tag in ref.tags:
             counts[tag] = _merge_tag(tmp_dir, tag, shard_dirs)
+        os.rename(tmp_dir, out_dir)  # fails if out_dir appeared meanwhile: nothing is overwritten
     except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # only the folder this call created
         raise
-    tmp_dir.rename(out_dir)
     return counts
+
+
+def _shard_coverage(shard_dirs: Sequence[Path], configs: Sequence[SweepConfig], allow_partial: bool) -> dict:
+    """Which slices of the sweep the shards hold; an incomplete or repeated set is refused."""
+    parsed = [parse_shard(c.shard) for c in configs]
+    ks = {k for _, k in parsed}
+    if len(ks) != 1:
+        raise UsageError(f"shards come from different splits (K = {sorted(ks)}); merge shards of one --shard i/K set")
+    (k,) = ks
+    seen: dict[int, Path] = {}
+    for d, (i, _) in zip(shard_dirs, parsed):
+        if i in seen:
+            raise UsageError(f"shard {i}/{k} is given twice: {seen[i]} and {d}")
+        seen[i] = Path(d)
+    missing = sorted(set(range(k)) - set(seen))
+    if missing and not allow_partial:
+        raise UsageError(f"incomplete shard set: missing shard(s) {', '.join(f'{i}/{k}' for i in missing)}; "
+                         f"pass --allow-partial to merge what is there (the report then says so)")
+    if missing:
+        print(f"warning: merging {len(seen)} of {k} shards; the merged run is partial", file=sys.stderr)
+    return {"shards": [f"{i}/{k}" for i in sorted(seen)], "of": k, "partial": bool(missing)}
 
 
 def _merge_tag(out_dir: Path, tag: str, shard_dirs: Sequence[Path]) -> int:

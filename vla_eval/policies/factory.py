@@ -49,6 +49,26 @@ class OpenVLAOptions:
     batch: int = 1  # observations per model call (= parallel envs); checked against GPU memory
 
 
+def model_options(policy: str, checkpoint: str | None = None, revision: str | None = None, attn: str | None = None,
+                  device: str | None = None, native: bool = False, dtype: str | None = None) -> OpenVLAOptions:
+    """Model flags as given (None = not given), checked against the policy: a flag that cannot
+    apply is refused, never recorded; defaults depend on the policy (tiny: CPU, float32)."""
+    if policy not in POLICIES:
+        raise bad_choice("policy", policy, POLICIES)
+    given = [f"--{k}" for k, v in (("checkpoint", checkpoint), ("revision", revision), ("attn", attn),
+                                   ("device", device), ("dtype", dtype)) if v is not None] + (["--native"] if native else [])
+    if policy not in PIXEL_POLICIES and given:
+        raise UsageError(f"{', '.join(given)} configure an OpenVLA model; policy {policy!r} has none "
+                         f"(valid with --policy {' or '.join(PIXEL_POLICIES)})")
+    if policy == "tiny" and (checkpoint or revision):
+        raise UsageError("--policy tiny runs the shipped tiny checkpoint; for another checkpoint use "
+                         "--policy openvla --native --checkpoint PATH")
+    default_device, default_dtype = ("cpu", "float32") if policy == "tiny" else ("cuda", "bfloat16")
+    return OpenVLAOptions(checkpoint=checkpoint, revision=revision, attn_implementation=attn or "sdpa",
+                          device=device or default_device, native=native or policy == "tiny",
+                          dtype=dtype or default_dtype)
+
+
 def make_policies(name: str, suite: str, toggles_per_tag: Sequence[Toggles],
                   openvla: OpenVLAOptions = OpenVLAOptions()) -> list:
     """One policy per run tag; OpenVLA's weights are loaded once and shared."""
@@ -69,8 +89,8 @@ def make_policies(name: str, suite: str, toggles_per_tag: Sequence[Toggles],
 
 
 def resolve_options(name: str, suite: str, opts: OpenVLAOptions) -> OpenVLAOptions:
-    """``tiny`` is OpenVLA's loop on the shipped tiny checkpoint: native model, CPU, float32 unless
-    asked otherwise. Nothing else differs: the same loader, preprocessing and decoding."""
+    """``tiny`` is OpenVLA's loop on the shipped tiny checkpoint through the native loader (see
+    ``model_options`` for its CPU defaults). Nothing else differs: same preprocessing and decoding."""
     if name != "tiny":
         return opts
     from dataclasses import replace
@@ -83,9 +103,7 @@ def resolve_options(name: str, suite: str, opts: OpenVLAOptions) -> OpenVLAOptio
     if opts.checkpoint is not None:
         raise UsageError("--policy tiny runs the shipped tiny checkpoint; for another checkpoint use "
                          "--policy openvla --native --checkpoint PATH")
-    return replace(opts, checkpoint=shipped, native=True,
-                   device=opts.device if opts.device != "cuda" else "cpu",
-                   dtype=opts.dtype if opts.dtype != "bfloat16" else "float32")
+    return replace(opts, checkpoint=shipped, native=True)
 
 
 def make_policy(name: str, suite: str, toggles: Toggles = Toggles(), openvla: OpenVLAOptions = OpenVLAOptions()):

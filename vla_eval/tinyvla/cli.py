@@ -1,17 +1,14 @@
 """``vla-eval collect-demos`` and ``vla-eval train-tiny``: rebuild the shipped tiny OpenVLA from scratch."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
+
+from vla_eval.argtypes import int_at_least
 
 from vla_eval.errors import UsageError
 
 
-def _positive(text: str) -> int:
-    n = int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
+_positive = int_at_least(1)
 
 
 def register(sub) -> None:

@@ -1,0 +1,57 @@
+"""Clean stops on SIGINT / SIGTERM: a flag checked between env steps, never an exception
+raised inside the simulator (robosuite's numba code turned one into an env error before).
+
+    with stop_on_signals():
+        for step in loop:
+            raise_if_stopping()     # -> Stopped(KeyboardInterrupt) at a safe point
+
+The first signal asks for a stop; a second one interrupts at once. Env workers ignore
+SIGINT (a terminal's Ctrl-C reaches the whole process group): their parent stops them.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+
+class Stopped(KeyboardInterrupt):
+    """A requested stop, raised where the runner can leave cleanly. ``signum`` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_requested: list[int] = []
+
+
+def raise_if_stopping() -> None:
+    if _requested:
+        raise Stopped(_requested[0])
+
+
+def _handler(signum, frame) -> None:
+    if _requested:  # a second signal: do not wait for the step to end
+        raise Stopped(signum)
+    _requested.append(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Install the flag handlers for SIGINT and SIGTERM (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    _requested.clear()
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        _requested.clear()
+
+
+def ignore_interrupts_in_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

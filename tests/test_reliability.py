@@ -1,0 +1,229 @@
+"""Run folders and inputs you can trust: locks, safe merge, validated records, bad input refused
+before anything is written. Fast tests: no simulator (the signal test is in test_sweep_report)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vla_eval.errors import UsageError
+from vla_eval.records import EpisodeRecord, JsonlWriter, StepRecord, read_jsonl
+from vla_eval.rundir import run_lock
+from vla_eval.sweep import SweepConfig, _check_or_write_manifest, merge_runs
+
+CLI = [sys.executable, "-m", "vla_eval.cli"]
+
+
+def cli(*args, cwd=None):
+    return subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def _episode(tag="baseline", task=0, seed=0, attempt="a0", **kw) -> EpisodeRecord:
+    return EpisodeRecord(run_tag=tag, suite="libero_object", task_id=task, seed=seed, init_state=seed, attempt=attempt,
+                         outcome=kw.get("outcome", "success"), steps=2, first_close_step=1, wall_s=1.0, policy_s=0.1,
+                         sim_s=0.5)
+
+
+def _step(i, tag="baseline", task=0, seed=0, attempt="a0") -> StepRecord:
+    return StepRecord(run_tag=tag, task_id=task, seed=seed, attempt=attempt, step=i, action=(0.1,) * 6 + (1.0,),
+                      img_mean=100.0, reward=0.0, done=False, policy_s=0.01, sim_s=0.02)
+
+
+def make_shard(folder: Path, i: int, k: int, seeds=None) -> Path:
+    """A shard folder with real records written by the real writer (the merge is under test)."""
+    cfg = SweepConfig(suite="libero_object", task_ids=(0,), seeds=4, policy="scripted", cameras=False,
+                      shard=f"{i}/{k}")
+    _check_or_write_manifest(folder, cfg)
+    with JsonlWriter(folder / "baseline.jsonl") as w:
+        for seed in seeds if seeds is not None else range(i, 4, k):
+            att = f"s{seed}"
+            w.write(_step(0, seed=seed, attempt=att))
+            w.write(_step(1, seed=seed, attempt=att))
+            w.write(_episode(seed=seed, attempt=att))
+    return folder
+
+
+# -- locks ------------------------------------------------------------------------------------
+def test_a_second_writer_is_refused_with_the_holders_name(tmp_path):
+    run = tmp_path / "run"
+    with run_lock(run):
+        r = cli("sweep", "--policy", "zero", "--seeds", "1", "--out", run, "--no-report", "--no-progress")
+        assert r.returncode == 2, r.stderr
+        assert f"is in use by pid {os.getpid()}" in r.stderr and "Traceback" not in r.stderr
+        assert not (run / "manifest.json").exists()
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path):
+    run = tmp_path / "run"
+    code = (f"import os, signal; from vla_eval.rundir import run_lock\n"
+            f"with run_lock({str(run)!r}):\n    os.kill(os.getpid(), signal.SIGKILL)")
+    r = subprocess.run([sys.executable, "-c", code])
+    assert r.returncode == -signal.SIGKILL and (run / ".lock.holder").exists()
+    with run_lock(run):  # the kernel released the dead holder's lock
+        pass
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    f = tmp_path / "file.txt"
+    f.write_text("mine")
+    r = cli("sweep", "--policy", "zero", "--out", f)
+    assert r.returncode == 2 and "is a file" in r.stderr and f.read_text() == "mine"
+
+
+# -- merge ------------------------------------------------------------------------------------
+def test_merge_joins_a_complete_set_and_refuses_what_is_not(tmp_path):
+    s0, s1 = make_shard(tmp_path / "s0", 0, 2), make_shard(tmp_path / "s1", 1, 2)
+    assert merge_runs(tmp_path / "all", [s0, s1]) == {"baseline": 4}
+    manifest = json.loads((tmp_path / "all" / "manifest.json").read_text())
+    assert manifest["merged"] == {"shards": ["0/2", "1/2"], "of": 2, "partial": False}
+    with pytest.raises(UsageError, match="already exists"):
+        merge_runs(tmp_path / "all", [s0, s1])
+    with pytest.raises(UsageError, match="missing shard.*1/2.*--allow-partial"):
+        merge_runs(tmp_path / "half", [s0])
+    assert not (tmp_path / "half").exists() and not (tmp_path / "half.partial").exists()
+    merge_runs(tmp_path / "half", [s0], allow_partial=True)
+    assert json.loads((tmp_path / "half" / "manifest.json").read_text())["merged"]["partial"] is True
+    with pytest.raises(UsageError, match="given twice"):
+        merge_runs(tmp_path / "twice", [s0, s0])
+
+
+def test_merge_never_deletes_a_folder_it_did_not_create(tmp_path):
+    s0, s1 = make_shard(tmp_path / "s0", 0, 2), make_shard(tmp_path / "s1", 1, 2)
+    victim = make_shard(tmp_path / "out.partial", 0, 2)  # a user's folder that happens to have this name
+    before = (victim / "baseline.jsonl").read_text()
+    with pytest.raises(UsageError, match="out.partial exists"):
+        merge_runs(tmp_path / "out", [s0, s1])
+    assert (victim / "baseline.jsonl").read_text() == before and not (tmp_path / "out").exists()
+
+
+def test_a_crafted_tag_cannot_escape_the_output_folder(tmp_path):
+    s0, s1 = make_shard(tmp_path / "s0", 0, 2), make_shard(tmp_path / "s1", 1, 2)
+    for s in (s0, s1):
+        m = json.loads((s / "manifest.json").read_text())
+        m["config"]["tags"] = ["../escaped"]
+        (s / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(UsageError, match=r"tags=\['../escaped'\] is invalid"):
+        merge_runs(tmp_path / "out", [s0, s1])
+    assert not (tmp_path / "escaped.jsonl").exists() and not (tmp_path / "out").exists()
+
+
+def test_overlapping_shards_are_refused_and_leave_nothing(tmp_path):
+    s0 = make_shard(tmp_path / "s0", 0, 2, seeds=[0, 1])
+    s1 = make_shard(tmp_path / "s1", 1, 2, seeds=[1, 3])
+    r = cli("merge", tmp_path / "out", s0, s1)
+    assert r.returncode == 2 and "seed 1 is in both" in r.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+# -- records ----------------------------------------------------------------------------------
+GOOD = json.loads(json.dumps(_episode().__dict__))
+
+
+@pytest.mark.parametrize("line,message", [
+    ("42", "a record is a JSON object, got int"),
+    ("[1, 2, 3]", "a record is a JSON object, got list"),
+    (json.dumps({**GOOD, "outcome": "timeout"}), "outcome='timeout' is invalid"),
+    (json.dumps({**GOOD, "steps": "12"}), "steps='12' is invalid"),
+    (json.dumps({**GOOD, "task_id": "<script>"}), "task_id='<script>' is invalid"),
+    (json.dumps({**GOOD, "seed": True}), "seed=True is invalid"),
+    (json.dumps({**GOOD, "extra": 1}), "unknown EpisodeRecord field"),
+    (json.dumps({**GOOD, "kind": "other"}), "unknown record kind"),
+])
+def test_bad_record_lines_are_file_line_errors(tmp_path, line, message):
+    p = tmp_path / "x.jsonl"
+    p.write_text(json.dumps(GOOD) + "\n" + line + "\n" + json.dumps(GOOD) + "\n")
+    with pytest.raises(UsageError, match=f"x.jsonl:2: .*{message}".replace("[", r"\[").replace("(", r"\(")):
+        read_jsonl(p)
+
+
+def test_non_utf8_log_is_a_clear_error(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(json.dumps(GOOD).encode() + b"\n\xff\xfe garbage\n")
+    with pytest.raises(UsageError, match="x.jsonl:2: not UTF-8"):
+        read_jsonl(p)
+
+
+def test_a_complete_last_line_without_newline_is_kept(tmp_path):
+    p = tmp_path / "baseline.jsonl"
+    p.write_text(json.dumps(GOOD))  # committed episode, newline lost
+    with JsonlWriter(p) as w:  # what a resumed sweep does first
+        w.write(_episode(seed=1, attempt="b"))
+    assert sorted(e.seed for e in read_jsonl(p).episodes) == [0, 1]
+    p.write_text(json.dumps(GOOD) + "\n" + json.dumps(GOOD)[:40])  # a torn line is still cut
+    with JsonlWriter(p):
+        pass
+    assert p.read_text() == json.dumps(GOOD) + "\n"
+
+
+# -- manifests --------------------------------------------------------------------------------
+def test_report_refuses_a_manifest_with_unknown_or_bad_fields(tmp_path):
+    s0 = make_shard(tmp_path / "s0", 0, 1)
+    m = json.loads((s0 / "manifest.json").read_text())
+    (s0 / "manifest.json").write_text(json.dumps({**m, "config": {**m["config"], "seeds": "<img src=x>"}}))
+    r = cli("report", s0)
+    assert r.returncode == 2 and "seeds='<img src=x>' is invalid" in r.stderr and "Traceback" not in r.stderr
+    (s0 / "manifest.json").write_text(json.dumps({**m, "config": {**m["config"], "bogus": 1}}))
+    r = cli("report", s0)
+    assert r.returncode == 2 and "unknown fields ['bogus']" in r.stderr
+
+
+# -- files the user did not ask to overwrite ----------------------------------------------------
+def test_run_log_into_a_run_folder_and_calibrate_over_a_file_are_refused(tmp_path):
+    s0 = make_shard(tmp_path / "s0", 0, 1)
+    before = (s0 / "baseline.jsonl").read_text()
+    r = cli("run", "--policy", "zero", "--log", s0 / "baseline.jsonl")
+    assert r.returncode == 2 and "inside the run folder" in r.stderr
+    assert (s0 / "baseline.jsonl").read_text() == before
+    r = cli("monitor", s0 / "baseline.jsonl", "--calibrate", s0 / "baseline.jsonl")
+    assert r.returncode == 2 and "is one of the input logs" in r.stderr
+    mine = tmp_path / "mine.json"
+    mine.write_text("keep me")
+    r = cli("monitor", s0 / "baseline.jsonl", "--calibrate", mine)
+    assert r.returncode == 2 and "--force" in r.stderr and mine.read_text() == "keep me"
+
+
+# -- bad command lines: one message, exit 2, nothing written ------------------------------------
+BAD_ARGS = [
+    (["sweep", "--workers", "-1"], "--workers: must be at least 0"),
+    (["sweep", "--max-steps", "0"], "--max-steps: must be at least 1"),
+    (["sweep", "--max-steps", "-5"], "--max-steps: must be at least 1"),
+    (["sweep", "--env-timeout", "0"], "--env-timeout: must be a finite number > 0"),
+    (["sweep", "--tasks", "1,x"], "--tasks takes comma-separated integers"),
+    (["sweep", "--policy", "scripted", "--checkpoint", "x"], "--checkpoint configure an OpenVLA model"),
+    (["sweep", "--policy", "scripted", "--dtype", "float32"], "--dtype configure an OpenVLA model"),
+    (["sweep", "--policy", "zero", "--native"], "--native configure an OpenVLA model"),
+    (["sweep", "--policy", "openvla", "--cameras", "off"], "reads camera images"),
+    (["sweep", "--policy", "openvla", "--suite", "libero_nope"], "unknown suite 'libero_nope'"),
+    (["sweep", "--policy", "tiny", "--checkpoint", "x"], "runs the shipped tiny checkpoint"),
+    (["run", "--seed", "-1"], "--seed: must be at least 0"),
+    (["run", "--policy", "zero", "--seeds", "3"], "--seeds apply to sweep and drill"),
+    (["run", "--policy", "zero", "--all-tasks"], "--tasks/--all-tasks apply to sweep and drill"),
+    (["run", "--policy", "zero", "--out", "somewhere"], "--out apply to sweep and drill"),
+    (["monitor", "x.jsonl", "--alpha", "nan"], "--alpha: must be a finite number"),
+    (["monitor", "x.jsonl", "--alpha", "-1"], "--alpha: must be a finite number"),
+    (["monitor", "x.jsonl", "--alpha", "5"], "--alpha: must be a finite number"),
+    (["bench-monitor", "--steps", "0"], "--steps: must be at least 100"),
+    (["small", "baseline", "--threads", "0"], "--threads: must be at least 1"),
+    (["collect-demos", "--per-task", "0"], "--per-task: must be at least 1"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
+def test_bad_input_is_one_clear_message_and_writes_nothing(tmp_path, argv, message):
+    r = cli(*argv, cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []  # no runs/ folder, no partial file
+
+
+def test_resume_refuses_flags_that_would_change_the_run(tmp_path):
+    s0 = make_shard(tmp_path / "s0", 0, 1)
+    r = cli("sweep", "--resume", s0, "--seeds", "9")
+    assert r.returncode == 2 and "drop --seeds" in r.stderr
+    r = cli("sweep", "--resume", s0, "--no-flip")
+    assert r.returncode == 2 and "drop --no-flip" in r.stderr

@@ -1,0 +1,36 @@
+"""argparse value types that name the bad value and the valid range (bottom layer: every CLI uses them)."""
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable
+
+
+def int_at_least(low: int, what: str = "") -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}{what}, got {n}")
+        return n
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def float_between(low: float, high: float = math.inf, low_inclusive: bool = False) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            x = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        above = x >= low if low_inclusive else x > low
+        if not (math.isfinite(x) and above and x < high):
+            bound = f"{'>=' if low_inclusive else '>'} {low}" + (f" and < {high}" if math.isfinite(high) else "")
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
+        return x
+
+    parse.__name__ = "number"
+    return parse
