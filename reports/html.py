@@ -1,109 +1,175 @@
-"""The self-contained HTML report of a run folder: numbers, verdict, histogram, episodes,
-time split and provenance in one file (images inline; opens with no network)."""
+"""The self-contained HTML report of a run folder: numbers, verdict, per-task tables, drill
+comparison, histograms, videos, time split and provenance in one file (everything inline;
+opens with no network). Values come from validated records and a checked manifest, and the
+jinja2 template escapes everything it prints (autoescape)."""
 from __future__ import annotations
 
 import base64
-from dataclasses import asdict
-import html
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from vla_eval.reports.plots import gripper_timing_histogram
-from vla_eval.reports.stats import published_number, rate_of, verdict
-from vla_eval.sims.protocol import suite_spec
-from vla_eval.errors import UsageError
+from vla_eval.errors import UsageError, require
 from vla_eval.records import RunLog, read_jsonl
+from vla_eval.reports.plots import action_trace_plot, gripper_timing_histogram
+from vla_eval.reports.stats import comparability, per_task, published_number, rate_of, verdict
+from vla_eval.sims.protocol import suite_spec
 from vla_eval.sweep import MANIFEST, config_from_manifest, load_manifest
 
-e = html.escape
-
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
-h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd}
-.headline{font-size:2.2em;font-weight:600} .muted{color:#666}
-.v-healthy{background:#e6f4ea} .v-bug{background:#fde8e8} .v-inconclusive{background:#fff4e0} .v-n\\/a{background:#f0f0f0}
-.verdict{padding:.6em 1em;border-radius:6px;margin:.8em 0}
-table{border-collapse:collapse;font-size:13px} td,th{padding:3px 9px;border-bottom:1px solid #eee;text-align:right}
-th{background:#fafafa} td.l,th.l{text-align:left} .success{color:#2a9d4b} .failure{color:#d1495b} .error{color:#8a5a00}
-pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:12px}
-"""
+VIDEO_BUDGET_BYTES = 8 * 2**20  # embedded videos stop here; the rest stay in videos/ as files
 
 
 def _logs(run_dir: Path, tags) -> dict[str, RunLog]:
-    logs = {}
-    for tag in tags:
-        path = run_dir / f"{tag}.jsonl"
-        if path.exists():
-            logs[tag] = read_jsonl(path)
+    logs = {tag: read_jsonl(run_dir / f"{tag}.jsonl") for tag in tags if (run_dir / f"{tag}.jsonl").exists()}
     if not any(log.episodes for log in logs.values()):
         raise UsageError(f"{run_dir} holds no episode records yet (looked for {', '.join(f'{t}.jsonl' for t in tags)})")
     return logs
 
 
-def _features(log: RunLog) -> dict:
-    """Per-run numbers the drill comparison shows (the monitors' inputs)."""
+def _features(log: RunLog) -> list[str]:
+    """Per-run numbers of the drill comparison (what the monitors read)."""
     if not log.steps:
-        return {}
+        return ["–"] * 5
     a = np.array([s.action for s in log.steps], dtype=float)
     img = [s.img_mean for s in log.steps if s.img_mean is not None]
-    return {
-        "mean ||a[:6]||": float(np.linalg.norm(a[:, :6], axis=1).mean()),
-        "max |a[:3]|": float(np.abs(a[:, :3]).max()),
-        "gripper flips": int((np.diff(np.sign(a[:, 6])) != 0).sum()),
-        "mean img_mean": float(np.mean(img)) if img else None,
-    }
+    conf = [s.token_prob for s in log.steps if s.token_prob is not None]
+    return [f"{np.linalg.norm(a[:, :6], axis=1).mean():.3f}", f"{np.abs(a[:, :3]).max():.3f}",
+            str(int((np.diff(np.sign(a[:, 6])) != 0).sum())), f"{np.mean(img):.1f}" if img else "–",
+            f"{np.mean(conf):.3f}" if conf else "–"]
 
 
-def render(run_dir: Path) -> str:
+FEATURES = ("mean ||a[:6]||", "max |a[:3]|", "gripper flips", "mean img_mean", "mean token prob")
+
+
+def _pct(x: float) -> str:
+    return "–" if x != x else f"{100 * x:.1f}%"
+
+
+def _ci(rate) -> str:
+    lo, hi = rate.wilson95
+    return "–" if not rate.n else f"{100 * lo:.0f}–{100 * hi:.0f}%"
+
+
+def _banners(cfg: dict, manifest: dict, logs: dict[str, RunLog]) -> list[dict]:
+    out = []
+    from vla_eval.sweep import parse_shard
+
+    i, k = parse_shard(cfg["shard"])
+    expected = len(range(i, len(cfg["task_ids"]) * cfg["seeds"], k))
+    for tag in cfg["tags"]:
+        have = len(logs[tag].episodes) if tag in logs else 0
+        if have < expected:
+            out.append({"kind": "incomplete", "title": "Incomplete run",
+                        "text": f"{tag}: {have} of {expected} episodes are committed (interrupted, or still "
+                                f"running); every number below covers only those. Resume with the same command."})
+    merged = manifest.get("merged")
+    if isinstance(merged, dict) and merged.get("partial"):
+        out.append({"kind": "partial-merge", "title": "Partial merge",
+                    "text": f"merged {len(merged.get('shards', []))} of {merged.get('of')} shards "
+                            f"({', '.join(map(str, merged.get('shards', [])))})."})
+    return out
+
+
+def _videos(run_dir: Path, logs: dict[str, RunLog]) -> tuple[list[dict], str]:
+    folder = run_dir / "videos"
+    if not folder.is_dir():
+        return [], ""
+    committed = {(tag, e.task_id, e.seed): e.outcome for tag, log in logs.items() for e in log.episodes}
+    out, used, skipped = [], 0, 0
+    from vla_eval.videos import video_name
+
+    for (tag, task, seed), outcome in sorted(committed.items(), key=lambda kv: (kv[1] == "success", kv[0])):
+        path = folder / video_name(tag, task, seed)
+        if not path.exists():
+            continue
+        size = path.stat().st_size
+        if used + size > VIDEO_BUDGET_BYTES:
+            skipped += 1
+            continue
+        used += size
+        out.append({"tag": tag, "task": task, "seed": seed, "outcome": outcome, "name": path.name,
+                    "data": base64.b64encode(path.read_bytes()).decode()})
+    note = f"{used / 2**20:.1f} MB of an {VIDEO_BUDGET_BYTES // 2**20} MB budget"
+    return out, note + (f"; {skipped} more in videos/ (over budget)" if skipped else "")
+
+
+def _time(log: RunLog) -> dict | None:
+    eps = [x for x in log.episodes if x.steps]
+    steps = sum(x.steps for x in eps)
+    if not steps:
+        return None
+    pol, sim, wall = (sum(getattr(x, k) for x in eps) for k in ("policy_s", "sim_s", "wall_s"))
+    resets = [x.reset_s for x in eps if x.reset_s is not None]
+    return {"policy_s": f"{pol:.1f}", "policy_ms": f"{1e3 * pol / steps:.1f}", "sim_s": f"{sim:.1f}",
+            "sim_ms": f"{1e3 * sim / steps:.1f}", "rate": f"{steps / (pol + sim):.1f}" if pol + sim else "–",
+            "reset_s": f"{sum(resets):.1f}" if resets else "–",
+            "reset_each": f"{np.mean(resets):.1f}" if resets else "– (logged before schema 2)",
+            "wall_s": f"{wall:.1f}", "wall_each": f"{wall / len(eps):.1f}"}
+
+
+def context(run_dir: Path) -> dict:
+    """Everything the template prints, as plain typed values."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"run folder {run_dir} does not exist")
     if not (run_dir / MANIFEST).exists():
         raise UsageError(f"{run_dir} is not a vla-eval run folder (no {MANIFEST})")
     manifest = load_manifest(run_dir)
-    cfg, prov = asdict(config_from_manifest(run_dir)), manifest.get("provenance", {})  # typed, checked config
+    cfg = asdict(config_from_manifest(run_dir))
     logs = _logs(run_dir, cfg["tags"])
     main_tag = "baseline" if "baseline" in logs else next(iter(logs))
     main = logs[main_tag]
     spec = suite_spec(cfg["suite"])
+    max_steps = cfg["max_steps"] or spec.max_steps
     rate = rate_of(ep.outcome for ep in main.episodes)
-    published = published_number(cfg["policy"], cfg["suite"]) if main_tag == "baseline" else None
-    v = verdict(rate, published, f"policy {cfg['policy']!r}")
-    partial = published is not None and len(cfg["task_ids"]) < spec.n_tasks
-    hist = base64.b64encode(gripper_timing_histogram(main.episodes, cfg.get("max_steps") or spec.max_steps)).decode()
-
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>vla-eval: {e(run_dir.name)}</title>",
-           f"<style>{CSS}</style></head><body>",
-           f"<h1>{e(cfg['policy'])} on {e(cfg['suite'])} — {e(main_tag)}</h1>",
-           f"<div class='muted'>tasks {e(', '.join(map(str, cfg['task_ids'])))} · {cfg['seeds']} seeds per task · "
-           f"{e(run_dir.name)}</div>",
-           f"<p class='headline' id='headline'>{100 * rate.p:.1f}% <span class='muted' style='font-size:.5em'>"
-           f"± {100 * rate.se:.1f} SE</span></p>" if rate.n else "<p class='headline' id='headline'>–</p>",
-           f"<p>{e(str(rate))}; env errors (not counted): {rate.errors}</p>",
-           f"<div class='verdict v-{e(v.level)}' id='verdict'><b>{e(v.level)}</b> — {e(v.text)}"
-           + (" <br><i>Note: this run covers only part of the suite; the published number averages all "
-              f"{spec.n_tasks} tasks, so per-task differences are expected.</i>" if partial else "")
-           + "</div>"]
-    if published is not None:
-        out.append(f"<p class='muted'>Published: {published:.1f}% — {e(_source(cfg['policy']))}</p>")
-    out.append(f"<h2>Gripper timing</h2><img id='gripper-hist' alt='gripper timing histogram' "
-               f"src='data:image/png;base64,{hist}'>")
+    reasons = comparability(cfg, main_tag, spec.n_tasks)
+    published = published_number("openvla", cfg["suite"])
+    v = verdict(rate, published if not reasons else None, "; ".join(reasons))
+    tables = []
+    for tag, log in logs.items():
+        if not log.episodes:
+            continue
+        rows = [{"task": r.task_id, "instruction": r.instruction, "pct": _pct(r.rate.p), "n": r.rate.n,
+                 "ci": _ci(r.rate), "steps": f"{r.mean_steps:.0f}",
+                 "first_close": "never" if r.mean_first_close is None else f"{r.mean_first_close:.0f}"}
+                for r in per_task(log.episodes)]
+        tables.append({"tag": tag, "rows": rows})
+    drill = None
     if len(logs) > 1:
-        out.append(_drill_table(logs))
-    out.append(_time_split(main))
-    out.append(_episode_table(main))
-    out.append("<h2>Provenance</h2><table>" + "".join(
-        f"<tr><th class='l'>{e(k)}</th><td class='l'>{e(json.dumps(val) if not isinstance(val, str) else val)}</td></tr>"
-        for k, val in prov.items()) + "</table>")
-    out.append(f"<h3>Config</h3><pre>{e(json.dumps(cfg, indent=2))}</pre>")
-    if any(log.torn_tail or log.orphan_steps for log in logs.values()):
-        out.append("<p class='muted'>Logs held " + ", ".join(
-            f"{t}: {log.orphan_steps} step lines of interrupted attempts" + (", a torn final line" if log.torn_tail else "")
-            for t, log in logs.items()) + " (ignored).</p>")
-    out.append("</body></html>")
-    return "\n".join(out)
+        drill = {"features": FEATURES, "rows": [
+            {"tag": tag, "rate": f"{_pct(r.p)} ({r.successes}/{r.n})" if r.n else "–", "ci": _ci(r),
+             "features": _features(log), "alerts": ", ".join(sorted({a for e in log.episodes for a in e.alerts})) or "–"}
+            for tag, log in logs.items() for r in [rate_of(e.outcome for e in log.episodes)]]}
+    videos, video_note = _videos(run_dir, logs)
+    prov = manifest.get("provenance", {})
+    return {
+        "run_name": run_dir.name, "policy": cfg["policy"], "suite": cfg["suite"], "main_tag": main_tag,
+        "task_ids": cfg["task_ids"], "seeds": cfg["seeds"], "banners": _banners(cfg, manifest, logs),
+        "headline": {"pct": _pct(rate.p), "se": _pct(rate.se), "text": str(rate), "errors": rate.errors} if rate.n else None,
+        "verdict": {"level": v.level, "css": v.level.replace("/", ""), "text": v.text},
+        "published": f"{published:.1f}%" if published is not None and not reasons else None,
+        "source": _source("openvla"), "tag_tables": tables, "drill": drill,
+        "action_trace": _b64(action_trace_plot({t: log for t, log in logs.items()})) if drill else None,
+        "histograms": [{"tag": t, "png": _b64(gripper_timing_histogram(log.episodes, max_steps))}
+                       for t, log in logs.items() if log.episodes],
+        "videos": videos, "video_note": video_note, "time": _time(main),
+        "episodes": [{"task_id": e.task_id, "seed": e.seed, "init_state": e.init_state, "outcome": e.outcome,
+                      "error": e.error.splitlines()[0] if e.error else "", "steps": e.steps,
+                      "first_close": "never" if e.first_close_step is None else e.first_close_step,
+                      "wall": f"{e.wall_s:.1f}", "alerts": ", ".join(e.alerts) or "–"}
+                     for e in sorted(main.episodes, key=lambda x: (x.task_id, x.seed))],
+        "provenance": [(k, val if isinstance(val, str) else json.dumps(val)) for k, val in prov.items()],
+        "config_json": json.dumps(cfg, indent=2),
+        "log_notes": [f"{t}: {log.orphan_steps} step lines of interrupted attempts"
+                      + (", a torn final line" if log.torn_tail else "") + " (ignored)."
+                      for t, log in logs.items() if log.torn_tail or log.orphan_steps],
+    }
+
+
+def _b64(png: bytes) -> str:
+    return base64.b64encode(png).decode()
 
 
 def _source(policy: str) -> str:
@@ -112,50 +178,11 @@ def _source(policy: str) -> str:
     return load("published").get(policy, {}).get("source", "")
 
 
-def _drill_table(logs: dict[str, RunLog]) -> str:
-    rows = []
-    for tag, log in logs.items():
-        r = rate_of(ep.outcome for ep in log.episodes)
-        f = _features(log)
-        alerts = sorted({a for ep in log.episodes for a in ep.alerts})
-        cells = [f"{100 * r.p:.0f}% ({r.successes}/{r.n})" if r.n else "–"]
-        cells += ["–" if f.get(k) is None else (f"{f[k]:.3f}" if isinstance(f[k], float) else str(f[k]))
-                  for k in ("mean ||a[:6]||", "max |a[:3]|", "gripper flips", "mean img_mean")]
-        rows.append(f"<tr><td class='l'>{e(tag)}</td>" + "".join(f"<td>{e(c)}</td>" for c in cells)
-                    + f"<td class='l'>{e(', '.join(alerts) or '–')}</td></tr>")
-    head = "".join(f"<th>{e(h)}</th>" for h in ("success", "mean ||a[:6]||", "max |a[:3]|", "gripper flips", "mean img_mean"))
-    return (f"<h2>Drill comparison</h2><table id='drill'><tr><th class='l'>run</th>{head}<th class='l'>monitor alerts</th></tr>"
-            + "".join(rows) + "</table>")
-
-
-def _time_split(log: RunLog) -> str:
-    eps = [x for x in log.episodes if x.steps]
-    steps = sum(x.steps for x in eps)
-    pol, sim, wall = (sum(getattr(x, k) for x in eps) for k in ("policy_s", "sim_s", "wall_s"))
-    if not steps:
-        return ""
-    per = (pol + sim) / steps
-    return (f"<h2>Time</h2><table><tr><th class='l'>policy</th><td>{pol:.1f} s</td><td>{1e3 * pol / steps:.1f} ms/step</td></tr>"
-            f"<tr><th class='l'>simulation</th><td>{sim:.1f} s</td><td>{1e3 * sim / steps:.1f} ms/step</td></tr>"
-            f"<tr><th class='l'>control rate</th><td colspan=2>{1 / per:.1f} Hz (policy + sim; the robot runs at 20 Hz)</td></tr>"
-            f"<tr><th class='l'>episode wall time</th><td>{wall:.1f} s</td><td>{wall / len(eps):.1f} s/episode (incl. resets)</td></tr>"
-            "</table>")
-
-
-def _episode_table(log: RunLog) -> str:
-    rows = []
-    for ep in sorted(log.episodes, key=lambda x: (x.task_id, x.seed)):
-        err = f"<br><span class='muted'>{e(ep.error.splitlines()[0])}</span>" if ep.error else ""
-        rows.append(
-            f"<tr><td>{ep.task_id}</td><td>{ep.seed}</td><td>{ep.init_state}</td>"
-            f"<td class='l {e(ep.outcome)}'>{e(ep.outcome)}{err}</td><td>{ep.steps}</td>"
-            f"<td>{'never' if ep.first_close_step is None else ep.first_close_step}</td><td>{ep.wall_s:.1f}</td>"
-            f"<td class='l'>{e(', '.join(ep.alerts) or '–')}</td></tr>")
-    instr = {ep.task_id: ep.instruction for ep in log.episodes}
-    tasks = "".join(f"<li>task {t}: {e(i)}</li>" for t, i in sorted(instr.items()))
-    return ("<h2>Episodes</h2><ul>" + tasks + "</ul><table id='episodes'><tr><th>task</th><th>seed</th><th>init state</th>"
-            "<th class='l'>outcome</th><th>steps</th><th>first close</th><th>wall s</th><th class='l'>monitor alerts</th></tr>"
-            + "".join(rows) + "</table>")
+def render(run_dir: Path) -> str:
+    jinja2 = require("jinja2", "report", "the HTML report")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+    return env.get_template("report.html.j2").render(**context(run_dir))
 
 
 def write_report(run_dir: Path) -> Path:

@@ -47,3 +47,39 @@ def gripper_timing_histogram(episodes: Sequence[EpisodeRecord], max_steps: int, 
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+def action_trace_plot(logs: dict, max_tags: int = 4) -> bytes:
+    """The 7 action dimensions over steps of one episode per run tag (the same task and seed
+    where possible): how a silent failure moves the arm next to the baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
+    fig, axes = plt.subplots(7, 1, figsize=(8, 7.5), sharex=True, dpi=90)
+    first = None
+    for tag, log in list(logs.items())[:max_tags]:
+        eps = sorted(log.episodes, key=lambda e: (e.task_id, e.seed))
+        if first is not None:
+            eps = [e for e in eps if (e.task_id, e.seed) == first] or eps
+        if not eps:
+            continue
+        ep = eps[0]
+        first = first or (ep.task_id, ep.seed)
+        a = np.array([s.action for s in log.steps_of(ep)], dtype=float)
+        if not len(a):
+            continue
+        for d, ax in enumerate(axes):
+            ax.plot(a[:, d], lw=1, label=f"{tag} ({ep.outcome})")
+            ax.set_ylabel(names[d], rotation=0, ha="right", fontsize=8)
+    axes[0].set_title(f"actions of task {first[0] if first else '-'}, seed {first[1] if first else '-'} per run tag")
+    axes[0].legend(fontsize=7, ncol=4, frameon=False)
+    axes[-1].set_xlabel("policy step")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

@@ -57,7 +57,8 @@ def verdict(rate: Rate, published_pct: float | None, what: str = "") -> Verdict:
     """Healthy within ±3 pp of the published number; more than 5 pp below: treat as a bug;
     otherwise inconclusive. Always read together with the CI, which at n = 50 is ~±9 pp."""
     if published_pct is None:
-        return Verdict("n/a", f"no published number to compare with{' for ' + what if what else ''}.")
+        return Verdict("n/a", f"not compared with the published number: {what}." if what else
+                       "no published number to compare with.")
     if not rate.n:
         return Verdict("n/a", "no judged episodes yet.")
     ours = 100 * rate.p
@@ -83,3 +84,42 @@ def published_number(policy: str, suite: str) -> float | None:
     from vla_eval.configs import load
 
     return load("published").get(policy, {}).get("success_rate_pct", {}).get(suite)
+
+
+def comparability(cfg: dict, main_tag: str, n_tasks: int) -> list[str]:
+    """Why a run cannot be held against OpenVLA's published number (empty: it can). The number
+    is for the released checkpoint, all tasks, the default step limit and hard resets."""
+    why = []
+    if cfg["policy"] != "openvla" or cfg.get("checkpoint"):
+        why.append(f"policy {cfg['policy']!r}{' with checkpoint ' + cfg['checkpoint'] if cfg.get('checkpoint') else ''}"
+                   " is not the published fine-tuned checkpoint")
+    if published_number("openvla", cfg["suite"]) is None:
+        why.append(f"no published number for {cfg['suite']}")
+    if main_tag != "baseline":
+        why.append(f"run tag {main_tag!r} is not the default loop")
+    if cfg.get("max_steps"):
+        why.append(f"--max-steps {cfg['max_steps']} is not the suite's step limit")
+    if len(cfg["task_ids"]) < n_tasks:
+        why.append(f"{len(cfg['task_ids'])} of {n_tasks} tasks")
+    if not cfg.get("hard_reset", True):
+        why.append("soft resets (--fast-reset) are not the published protocol")
+    return why
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    task_id: int
+    instruction: str
+    rate: Rate
+    mean_steps: float
+    mean_first_close: float | None
+
+
+def per_task(episodes) -> list[TaskRow]:
+    rows = []
+    for t in sorted({e.task_id for e in episodes}):
+        eps = [e for e in episodes if e.task_id == t]
+        closes = [e.first_close_step for e in eps if e.first_close_step is not None]
+        rows.append(TaskRow(t, eps[0].instruction, rate_of(e.outcome for e in eps),
+                            sum(e.steps for e in eps) / len(eps), sum(closes) / len(closes) if closes else None))
+    return rows

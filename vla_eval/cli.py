@@ -61,6 +61,9 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: int) -> None:
     p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
     p.add_argument("--monitor", action="store_true", help="attach the runtime monitor; alerts go to the logs and report")
     p.add_argument("--stop-on-alert", action="store_true", help="end an episode at its monitor's first ERROR alert")
+    p.add_argument("--videos", default="default", metavar="POLICY",
+                   help="agentview videos to keep (cameras on): none | failures | all | first:K | default "
+                        "(every failure + one success per tag, at most 8 per tag)")
 
 
 def _sweep_config(args, tags: tuple[str, ...]):
@@ -127,7 +130,8 @@ def _execute(args, tags: tuple[str, ...], kind: str) -> int:
         monitor_factory = RuntimeMonitor
     res = run_sweep(cfg, run_dir, workers=workers, openvla=ovla, progress=not args.no_progress,
                     retry_errors=getattr(args, "retry_errors", False), stop_on_alert=args.stop_on_alert,
-                    monitor_factory=monitor_factory, overlap=args.overlap, env_timeout_s=args.env_timeout)
+                    monitor_factory=monitor_factory, overlap=args.overlap, env_timeout_s=args.env_timeout,
+                    videos=args.videos)
     print(f"\nrun folder: {res.run_dir}  ({res.ran} episodes run, {res.skipped} already done, {res.wall_s:.1f} s)")
     for tag, eps in res.episodes.items():
         n = {o: sum(e.outcome == o for e in eps) for o in ("success", "failure", "error")}
@@ -192,7 +196,8 @@ def cmd_run(args) -> int:
         raise UsageError("vla-eval run is one episode: pick its task with --task N (--tasks/--all-tasks apply to "
                          "sweep and drill)")
     extra = [flag for flag, used in (("--seeds", args.seeds != 1), ("--out", args.out is not None),
-                                     ("--env-timeout", args.env_timeout is not None), ("--no-report", args.no_report))
+                                     ("--env-timeout", args.env_timeout is not None), ("--no-report", args.no_report),
+                                     ("--videos", args.videos != "default"))
              if used]
     if extra:
         raise UsageError(f"vla-eval run is one episode: {', '.join(extra)} apply to sweep and drill "
@@ -312,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, extra in (("monitor", "vla_eval.monitors.cli", None), ("small", "vla_eval.drills.cli", "drills"),
                                 ("bench-monitor", "vla_eval.monitors.bench", None),
                                 ("bench-policy", "vla_eval.policies.native.bench", "openvla"),
-                                ("collect-demos", "vla_eval.tinyvla.cli", "data")):
+                                ("collect-demos", "vla_eval.tinyvla.cli", "data"),
+                                ("compare", "vla_eval.reports.compare", "report")):
         _lazy(sub, name, module, extra)
     return p
 

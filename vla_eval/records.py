@@ -22,7 +22,8 @@ from typing import Iterable, Iterator
 
 from vla_eval.errors import UsageError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added optional StepRecord.token_prob and EpisodeRecord.reset_s; 1 still reads
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class StepRecord:
     policy_s: float  # this step's share of the (batched) policy call
     sim_s: float  # env step wall time
     alerts: tuple[str, ...] = ()
+    # Mean over the action tokens of the probability the model gave its chosen token (native
+    # OpenVLA only; None otherwise): a confidence signal the monitor can read (schema 2).
+    token_prob: float | None = None
     kind: str = "step"
     v: int = SCHEMA_VERSION
 
@@ -64,6 +68,7 @@ class EpisodeRecord:
     instruction: str = ""
     error: str | None = None
     alerts: tuple[str, ...] = ()
+    reset_s: float | None = None  # env reset (incl. the wait steps), timed apart from wall_s (schema 2)
     kind: str = "episode"
     v: int = SCHEMA_VERSION
 
@@ -120,6 +125,8 @@ _FIELD_CHECKS = {
     "first_close_step": (_opt(lambda v: _int(v) and v >= 0), "null or an integer >= 0"),
     "instruction": (lambda v: isinstance(v, str), "a string"),
     "error": (_opt(lambda v: isinstance(v, str)), "null or a string"),
+    "token_prob": (_opt(lambda v: _num(v) and 0 <= v <= 1), "null or a probability"),
+    "reset_s": (_opt(lambda v: _num(v) and v >= 0), "null or seconds >= 0"),
     "kind": (lambda v: v in _KINDS, "step or episode"),
     "v": (_int, "an integer"),
 }
@@ -135,8 +142,9 @@ def from_dict(d: dict) -> StepRecord | EpisodeRecord:
     cls = _KINDS.get(d.get("kind"))
     if cls is None:
         raise ValueError(f"unknown record kind {d.get('kind')!r}; valid: {', '.join(_KINDS)}")
-    if d.get("v") != SCHEMA_VERSION:
-        raise ValueError(f"schema version {d.get('v')!r}; this vla-eval reads version {SCHEMA_VERSION}")
+    if d.get("v") not in READABLE_VERSIONS:
+        raise ValueError(f"schema version {d.get('v')!r}; this vla-eval reads versions "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}")
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:

@@ -85,6 +85,8 @@ class _Active:
     sim_s: float = 0.0
     alerts: list = field(default_factory=list)
     monitor: object = None
+    reset_s: float = 0.0  # wall time of the reset call that started this episode
+    frames: list = field(default_factory=list)  # small upright agentview frames, if videos are kept
 
 
 # A monitor factory returns an object with ``update(step: StepRecord) -> list[str]`` and
@@ -101,16 +103,19 @@ def run_episodes(
     monitor_factory: MonitorFactory | None = None,
     on_episode: Callable[[EpisodeRecord], None] | None = None,
     pool=None,
+    videos=None,
 ) -> list[EpisodeRecord]:
     """Run ``jobs``; records go to ``writer``. Pass an open ``pool`` (EnvPool/LocalPool) to
-    reuse its envs across calls (e.g. the tags of a drill); else one is made and closed."""
+    reuse its envs across calls (e.g. the tags of a drill); else one is made and closed.
+    ``videos``: a ``videos.VideoKeeper`` that gets each finished episode's frames."""
     if cfg.cameras is False and policy.uses_images:
         raise UsageError(f"policy {policy.name!r} reads images; run it with cameras on")
     own_pool = pool is None
     pool = make_pool(cfg.workers, cfg.env_timeout_s) if own_pool else pool
     try:
         groups = slot_groups(pool.n_workers, cfg.overlap)
-        return _Rollout(policy, deque(jobs), writer, run_tag, cfg, monitor_factory, on_episode, pool).run(groups)
+        return _Rollout(policy, deque(jobs), writer, run_tag, cfg, monitor_factory, on_episode, pool,
+                        videos).run(groups)
     finally:
         if own_pool:
             pool.close()
@@ -145,6 +150,7 @@ class _Rollout:
     monitor_factory: MonitorFactory | None
     on_episode: Callable[[EpisodeRecord], None] | None
     pool: object
+    videos: object = None
     active: dict = field(default_factory=dict)  # slot -> _Active
     done: list = field(default_factory=list)
 
@@ -167,8 +173,9 @@ class _Rollout:
             t = time.perf_counter()
             batch = self.policy.act([self.active[s].obs for s in mine], mine)
             policy_s = (time.perf_counter() - t) / len(mine)
+            t_sent = time.perf_counter()  # before send_step: an in-process env steps inside it
             sent = self.pool.send_step({s: batch.actions[i] for i, s in enumerate(mine)})
-            in_flight[g] = _InFlight(mine, batch, policy_s, sent, time.perf_counter())
+            in_flight[g] = _InFlight(mine, batch, policy_s, sent, t_sent)
 
     def _start(self, group: list[int]) -> None:
         starting = {}
@@ -183,8 +190,12 @@ class _Rollout:
                      j.init_state) for s, j in starting.items()}
         if len(starting) == 1:
             seed_everything(next(iter(starting.values())).seed)
-        for slot, first in self.pool.reset(specs).items():
-            self.active[slot] = _Active(starting[slot], first)
+        t = time.perf_counter()
+        firsts = self.pool.reset(specs)
+        reset_s = time.perf_counter() - t  # the parallel reset's wall time, for every slot in it
+        for slot, first in firsts.items():
+            self.active[slot] = _Active(starting[slot], first, reset_s=reset_s)
+            self._frame(self.active[slot], first)
             if isinstance(first, WorkerError):
                 self._finish(slot, "error", _describe(first))
                 continue
@@ -207,6 +218,7 @@ class _Rollout:
                 action=tuple(round(float(x), 4) for x in action),
                 img_mean=None if img_mean is None else round(float(img_mean[i]), 3),
                 reward=float(res.reward), done=res.done, policy_s=round(policy_s, 5), sim_s=round(sim_s, 5),
+                token_prob=None if step.batch.token_prob is None else round(float(step.batch.token_prob[i]), 4),
             )
             alerts = a.monitor.update(rec) if a.monitor is not None else []
             if alerts:
@@ -214,6 +226,7 @@ class _Rollout:
                 a.alerts.extend(alerts)
             self.writer.write(rec)
             a.obs, a.steps = res.obs, a.steps + 1
+            self._frame(a, res.obs)
             a.grips.append(float(action[6]))
             a.policy_s += policy_s
             a.sim_s += sim_s
@@ -223,6 +236,13 @@ class _Rollout:
             elif a.steps >= max_steps or (self.cfg.stop_on_alert and alerts):
                 self._finish(slot, "failure")
 
+    def _frame(self, a: _Active, obs) -> None:
+        frame = getattr(obs, "agentview", None)
+        if self.videos is not None and self.videos.wants_frames and frame is not None:
+            from vla_eval.videos import small_upright
+
+            a.frames.append(small_upright(frame))
+
     def _finish(self, slot: int, outcome: str, error: str | None = None) -> None:
         a = self.active.pop(slot)
         ep = EpisodeRecord(
@@ -230,11 +250,13 @@ class _Rollout:
             init_state=a.job.init_state, attempt=a.attempt, outcome=outcome, steps=a.steps,
             first_close_step=first_close_step(a.grips), wall_s=round(time.perf_counter() - a.t0, 3),
             policy_s=round(a.policy_s, 4), sim_s=round(a.sim_s, 4),
-            instruction=getattr(a.obs, "instruction", ""), error=error,
+            instruction=getattr(a.obs, "instruction", ""), error=error, reset_s=round(a.reset_s, 3),
         )
         if a.monitor is not None:
             a.alerts.extend(a.monitor.finish(ep))
         ep = replace(ep, alerts=tuple(dict.fromkeys(a.alerts)))
+        if self.videos is not None:  # before the episode line: a kept episode never lacks its video
+            self.videos.finish(ep.task_id, ep.seed, outcome, a.frames)
         self.writer.write(ep)
         self.done.append(ep)
         if self.on_episode:

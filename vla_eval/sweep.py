@@ -191,7 +191,12 @@ def run_sweep(
     monitor_factory=None,
     overlap: bool = False,
     env_timeout_s: float | None = None,
+    videos: str = "default",
 ) -> SweepResult:
+    """``videos``: which episodes' agentview videos to keep (``vla_eval.videos``; cameras on only)."""
+    from vla_eval.videos import parse_policy
+
+    parse_policy(videos)
     if cfg.seeds < 1:
         raise UsageError(f"--seeds must be at least 1, got {cfg.seeds}")
     slot_groups(max(workers, 1), overlap)  # refuse a bad --overlap before loading any model
@@ -215,11 +220,13 @@ def run_sweep(
         _check_or_write_manifest(run_dir, cfg, asdict(openvla) if cfg.policy in PIXEL_POLICIES else None)
         rc = RunConfig(cameras=cfg.cameras, hard_reset=cfg.hard_reset, max_steps=cfg.max_steps, workers=workers,
                        stop_on_alert=stop_on_alert, overlap=overlap, env_timeout_s=env_timeout_s)
-        return _run_tags(run_dir, tags, all_jobs, policies, rc, retry_errors, monitor_factory, progress)
+        return _run_tags(run_dir, tags, all_jobs, policies, rc, retry_errors, monitor_factory, progress, videos)
 
 
 def _run_tags(run_dir, tags, all_jobs, policies, rc: RunConfig, retry_errors, monitor_factory,
-              progress) -> SweepResult:
+              progress, videos: str) -> SweepResult:
+    from vla_eval.videos import VideoKeeper
+
     result = SweepResult(run_dir)
     t0 = time.perf_counter()
     from vla_eval.sims.parallel import make_pool
@@ -232,8 +239,9 @@ def _run_tags(run_dir, tags, all_jobs, policies, rc: RunConfig, retry_errors, mo
             result.skipped += len(all_jobs) - len(todo)
             bar = _progress(tag, len(all_jobs), have, enabled=progress)
             with JsonlWriter(run_dir / f"{tag}.jsonl") as writer:
+                keeper = VideoKeeper(run_dir / "videos", videos if rc.cameras else "none", tag)
                 new = run_episodes(policies[tag], todo, writer, tag, rc, monitor_factory,
-                                   on_episode=bar.update_episode, pool=pool)
+                                   on_episode=bar.update_episode, pool=pool, videos=keeper)
             bar.close()
             result.ran += len(new)
             keep = {(e.task_id, e.seed) for e in new}

@@ -19,6 +19,8 @@ class ActionBatch:
     # (B,) mean pixel value of the image actually fed to the model (after any flip and
     # preprocessing); None for policies that read no pixels.
     img_mean: np.ndarray | None = None
+    # (B,) mean probability of the chosen action tokens (native OpenVLA); None for other policies.
+    token_prob: np.ndarray | None = None
 
 
 class Policy(Protocol):

@@ -51,8 +51,12 @@ class OpenVLAPolicy:
         # JPEG/resize release the GIL: threads spread a batch's 14 ms/frame over the cores.
         inputs = _threads().map(self.model_inputs, obs) if len(obs) > 1 else map(self.model_inputs, obs)
         images, prompts = zip(*inputs)
-        raw = np.asarray(self.backend.predict(list(images), list(prompts), self.unnorm_key))
-        return ActionBatch(postprocess_gripper(raw), np.array([im.mean() for im in images]))
+        token_prob = None
+        if hasattr(self.backend, "predict_with_confidence"):  # native: confidence comes with the actions
+            raw, token_prob = self.backend.predict_with_confidence(list(images), list(prompts), self.unnorm_key)
+        else:
+            raw = self.backend.predict(list(images), list(prompts), self.unnorm_key)
+        return ActionBatch(postprocess_gripper(np.asarray(raw)), np.array([im.mean() for im in images]), token_prob)
 
 
 @functools.lru_cache(maxsize=1)

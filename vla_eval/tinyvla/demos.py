@@ -104,18 +104,26 @@ def record_episode(env, expert, cfg: DemoConfig, task: int, k: int) -> tuple[lis
 def _write_atomic(rows: list[dict], path: Path) -> None:
     import pandas as pd
 
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     pd.DataFrame(rows).to_parquet(tmp, index=False)
     os.replace(tmp, path)  # a kill leaves a .tmp, never a half-written shard
 
 
-def _worker(cfg: DemoConfig, tasks: list[int]) -> None:
+def _worker(cfg: DemoConfig, tasks) -> None:
+    """Take tasks from the shared queue until it is empty (a hard task keeps one worker busy,
+    the others move on)."""
+    import queue
+
     from vla_eval.policies.simple import ScriptedExpert
     from vla_eval.sims.libero_env import LiberoEnv, configure_gl
 
     configure_gl()
     expert = ScriptedExpert()
-    for task in tasks:
+    while True:
+        try:
+            task = tasks.get(timeout=2.0)
+        except queue.Empty:
+            return
         folder = task_dir(cfg.out, task)
         folder.mkdir(parents=True, exist_ok=True)
         if successes(cfg.out, task) >= cfg.per_task:
@@ -163,9 +171,11 @@ def collect(cfg: DemoConfig, progress: bool = True) -> dict[int, int]:
     _check_config(cfg)
     from tqdm import tqdm
 
-    chunks = [list(cfg.tasks[i::cfg.workers]) for i in range(min(cfg.workers, len(cfg.tasks)))]
     ctx = mp.get_context("spawn")  # MuJoCo/EGL state must not be forked
-    procs = [ctx.Process(target=_worker, args=(cfg, chunk), daemon=True) for chunk in chunks]
+    todo = ctx.Queue()
+    for t in sorted(cfg.tasks, key=lambda t: successes(cfg.out, t)):
+        todo.put(t)
+    procs = [ctx.Process(target=_worker, args=(cfg, todo), daemon=True) for _ in range(min(cfg.workers, len(cfg.tasks)))]
     for p in procs:
         p.start()
     total = cfg.per_task * len(cfg.tasks)

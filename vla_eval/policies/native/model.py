@@ -194,9 +194,16 @@ class NativeOpenVLA(nn.Module):
         normalized = tokens_to_normalized(tokens, self.cfg.action_vocab_size, self.cfg.n_action_bins)
         return unnormalize(normalized, self.cfg.norm_stats[unnorm_key]["action"])
 
-    def predict_action(self, pixels: torch.Tensor, prompt_ids: list[list[int]], unnorm_key: str) -> np.ndarray:
-        """Batched ``predict_action``: (B, 6, H, W) pixels + B token lists -> (B, 7) actions."""
+    def predict_action(self, pixels: torch.Tensor, prompt_ids: list[list[int]], unnorm_key: str,
+                       return_token_prob: bool = False):
+        """Batched ``predict_action``: (B, 6, H, W) pixels + B token lists -> (B, 7) actions, and
+        with ``return_token_prob`` the (B,) mean probability of the chosen tokens (greedy, so the
+        max probability per step): the model's confidence, free since the logits exist anyway."""
         if unnorm_key not in self.cfg.norm_stats:
             raise bad_choice("unnorm_key", unnorm_key, sorted(self.cfg.norm_stats))
-        tokens = self.generate_action_tokens(pixels, prompt_ids, self.action_dim(unnorm_key))
-        return self.tokens_to_actions(tokens.cpu().numpy(), unnorm_key)
+        tokens, logits = self.generate_action_tokens(pixels, prompt_ids, self.action_dim(unnorm_key), return_logits=True)
+        actions = self.tokens_to_actions(tokens.cpu().numpy(), unnorm_key)
+        if not return_token_prob:
+            return actions
+        prob = torch.softmax(logits, dim=-1).gather(-1, tokens[..., None])[..., 0].mean(-1)  # (B,)
+        return actions, prob.cpu().numpy()

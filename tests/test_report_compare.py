@@ -1,0 +1,112 @@
+"""The report's per-task tables, banners, comparability and videos; `vla-eval compare` on runs
+with known answers; the notebook API. Run folders here are written by the real writer."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from test_reliability import _episode, _step, make_shard
+from vla_eval.records import JsonlWriter
+from vla_eval.reports.compare import compare_runs
+from vla_eval.reports.html import context, write_report
+from vla_eval.reports.stats import comparability
+from vla_eval.sweep import SweepConfig, _check_or_write_manifest
+
+
+def make_run(folder, outcomes: dict, tags=("baseline",), policy="scripted", **cfg_kw):
+    """outcomes: {(task, seed): "success" | "failure"}; seeds 0..max for tasks given."""
+    tasks = sorted({t for t, _ in outcomes})
+    seeds = max(s for _, s in outcomes) + 1
+    cfg = SweepConfig(suite="libero_object", task_ids=tuple(tasks), seeds=seeds, policy=policy, tags=tuple(tags),
+                      cameras=False, **cfg_kw)
+    _check_or_write_manifest(folder, cfg)
+    for tag in tags:
+        with JsonlWriter(folder / f"{tag}.jsonl") as w:
+            for (t, s), outcome in outcomes.items():
+                att = f"{tag}{t}{s}"
+                w.write(replace(_step(0, tag=tag, task=t, seed=s, attempt=att)))
+                w.write(replace(_episode(tag=tag, task=t, seed=s, attempt=att), outcome=outcome,
+                                instruction=f"pick up thing {t}"))
+    return folder
+
+
+def test_paired_comparison_has_the_known_mcnemar_answer(tmp_path):
+    a = make_run(tmp_path / "a", {(0, s): "failure" for s in range(10)})
+    b = make_run(tmp_path / "b", {(0, s): "success" for s in range(10)})
+    overall = compare_runs(a, b)[0]
+    assert overall.paired and overall.n_pairs == 10 and overall.diff == 1.0
+    assert overall.p_value == pytest.approx(2 * 0.5 ** 10)  # all 10 discordant pairs favour B
+    assert overall.test == "McNemar exact"
+
+
+def test_unpaired_comparison_uses_fisher(tmp_path):
+    a = make_run(tmp_path / "a", {(0, s): "success" if s < 5 else "failure" for s in range(10)})
+    b = make_run(tmp_path / "b", {(1, s): "success" if s < 5 else "failure" for s in range(10)})
+    overall = compare_runs(a, b)[0]
+    assert not overall.paired and overall.diff == 0.0 and overall.p_value == pytest.approx(1.0)
+    lo, hi = overall.ci
+    assert lo < 0 < hi
+
+
+def test_identical_runs_differ_by_nothing_and_the_cli_prints_it(tmp_path):
+    outcomes = {(t, s): "success" if (t + s) % 3 else "failure" for t in (0, 1) for s in range(6)}
+    a, b = make_run(tmp_path / "a", outcomes), make_run(tmp_path / "b", outcomes)
+    r = subprocess.run([sys.executable, "-m", "vla_eval.cli", "compare", str(a), str(b), "--html",
+                        str(tmp_path / "cmp.html")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "overall" in r.stdout and "B-A +0.0 pp" in r.stdout and "p = 1 (McNemar exact, 12 pairs)" in r.stdout
+    assert "task 1" in r.stdout and (tmp_path / "cmp.html").read_text().count("<tr") == 4
+
+
+def test_report_has_per_task_tables_for_every_tag_and_an_incomplete_banner(tmp_path):
+    run = make_run(tmp_path / "d", {(t, s): "success" if s == 0 else "failure" for t in (0, 1) for s in range(2)},
+                   tags=("baseline", "no_flip"), policy="tiny")
+    (run / "no_flip.jsonl").write_text("")  # the fault tag has not started
+    ctx = context(run)
+    assert [t["tag"] for t in ctx["tag_tables"]] == ["baseline"]
+    assert [r["pct"] for r in ctx["tag_tables"][0]["rows"]] == ["50.0%", "50.0%"]
+    assert any(b["kind"] == "incomplete" and "no_flip: 0 of 4" in b["text"] for b in ctx["banners"])
+    assert ctx["verdict"]["level"] == "n/a" and "not the published fine-tuned checkpoint" in ctx["verdict"]["text"]
+
+
+def test_verdict_only_for_comparable_runs():
+    full = dict(policy="openvla", checkpoint=None, suite="libero_object", task_ids=list(range(10)), max_steps=None,
+                hard_reset=True)
+    assert comparability(full, "baseline", 10) == []
+    assert "--max-steps 30" in " ".join(comparability({**full, "max_steps": 30}, "baseline", 10))
+    assert "1 of 10 tasks" in comparability({**full, "task_ids": [0]}, "baseline", 10)
+    assert comparability(full, "no_flip", 10) and comparability({**full, "hard_reset": False}, "baseline", 10)
+
+
+def test_videos_are_embedded_within_the_budget(tmp_path):
+    pytest.importorskip("av")
+    from vla_eval.videos import VideoKeeper, small_upright
+
+    run = make_run(tmp_path / "v", {(0, 0): "failure", (0, 1): "success", (0, 2): "success"})
+    keeper = VideoKeeper(run / "videos", "default", "baseline")
+    frames = [small_upright(np.full((256, 256, 3), i * 8 % 255, np.uint8)) for i in range(40)]
+    kept = [keeper.finish(0, s, o, frames) for s, o in ((0, "failure"), (1, "success"), (2, "success"))]
+    assert kept[0] is not None and kept[1] is not None and kept[2] is None  # failures + one success
+    ctx = context(run)
+    assert [v["name"] for v in ctx["videos"]] == ["baseline-t0-s0.webm", "baseline-t0-s1.webm"]
+    html = write_report(run).read_text()
+    assert html.count("<video") == 2 and "data:video/webm;base64," in html
+
+
+def test_load_run_gives_committed_rows_only(tmp_path):
+    pd = pytest.importorskip("pandas")
+    from vla_eval import load_run
+
+    run = make_run(tmp_path / "r", {(0, 0): "success", (0, 1): "failure"})
+    with JsonlWriter(run / "baseline.jsonl") as w:  # a killed attempt: steps without an episode line
+        w.write(_step(0, seed=5, attempt="killed"))
+    episodes, steps = load_run(run)
+    assert isinstance(episodes, pd.DataFrame) and sorted(episodes["seed"]) == [0, 1]
+    assert len(steps) == 2 and "killed" not in set(steps["attempt"])
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["config"]["tags"] == ["baseline"]
