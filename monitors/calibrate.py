@@ -42,19 +42,36 @@ def unnorm_score(trace, abs_threshold: float, min_steps: int) -> float:
     return float(running[min_steps - 1:].max())
 
 
+def min_runs(alpha: float) -> int:
+    """Baseline runs needed for a false-alarm guarantee of ``alpha`` (conformal: n + 1 >= 1/alpha)."""
+    return max(1, math.ceil(1.0 / alpha) - 1)
+
+
 def calibrate(baseline: Sequence, alpha: float = 0.05, base: Thresholds = Thresholds()) -> Thresholds:
-    """``baseline``: traces of healthy (successful) runs. Needs n >= 1/alpha - 1 runs for the
-    guarantee to be non-trivial; with fewer, the most extreme baseline score is used."""
+    """``baseline``: traces of healthy (successful) runs. Refuses fewer than ``min_runs(alpha)``
+    runs (no guarantee is possible). Never switches a predicate off: when healthy runs already
+    exceed ``unnorm_abs`` on almost every step (LIBERO-scale actions do), the absolute threshold
+    is raised above the healthy range instead of pushing the fraction past 1."""
+    from vla_eval.errors import UsageError
+
     n = len(baseline)
-    if n == 0:
-        raise ValueError("calibration needs at least one baseline run")
+    if n < min_runs(alpha):
+        raise UsageError(f"calibration at alpha={alpha} needs at least {min_runs(alpha)} successful baseline runs, "
+                         f"got {n}: run more baseline seeds, or ask for a larger alpha")
     k = max(1, math.floor(alpha * (n + 1)))  # conformal rank from the alarming end
     lows = np.sort([prompt_score(t, base.window) for t in baseline])
-    highs = np.sort([unnorm_score(t, base.unnorm_abs, base.min_steps) for t in baseline])[::-1]
-    prompt_thr = float(lows[min(k, n) - 1]) * (1 - 1e-9)  # alarm strictly below the k-th lowest
-    unnorm_frac = float(highs[min(k, n) - 1]) + 1e-9  # alarm strictly above the k-th highest
-    # A threshold above 1 disables bad_unnorm: healthy runs already move at full scale.
-    return replace(base, prompt_norm=prompt_thr, unnorm_frac=unnorm_frac)
+    prompt_thr = float(lows[k - 1]) * (1 - 1e-9)  # alarm strictly below the k-th lowest
+    unnorm_abs = base.unnorm_abs
+    highs = np.sort([unnorm_score(t, unnorm_abs, base.min_steps) for t in baseline])[::-1]
+    if highs[k - 1] >= 0.999:  # healthy runs move at this scale all the time: lift the scale
+        xyz = np.concatenate([np.abs(_actions(t)[:, :3]).max(axis=1) for t in baseline])
+        unnorm_abs = float(np.quantile(xyz, 0.99)) * 1.05
+        highs = np.sort([unnorm_score(t, unnorm_abs, base.min_steps) for t in baseline])[::-1]
+    unnorm_frac = float(highs[k - 1]) + 1e-9  # alarm strictly above the k-th highest
+    if unnorm_frac >= 1.0:
+        raise UsageError("cannot calibrate bad_unnorm on these runs: healthy actions are at their maximum on "
+                         "every step, so no scale threshold separates them")
+    return replace(base, prompt_norm=max(prompt_thr, 0.0), unnorm_abs=unnorm_abs, unnorm_frac=max(unnorm_frac, 1e-6))
 
 
 def false_alarm_rate(traces: Sequence, th: Thresholds) -> float:

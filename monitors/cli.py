@@ -37,14 +37,23 @@ def _calibrate(logs, out: Path, alpha: float) -> Thresholds:
     from vla_eval.monitors.calibrate import calibrate, detection_latency, false_alarm_rate
     from vla_eval.errors import UsageError
 
+    from vla_eval.monitors.calibrate import min_runs
+
     base = [log.steps_of(e) for log in logs for e in log.episodes if e.run_tag == "baseline" and e.success]
-    if len(base) < 2:
-        raise UsageError(f"--calibrate needs at least 2 successful baseline runs in the logs, found {len(base)}")
+    need = 2 * min_runs(alpha)  # half to fit, half to measure the false-alarm rate
+    if len(base) < need:
+        raise UsageError(f"--calibrate at --alpha {alpha} needs at least {need} successful baseline runs in the logs "
+                         f"(half fit, half held out), found {len(base)}: add baseline seeds or raise --alpha")
     fit, held = base[: (len(base) + 1) // 2], base[(len(base) + 1) // 2:]
     th = calibrate(fit, alpha)
     th.save(out)
     print(f"calibrated on {len(fit)} baseline runs (alpha {alpha}); saved {out}")
-    print(f"false-alarm rate on {len(held)} held-out baseline runs: {100 * false_alarm_rate(held, th):.0f}%")
+    fa = false_alarm_rate(held, th) if held else float("nan")
+    print(f"false-alarm rate on {len(held)} held-out baseline runs: {100 * fa:.0f}%")
+    if fa > alpha:
+        print(f"WARNING: the held-out false-alarm rate {100 * fa:.0f}% exceeds alpha = {100 * alpha:.0f}%: these "
+              f"thresholds will alarm on healthy runs more often than asked. Calibrate on more baseline runs.",
+              file=sys.stderr)
     for log in logs:
         for e in log.episodes:
             if e.run_tag in PREDICATES:

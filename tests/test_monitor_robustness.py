@@ -101,3 +101,25 @@ def test_thresholds_file_errors_name_the_file_and_the_problem(tmp_path):
         Thresholds.load(p)
     p.write_text(json.dumps({"window": 4, "unnorm_abs": 0.5}))
     assert Thresholds.load(p) == Thresholds(window=4, unnorm_abs=0.5)
+
+
+def test_calibration_refuses_too_few_runs_and_never_switches_a_predicate_off():
+    from vla_eval.monitors.calibrate import calibrate, false_alarm_rate, min_runs
+
+    rng = np.random.default_rng(0)
+
+    def saturated_run():  # LIBERO-scale healthy actions: |a[:3]| near 1 on every step
+        a = np.concatenate([rng.uniform(0.6, 1.0, (60, 3)) * rng.choice([-1, 1], (60, 3)), np.zeros((60, 3)),
+                            np.where(np.arange(60)[:, None] < 30, -1.0, 1.0)], axis=1)
+        return [{"action": row} for row in a]
+
+    runs = [saturated_run() for _ in range(60)]
+    with pytest.raises(UsageError, match="needs at least 19 successful baseline runs, got 3"):
+        calibrate(runs[:3], alpha=0.05)
+    assert min_runs(0.1) == 9
+    th = calibrate(runs[:30], alpha=0.1)
+    assert th.unnorm_frac < 1.0 and th.unnorm_abs > 0.9  # the scale was lifted, the check stays on
+    assert false_alarm_rate(runs[30:], th) <= 0.3  # two predicates at alpha 0.1 each, 30 held-out runs
+    blown_up = [{"action": list(np.array(s["action"]) * 10)} for s in runs[20]]
+    m = RuntimeMonitor(th)
+    assert any("bad_unnorm" in m.update(s) for s in blown_up)  # still detects a 10x scale error

@@ -160,3 +160,23 @@ def test_report_bad_input(tmp_path):
         "suite": "libero_object", "task_ids": [0], "seeds": 1, "policy": "scripted", "tags": ["baseline"]}}))
     r = subprocess.run(cli + [str(tmp_path / "empty")], capture_output=True, text=True)
     assert r.returncode == 2 and "holds no episode records" in r.stderr
+
+
+@pytest.mark.libero
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signals_stop_cleanly_between_steps(tmp_path, sig, code):
+    """Ctrl-C / SIGTERM mid-episode: a clean stop with the resume hint, no traceback, no `error`
+    episode, the committed ones intact."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(SWEEP + ["--seeds", "3", "--out", str(out), "--no-report"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = out / "baseline.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 30):
+        time.sleep(0.1)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert f"stopped ({signal.Signals(sig).name})" in err and "re-run the same command" in err
+    assert "Traceback" not in err
+    assert all(e.outcome != "error" for e in read_jsonl(log).episodes)

@@ -6,9 +6,9 @@ with registers and LayerScale, SigLIP-style), the fused GELU MLP projector and a
 decoder with the 32064-token vocabulary; the loss is next-token cross-entropy on the 7
 action tokens (256 bins, OpenVLA's ActionTokenizer), teacher-forced after the prompt.
 
-    pixels  (B, 6, 112, 112)   upright 224 px frame, random 0.9-area crop (OpenVLA's fine-tune
-                               augmentation; the eval takes the centre crop), resized bicubically
-                               to the featurizers' 112 px as the processor does, twice normalised
+    pixels  (B, 6, 112, 112)   upright frame through the eval chain up to the crop, resized to
+                               118 px, a random 112 crop (0.9 of the area: OpenVLA's fine-tune
+                               augmentation; the eval takes the centre crop), twice normalised
     prompt  "In: What action should the robot take to {instruction}?\\nOut:" (Llama-2 ids)
     labels  (B, 7)             action tokens of the expert's action, normalised by the demos'
                                q01/q99 (``libero_object_no_noops``), gripper 1 open / 0 close
@@ -174,24 +174,34 @@ def build(cfg: TrainConfig, norm_stats: dict):
     return model.train()
 
 
-def pixel_batch(frames: np.ndarray, vision, rng: np.random.Generator | None):
-    """(B, 224, 224, 3) uint8 -> (B, 6, S, S): a 0.9-area crop (random position when ``rng``, else
-    central) resized back to 224 bilinearly, then to the featurizers' S px bicubically with
-    antialiasing (PIL's resize in the processor), normalised for each featurizer."""
+def shrink_frames(frames: np.ndarray, size: int, chunk: int = 512) -> np.ndarray:
+    """(N, 224, 224, 3) uncropped frames -> (N, S', S', 3) with S' = size / sqrt(0.9): a later
+    ``size`` crop then covers 0.9 of the area, as the eval's centre crop does before the
+    processor's resize (resize-then-crop equals crop-then-resize up to the filter)."""
     import torch
     import torch.nn.functional as F
 
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
-    b, side = x.shape[0], math.sqrt(0.9)
-    centre = torch.zeros(b, 2) if rng is None else torch.from_numpy(rng.uniform(-(1 - side), 1 - side, (b, 2))).float()
-    theta = torch.zeros(b, 2, 3)
-    theta[:, 0, 0] = theta[:, 1, 1] = side
-    theta[:, :, 2] = centre
-    grid = F.affine_grid(theta, list(x.shape), align_corners=True)
-    x = F.grid_sample(x, grid, mode="bilinear", align_corners=True)
+    pre = round(size / math.sqrt(0.9))
+    out = np.empty((len(frames), pre, pre, 3), np.uint8)
+    for i in range(0, len(frames), chunk):
+        x = torch.from_numpy(frames[i:i + chunk]).permute(0, 3, 1, 2).float()
+        y = F.interpolate(x, size=(pre, pre), mode="bicubic", antialias=True, align_corners=False)
+        out[i:i + chunk] = y.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def pixel_batch(small: np.ndarray, vision, rng: np.random.Generator | None):
+    """(B, S', S', 3) uint8 -> (B, 6, S, S): a random S crop (OpenVLA's fine-tune augmentation:
+    0.9 of the area at a random place) or, without ``rng``, the centre crop the eval takes;
+    normalised once per featurizer."""
+    import torch
+
     size = vision[0].img_size
-    if size != x.shape[-1]:
-        x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    slack = small.shape[1] - size
+    b = len(small)
+    ys, xs = (rng.integers(0, slack + 1, (2, b)) if rng is not None else np.full((2, b), slack // 2))
+    crops = np.stack([small[i, y:y + size, x:x + size] for i, (y, x) in enumerate(zip(ys, xs))])
+    x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0
     parts = [(x - torch.tensor(v.mean).view(1, 3, 1, 1)) / torch.tensor(v.std).view(1, 3, 1, 1) for v in vision]
     return torch.cat(parts, dim=1)
 
@@ -226,6 +236,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
           f"{len(prompts)} tasks")
 
     model = build(cfg, stats)
+    small = shrink_frames(demos.frames, model.cfg.vision[0].img_size)  # (N, 118, 118, 3)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     state_path, start = cfg.out / "train_state.pt", 0
     if state_path.exists():  # resume
@@ -239,7 +250,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     vision = model.cfg.vision
 
     def batch_loss(idx: np.ndarray, augment: bool):
-        pixels = pixel_batch(demos.frames[idx], vision, rng if augment else None)
+        pixels = pixel_batch(small[idx], vision, rng if augment else None)
         labels = torch.from_numpy(tokens[idx]).long()
         logits = model.action_token_logits(pixels, [prompts[t] for t in demos.task_ids[idx]], labels)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
