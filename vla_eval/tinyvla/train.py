@@ -41,7 +41,7 @@ class TrainConfig:
     demos: Path                 # a folder written by ``vla-eval collect-demos``
     out: Path                   # run folder: train_state.pt, train_log.csv, checkpoint/
     tokenizer: Path             # a Llama-2 tokenizer folder (``vla-eval setup-tokenizer``)
-    steps: int = 4000
+    steps: int = 6000
     batch: int = 32
     lr: float = 1e-3            # AdamW peak; linear warm-up, cosine to lr/10
     warmup: int = 200
@@ -49,7 +49,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     val_episodes_per_task: int = 1  # the last demo episodes of each task, for token accuracy
     ckpt_every: int = 250
-    log_every: int = 25
+    log_every: int = 50
     threads: int = 2
     seed: int = 0
     llm_width: int = 96
