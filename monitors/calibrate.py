@@ -42,6 +42,13 @@ def unnorm_score(trace, abs_threshold: float, min_steps: int) -> float:
     return float(running[min_steps - 1:].max())
 
 
+def confidence_score(trace, window: int) -> float | None:
+    """Mean token_prob over the first ``window`` steps that report one (None: not logged)."""
+    probs = [(s.get("token_prob") if isinstance(s, dict) else getattr(s, "token_prob", None)) for s in trace]
+    probs = [p for p in probs if p is not None][:window]
+    return float(np.mean(probs)) if len(probs) == window else None
+
+
 def min_runs(alpha: float) -> int:
     """Baseline runs needed for a false-alarm guarantee of ``alpha`` (conformal: n + 1 >= 1/alpha)."""
     return max(1, math.ceil(1.0 / alpha) - 1)
@@ -71,7 +78,10 @@ def calibrate(baseline: Sequence, alpha: float = 0.05, base: Thresholds = Thresh
     if unnorm_frac >= 1.0:
         raise UsageError("cannot calibrate bad_unnorm on these runs: healthy actions are at their maximum on "
                          "every step, so no scale threshold separates them")
-    return replace(base, prompt_norm=max(prompt_thr, 0.0), unnorm_abs=unnorm_abs, unnorm_frac=max(unnorm_frac, 1e-6))
+    conf = sorted(x for x in (confidence_score(t, base.conf_window) for t in baseline) if x is not None)
+    conf_min = float(conf[k - 1]) * (1 - 1e-9) if len(conf) == n else base.conf_min  # only when every run logs it
+    return replace(base, prompt_norm=max(prompt_thr, 0.0), unnorm_abs=unnorm_abs, unnorm_frac=max(unnorm_frac, 1e-6),
+                   conf_min=conf_min)
 
 
 def false_alarm_rate(traces: Sequence, th: Thresholds) -> float:

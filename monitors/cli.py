@@ -63,6 +63,35 @@ def _calibrate(logs, out: Path, alpha: float) -> Thresholds:
     return th
 
 
+def predicate_table(rows) -> list[dict]:
+    """Per predicate, over tagged runs: true-positive rate on its own fault, false-alarm rate on
+    the baseline and on the other faults, and the median step of its first alert on its fault."""
+    out = []
+    for pred in PREDICATES:
+        own = [(got, vs) for _, ep, got, vs in rows if ep.run_tag == pred]
+        base = [got for _, ep, got, _ in rows if ep.run_tag == "baseline"]
+        other = [got for _, ep, got, _ in rows if ep.run_tag in PREDICATES and ep.run_tag != pred]
+        steps = [v.step for got, vs in own for v in vs if v.predicate == pred and v.step is not None]
+        rate = lambda xs: (sum(pred in g for g in xs) / len(xs)) if xs else float("nan")  # noqa: E731
+        out.append({"predicate": pred, "tpr": rate([g for g, _ in own]), "n_own": len(own),
+                    "fa_baseline": rate(base), "n_baseline": len(base), "fa_other": rate(other),
+                    "n_other": len(other), "latency": float(sorted(steps)[len(steps) // 2]) + 1 if steps else None})
+    return out
+
+
+def print_predicate_table(rows) -> None:
+    table = [r for r in predicate_table(rows) if r["n_own"] or r["n_baseline"]]
+    if not table:
+        return
+    pct = lambda x: "-" if x != x else f"{100 * x:.0f}%"  # noqa: E731
+    print(f"\n{'predicate':12}{'TPR (own)':>12}{'FA baseline':>14}{'FA other':>11}{'latency':>9}")
+    for r in table:
+        lat = "-" if r["latency"] is None else f"{r['latency']:.0f}"
+        print(f"{r['predicate']:12}{pct(r['tpr']) + ' /' + str(r['n_own']):>12}"
+              f"{pct(r['fa_baseline']) + ' /' + str(r['n_baseline']):>14}{pct(r['fa_other']) + ' /' + str(r['n_other']):>11}"
+              f"{lat:>9}")
+
+
 def run(args) -> int:
     from vla_eval.errors import UsageError
     from vla_eval.records import read_jsonl
@@ -96,6 +125,7 @@ def run(args) -> int:
     for name, ep, got, verdicts in rows:
         ev = "; ".join(str(v) for v in verdicts) or "-"
         print(f"{name:24}{ep.run_tag:12}{ep.seed:>5}  {ep.outcome:9}{','.join(sorted(got)) or 'ok':14}{ev}")
+    print_predicate_table(rows)
     tagged = {t: c for t, c in confusion.items() if sum(c.values())}
     if tagged:
         print("\nconfusion (rows: run tag, columns: predicates matched)")

@@ -34,7 +34,8 @@ OK, WARN, ERROR = "OK", "WARN", "ERROR"
 _RANGES = {"window": (int, 1, 10_000, True), "prompt_norm": (float, 0.0, math.inf, True),
            "unnorm_abs": (float, 0.0, math.inf, False), "unnorm_frac": (float, 0.0, 1.0, False),
            "min_steps": (int, 1, 10_000, True), "flip_min_norm": (float, 0.0, math.inf, True),
-           "action_dim": (int, 7, 64, True)}
+           "action_dim": (int, 7, 64, True), "conf_window": (int, 1, 10_000, True),
+           "conf_min": (float, 0.0, 1.0, True)}
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,11 @@ class Thresholds:
     min_steps: int = 8
     flip_min_norm: float = 0.05  # "healthy" action size for the no-flip elimination
     action_dim: int = 7
+    # Online no-flip signal (native OpenVLA logs ``token_prob``, the mean probability of its
+    # chosen action tokens): alarm when its mean over the first ``conf_window`` steps is below
+    # ``conf_min``. 0 switches it off (the default until calibrated: see ``calibrate``).
+    conf_window: int = 10
+    conf_min: float = 0.0
 
     def __post_init__(self):
         for name, (kind, lo, hi, lo_inclusive) in _RANGES.items():
@@ -110,8 +116,13 @@ class StreamState:
         self.closed_once = False
         self.reward = 0.0
         self.done = False
+        self.conf_sum = 0.0  # token_prob over the first conf_window steps that report one
+        self.conf_n = 0
 
-    def push(self, action: list[float], reward: float, done: bool) -> None:
+    def push(self, action: list[float], reward: float, done: bool, token_prob: float | None = None) -> None:
+        if token_prob is not None and self.conf_n < self.th.conf_window:
+            self.conf_sum += token_prob
+            self.conf_n += 1
         # Plain floats: for 7 numbers numpy's per-call overhead dominates (p99 matters here).
         norm = math.sqrt(sum(x * x for x in action[:6]))
         if len(self.window) == self.window.maxlen:
@@ -152,6 +163,18 @@ def check_bad_unnorm(s: StreamState, step: int) -> Verdict | None:
     return None
 
 
+def check_low_confidence(s: StreamState, step: int) -> Verdict | None:
+    """The model is unsure of its actions from the start: with an upside-down image the scene
+    is out of its training distribution (the same image statistics, so nothing else sees it)."""
+    if s.th.conf_min <= 0 or s.conf_n < s.th.conf_window:
+        return None
+    mean = s.conf_sum / s.conf_n
+    if mean < s.th.conf_min:
+        return Verdict("no_flip", ERROR, step, {"mean_token_prob": mean, "threshold": s.th.conf_min,
+                                               "window": s.th.conf_window})
+    return None
+
+
 def check_no_flip_at_end(s: StreamState) -> Verdict | None:
     if s.n == 0 or s.done or s.reward > 0:
         return None
@@ -164,7 +187,7 @@ def check_no_flip_at_end(s: StreamState) -> Verdict | None:
     return None
 
 
-STREAMING = (check_bad_prompt, check_bad_unnorm)
+STREAMING = (check_bad_prompt, check_bad_unnorm, check_low_confidence)
 PREDICATES = ("bad_prompt", "bad_unnorm", "no_flip")
 
 

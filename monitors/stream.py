@@ -53,7 +53,10 @@ class RuntimeMonitor:
             action, bad = finite_action(_get(step, "action"), self.th, t)
             if bad is not None:
                 return self._fire(bad)
-            self.state.push(action, _finite(_get(step, "reward", 0.0)), as_done(_get(step, "done", False)))
+            prob = _get(step, "token_prob")
+            prob = _finite(prob, None) if prob is not None else None
+            self.state.push(action, _finite(_get(step, "reward", 0.0)), as_done(_get(step, "done", False)),
+                            prob if prob is None or 0.0 <= prob <= 1.0 else None)
             out = []
             for check in STREAMING:
                 out += self._fire(check(self.state, t))
