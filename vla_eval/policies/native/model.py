@@ -62,6 +62,16 @@ class NativeConfig:
                    pad_to_multiple_of=config.get("pad_to_multiple_of", 64))
 
 
+def _cache_kwargs(llm, out) -> dict:
+    """Feed the KV cache back under the name this transformers uses: ``cache`` (5.2x on, where
+    ``past_key_values`` is deprecated) or ``past_key_values`` (4.40.1, environment.yml's pin)."""
+    import inspect
+
+    if "cache" in inspect.signature(llm.forward).parameters:
+        return {"cache": out.cache}
+    return {"past_key_values": out.past_key_values}
+
+
 class FusedMLPProjector(nn.Module):
     """OpenVLA's ``no-align+fused-gelu-mlp`` projector."""
 
@@ -169,7 +179,7 @@ class NativeOpenVLA(nn.Module):
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             positions = positions[:, -1:] + 1
             out = llm(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=positions,
-                      past_key_values=out.past_key_values, use_cache=True)
+                      use_cache=True, **_cache_kwargs(llm, out))
             logits.append(self._last_logits(out))
             tokens.append(logits[-1].argmax(-1))
         tokens = torch.stack(tokens, dim=1)
