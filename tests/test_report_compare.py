@@ -110,3 +110,35 @@ def test_load_run_gives_committed_rows_only(tmp_path):
     assert len(steps) == 2 and "killed" not in set(steps["attempt"])
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["config"]["tags"] == ["baseline"]
+
+
+def test_report_video_plays_in_chromium(tmp_path):
+    """The embedded WebM loads in headless Chromium with a duration; tables and histograms render."""
+    pytest.importorskip("av")
+    playwright = pytest.importorskip("playwright.sync_api")
+    import shutil
+
+    from vla_eval.videos import VideoKeeper, small_upright
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (make test installs it)")
+    run = make_run(tmp_path / "v", {(0, 0): "failure", (1, 0): "success"})
+    keeper = VideoKeeper(run / "videos", "default", "baseline")
+    frames = [small_upright(np.full((256, 256, 3), (i * 6) % 255, np.uint8)) for i in range(60)]  # 3 s at 20 fps
+    keeper.finish(0, 0, "failure", frames)
+    report = write_report(run)
+    errors = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(report.as_uri())
+        page.wait_for_function("document.querySelector('video').readyState >= 1", timeout=20_000)
+        duration = page.evaluate("document.querySelector('video').duration")
+        tables = page.locator("table.per-task").count()
+        hist_width = page.evaluate("document.getElementById('gripper-hist').naturalWidth")
+        browser.close()
+    assert 2.5 < duration < 3.5, duration
+    assert tables == 1 and hist_width > 300 and errors == []
