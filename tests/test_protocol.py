@@ -54,7 +54,7 @@ def test_help_and_version_import_nothing_heavy():
     (["sweep", "--policy", "scripted", "--suite", "nope"], "unknown suite 'nope'"),
     (["sweep", "--policy", "scripted", "--task", "10"], "task id 10 out of range"),
     (["sweep", "--policy", "scripted", "--seeds", "51"], "seed 50 has no stored init state"),
-    (["sweep", "--policy", "scripted", "--seeds", "0"], "--seeds must be at least 1"),
+    (["sweep", "--policy", "scripted", "--seeds", "0"], "--seeds: must be at least 1"),
     (["sweep", "--policy", "scripted", "--shard", "3/2"], "bad --shard '3/2'"),
     (["drill", "--policy", "scripted"], "cannot apply to it"),
 ])

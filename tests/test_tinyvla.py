@@ -134,11 +134,12 @@ def test_bad_demo_shard_names_the_file(tmp_path):
 
 def test_tiny_policy_refuses_another_checkpoint():
     from vla_eval.errors import UsageError
-    from vla_eval.policies.factory import OpenVLAOptions, resolve_options
+    from vla_eval.policies.factory import model_options, resolve_options
 
     with pytest.raises(UsageError, match="--policy openvla --native --checkpoint"):
-        resolve_options("tiny", "libero_object", OpenVLAOptions(checkpoint="/elsewhere"))
+        model_options("tiny", checkpoint="/elsewhere")
     with pytest.raises(UsageError, match="no shipped tiny checkpoint for suite 'libero_goal'"):
-        resolve_options("tiny", "libero_goal", OpenVLAOptions())
-    opts = resolve_options("tiny", "libero_object", OpenVLAOptions())
+        resolve_options("tiny", "libero_goal", model_options("tiny"))
+    opts = resolve_options("tiny", "libero_object", model_options("tiny"))
     assert opts.native and opts.device == "cpu" and opts.dtype == "float32" and Path(opts.checkpoint).is_dir()
+    assert model_options("tiny", device="cuda").device == "cuda"  # an explicit choice is kept
