@@ -111,7 +111,9 @@ def test_runner_feeds_the_monitor_and_calibration_fits_real_baselines(tmp_path):
     assert any("bad_unnorm" in s.alerts for s in log.steps)
     traces = [log.steps_of(e) for e in log.episodes]
     th = calibrate(traces, alpha=0.2)  # n = 4: rank 1, the most extreme baseline score
-    assert th.unnorm_frac > Thresholds().unnorm_frac
+    # Healthy LIBERO actions exceed 0.1 on most steps: calibration lifts the scale above the
+    # healthy range (not the fraction past 1, which would switch the check off).
+    assert th.unnorm_abs > Thresholds().unnorm_abs and th.unnorm_frac < 1.0
     assert false_alarm_rate(traces, th) == 0.0  # in-sample; held-out rates need n >> 1/alpha runs
     faulty = [{"action": np.r_[np.zeros(6), -1.0]} for _ in range(20)]  # SYNTHETIC collapsed actions
     assert detection_latency(faulty, th, "bad_prompt") == th.window - 1

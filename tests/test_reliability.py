@@ -169,7 +169,7 @@ def test_report_refuses_a_manifest_with_unknown_or_bad_fields(tmp_path):
     assert r.returncode == 2 and "seeds='<img src=x>' is invalid" in r.stderr and "Traceback" not in r.stderr
     (s0 / "manifest.json").write_text(json.dumps({**m, "config": {**m["config"], "bogus": 1}}))
     r = cli("report", s0)
-    assert r.returncode == 2 and "unknown fields ['bogus']" in r.stderr
+    assert r.returncode == 2 and "has unknown fields ['bogus']" in r.stderr
 
 
 # -- files the user did not ask to overwrite ----------------------------------------------------

@@ -129,9 +129,12 @@ def config_from_manifest(run_dir: Path) -> SweepConfig:
     c = load_manifest(run_dir)["config"]
     where = Path(run_dir) / MANIFEST
     unknown = sorted(set(c) - set(_CONFIG_CHECKS))
-    missing = sorted(set(_CONFIG_CHECKS) - set(c))
+    missing = sorted({"suite", "task_ids", "seeds", "policy"} - set(c))
     if unknown or missing:
-        raise UsageError(f"{where}: config has unknown fields {unknown} / lacks {missing}")
+        raise UsageError(f"{where}: config " + "; ".join(
+            ([f"has unknown fields {unknown}"] if unknown else []) + ([f"lacks {missing}"] if missing else [])))
+    defaults = {f: getattr(SweepConfig, f) for f in _CONFIG_CHECKS if hasattr(SweepConfig, f)}
+    c = {**{k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}, **c}  # older manifests
     for key, (ok, valid) in _CONFIG_CHECKS.items():
         if not ok(c[key]):
             raise UsageError(f"{where}: config {key}={c[key]!r} is invalid; valid: {valid}")
