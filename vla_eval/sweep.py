@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
-from vla_eval.errors import UsageError
+from vla_eval.errors import DIST, UsageError
 from vla_eval.sims.protocol import N_INIT_STATES, SUITES
 from vla_eval.policies.factory import DRILLS, PIXEL_POLICIES, POLICIES, OpenVLAOptions, Toggles, make_policies, resolve_options
 from vla_eval.records import EpisodeRecord, JsonlWriter, read_jsonl
@@ -70,7 +70,7 @@ def provenance() -> dict:
     from importlib import metadata
 
     versions = {}
-    for pkg in ("vla-eval", "numpy", "torch", "transformers", "timm", "tokenizers", "robosuite", "mujoco", "libero"):
+    for pkg in (DIST, "numpy", "torch", "transformers", "timm", "tokenizers", "robosuite", "mujoco", "libero"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
