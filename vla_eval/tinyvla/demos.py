@@ -26,7 +26,7 @@ import json
 import multiprocessing as mp
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -194,18 +194,3 @@ def collect(cfg: DemoConfig, progress: bool = True) -> dict[int, int]:
     if failed:
         raise RuntimeError(f"demo workers exited with {failed}; re-run the same command to resume")
     return {t: successes(cfg.out, t) for t in cfg.tasks}
-
-
-def stats_of(cfg_out: Path) -> dict:
-    """Episodes, failures and steps per task of a demo folder (for the CLI and README)."""
-    out = {}
-    for folder in sorted(cfg_out.glob("task*")):
-        out[folder.name] = {"episodes": len(list(folder.glob("*.parquet"))),
-                            "failed": len(list(folder.glob("*.failed")))}
-    return out
-
-
-def asdict_config(cfg: DemoConfig) -> dict:
-    d = asdict(cfg)
-    d["out"] = str(cfg.out)
-    return d
