@@ -197,6 +197,19 @@ class LiberoEnv:
         raw, reward, done, _ = self._env.step(action.tolist())
         return StepResult(_to_observation(raw, self.instruction), float(reward), bool(done))
 
+    def render_next(self, on: bool) -> None:
+        """Render the cameras on the next ``step`` or not (physics only; the observation then
+        has no frames). Demo collection renders every k-th step: rendering is ~80% of a step."""
+        if not self.cameras:
+            return
+        inner = self._env.env
+        for cam in self.camera_names:
+            observable = inner._observables[f"{cam}_image"]
+            # Not set_enabled(): that resets the sampling clock, and a re-enabled camera would
+            # then render at the first substep instead of the last (a frame one step early).
+            # Freezing the flag keeps the clock where continuous rendering has it (robosuite 1.4).
+            observable._enabled = on
+
     @property
     def sim(self):
         """The underlying MuJoCo sim (privileged access for scripted policies and tests)."""

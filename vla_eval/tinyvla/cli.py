@@ -18,7 +18,9 @@ def register(sub) -> None:
                                              "eval init states) as parquet; resumable")
     c.add_argument("--suite", default="libero_object", choices=("libero_object",),
                    help="the scripted expert solves pick-and-place (libero_object) tasks")
-    c.add_argument("--per-task", type=_positive, default=12, help="successful episodes per task (default 12)")
+    c.add_argument("--per-task", type=_positive, default=20, help="successful episodes per task (default 20)")
+    c.add_argument("--frame-every", type=_positive, default=2,
+                   help="render and keep every k-th step (default 2: rendering is most of a step's cost)")
     c.add_argument("--noise", type=float, default=DEFAULT_NOISE, help="DART noise std on executed xyz (default 0.2)")
     c.add_argument("--workers", type=_positive, default=2, help="env processes (default 2)")
     c.add_argument("--out", type=Path, help=f"demo folder (default {demos_root()}/<suite>)")
@@ -43,6 +45,7 @@ def cmd_collect(args) -> int:
     if not 0.0 <= args.noise <= 1.0:
         raise UsageError(f"--noise must be in [0, 1], got {args.noise}")
     cfg = DemoConfig(suite=args.suite, per_task=args.per_task, noise=args.noise, workers=args.workers,
+                     frame_every=args.frame_every,
                      out=args.out or demos_root() / args.suite)
     counts = collect(cfg, progress=not args.no_progress)
     print(f"demos in {cfg.out}: " + ", ".join(f"task {t}: {n}" for t, n in counts.items()))
