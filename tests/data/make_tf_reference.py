@@ -4,6 +4,10 @@ Run once in a scratch environment (``pip install tensorflow-cpu numpy``), never 
 project's; only the small output arrays are committed:
 
     python tests/data/make_tf_reference.py tests/data/libero_frames.npz tests/data/tf_reference.npz
+
+Stored per frame, stage by stage, so a mismatch names its stage: ``jpeg`` (TF's encoded
+bytes, concatenated; ``jpeg_offsets`` splits them), ``decoded`` (TF's decode of those bytes),
+``resized`` (Lanczos-3 to 224, rounded), ``cropped`` (the 0.9-area centre crop, uint8).
 """
 import sys
 
@@ -11,10 +15,13 @@ import numpy as np
 import tensorflow as tf
 
 
-def tf_resize(img: np.ndarray, size: int = 224) -> np.ndarray:
-    x = tf.image.encode_jpeg(img)  # TF defaults: quality 95, 4:2:0 chroma
-    x = tf.io.decode_image(x, expand_animations=False, dtype=tf.uint8)
-    x = tf.image.resize(x, (size, size), method="lanczos3", antialias=True)
+def tf_jpeg(img: np.ndarray) -> tuple[bytes, np.ndarray]:
+    data = tf.image.encode_jpeg(img)  # TF defaults: quality 95, 4:2:0 chroma
+    return data.numpy(), tf.io.decode_image(data, expand_animations=False, dtype=tf.uint8).numpy()
+
+
+def tf_resize(decoded: np.ndarray, size: int = 224) -> np.ndarray:
+    x = tf.image.resize(decoded, (size, size), method="lanczos3", antialias=True)
     return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8).numpy()
 
 
@@ -30,9 +37,12 @@ def tf_center_crop(img: np.ndarray, crop_area: float = 0.9, size: int = 224) -> 
 
 def main(src: str, dst: str) -> None:
     frames = np.load(src)["frames"]
-    resized = np.stack([tf_resize(np.ascontiguousarray(f[::-1, ::-1])) for f in frames])
+    jpegs, decoded = zip(*(tf_jpeg(np.ascontiguousarray(f[::-1, ::-1])) for f in frames))
+    resized = np.stack([tf_resize(d) for d in decoded])
     cropped = np.stack([tf_center_crop(r) for r in resized])
-    np.savez_compressed(dst, resized=resized, cropped=cropped, tensorflow=tf.__version__)
+    offsets = np.cumsum([0] + [len(j) for j in jpegs])
+    np.savez_compressed(dst, jpeg=np.frombuffer(b"".join(jpegs), np.uint8), jpeg_offsets=offsets,
+                        decoded=np.stack(decoded), resized=resized, cropped=cropped, tensorflow=tf.__version__)
     print(dst, resized.shape, cropped.shape, "tensorflow", tf.__version__)
 
 

@@ -1,4 +1,4 @@
-"""OpenVLA's LIBERO image preprocessing and prompts, without TensorFlow.
+"""OpenVLA's LIBERO image preprocessing and prompts, without TensorFlow, bit-exact with it.
 
 The published eval does, on the 256x256 agentview frame:
   1. ``img[::-1, ::-1]`` (180 degree rotation; raw MuJoCo frames are upside down);
@@ -6,18 +6,26 @@ The published eval does, on the 256x256 agentview frame:
   3. Lanczos-3 resize to 224x224 with antialiasing, rounded to uint8;
   4. centre crop of 0.9 of the area (side sqrt(0.9)), bilinearly resized back to 224
      (``tf.image.crop_and_resize``), through float [0, 1] and back to uint8.
-Steps 3-4 are re-implemented here in numpy with TF's sampling conventions; PIL does the
-JPEG round trip (both are libjpeg). ``tests/test_preprocess.py`` compares the result with
-reference outputs of the TF chain on real LIBERO frames.
+Each step reproduces TensorFlow's CPU kernel exactly, not approximately:
+  * JPEG: PIL's encoder writes TF's bytes; TF decodes with libjpeg-turbo's fast integer IDCT
+    (JDCT_IFAST) and fancy upsampling, which simplejpeg exposes (``fastdct=True,
+    fastupsample=False``). PIL's decoder uses the accurate IDCT (~1 grey level off).
+  * Lanczos: ``scale_and_translate``'s float32 spans (kernel, sample positions, normalisation
+    in TF's order), then rows before columns, each a float32 sum tap by tap.
+  * crop: ``crop_and_resize``'s float32 coordinates and its lerp formula
+    ``a + (b - a) * t``, inputs scaled by float32(1/255) as ``convert_image_dtype`` does.
+``tests/test_openvla_loop.py`` requires 0 differing values against TensorFlow's outputs on
+real LIBERO frames from four suites (``tests/data/make_tf_reference.py``).
 """
 from __future__ import annotations
 
 import functools
 import io
+import math
 
 import numpy as np
 
-from vla_eval.errors import bad_choice
+from vla_eval.errors import bad_choice, require
 
 IMAGE_SIZE = 224
 CROP_AREA = 0.9
@@ -45,9 +53,11 @@ def jpeg_encode(img: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
 
 
 def jpeg_decode(data: bytes) -> np.ndarray:
-    from PIL import Image
+    """TF's ``decode_image``: libjpeg-turbo, fast integer IDCT, fancy upsampling."""
+    require("simplejpeg", "openvla", "decoding JPEG as TensorFlow does")
+    import simplejpeg
 
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=False)
 
 
 def jpeg_round_trip(img: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
@@ -61,55 +71,115 @@ def preprocess_jpeg(data: bytes, center_crop: bool = True) -> np.ndarray:
     return center_crop_resize(img) if center_crop else img
 
 
+_F = np.float32
+_TF_PI = _F(3.14159265359)  # sampling_kernels.h's constant, as a float
+_LANCZOS_RADIUS = _F(3.0)
+
+
+@functools.lru_cache(maxsize=1)
+def _libm_sinf():
+    """The C library's float ``sinf``: TF's kernel calls it, and glibc's is not correctly
+    rounded (it differs from float64-rounded sin in ~1% of arguments, enough to move ~100
+    of the 2016 resize weights by an ulp). None where no C math library can be loaded."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+        fn = libm.sinf
+    except (OSError, AttributeError):
+        return None
+    fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float]
+    return fn
+
+
+def _sinf(x: np.ndarray) -> np.ndarray:
+    """float32 sin as TF's kernel computes it (the C library's sinf); a handful of values per
+    resize, computed once and cached. Without a C math library: float64 sin, rounded."""
+    fn = _libm_sinf()
+    if fn is None:
+        return np.sin(x.astype(np.float64)).astype(np.float32)
+    return np.array([fn(float(v)) for v in np.ravel(x)], np.float32).reshape(np.shape(x))
+
+
 def _lanczos3(x: np.ndarray) -> np.ndarray:
-    x = np.abs(x)
-    out = np.sinc(x) * np.sinc(x / 3.0)
-    return np.where(x < 3.0, out, 0.0)
+    """TF's Lanczos-3 kernel in float32, evaluated in its order of operations."""
+    x = np.abs(x.astype(np.float32))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = _LANCZOS_RADIUS * _sinf(_TF_PI * x) * _sinf(_TF_PI * x / _LANCZOS_RADIUS) / (_TF_PI * _TF_PI * x * x)
+    v = np.where(x <= _F(1e-3), _F(1.0), v)
+    return np.where(x > _LANCZOS_RADIUS, _F(0.0), v).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=8)
-def _resize_weights(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) Lanczos-3 weights, antialiased: the kernel widens by the downscale factor
-    (TF's scale_and_translate: sample at (i + 0.5) * scale, taps at j + 0.5, rows normalised)."""
-    scale = n_in / n_out
-    kscale = max(scale, 1.0)
-    centre = (np.arange(n_out) + 0.5) * scale
-    taps = np.arange(n_in) + 0.5
-    w = _lanczos3((taps[None, :] - centre[:, None]) / kscale)
-    w /= w.sum(axis=1, keepdims=True)
-    w = w.astype(np.float32)
-    w.flags.writeable = False  # cached: shared by every call
-    return w
+def _resize_spans(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """TF ``scale_and_translate`` spans for an antialiased Lanczos-3 resize n_in -> n_out:
+    (n_out, span) input indices (clipped; their weight is 0 past the span) and float32 weights."""
+    scale = _F(n_out) / _F(n_in)  # tf.image.resize: new size / old size, in float32
+    inv_scale = _F(1.0 / float(scale))  # the kernel divides in double, stores a float
+    kernel_scale = max(inv_scale, _F(1.0))
+    span = min(2 * math.ceil(float(_LANCZOS_RADIUS * kernel_scale)) + 1, n_in)
+    one_over_kernel_scale = _F(1.0) / kernel_scale
+    index = np.zeros((n_out, span), np.int64)
+    weights = np.zeros((n_out, span), np.float32)
+    for x in range(n_out):
+        sample = _F(x) + _F(0.5)
+        sample = sample * inv_scale + _F(-0.0)
+        start = min(max(math.ceil(float(sample - _LANCZOS_RADIUS * kernel_scale - _F(0.5))), 0), n_in - 1)
+        end = min(max(math.floor(float(sample + _LANCZOS_RADIUS * kernel_scale - _F(0.5))), 0), n_in - 1) + 1
+        src = np.arange(start, end)
+        w = _lanczos3((src.astype(np.float32) + _F(0.5) - sample) * one_over_kernel_scale)
+        total = _F(0.0)
+        for v in w:  # sequential float32 sum, as the kernel does
+            total = _F(total + v)
+        weights[x, :len(w)] = w * (_F(1.0) / total)
+        index[x] = np.minimum(start + np.arange(span), n_in - 1)
+    index.flags.writeable = weights.flags.writeable = False  # cached: shared by every call
+    return index, weights
+
+
+def _gather(f: np.ndarray, index: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Resize axis 0 of float32 ``f``: out[i] = sum_j w[i, j] * f[index[i, j]], summed tap by
+    tap in float32 (TF's GatherRows/GatherColumns order)."""
+    out = np.zeros((index.shape[0],) + f.shape[1:], np.float32)
+    extra = (1,) * (f.ndim - 1)
+    for j in range(index.shape[1]):
+        out += weights[:, j].reshape(-1, *extra) * f[index[:, j]]
+    return out
 
 
 def lanczos_resize(img: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
-    """(H, W, 3) uint8 -> (size, size, 3) uint8, rounded and clipped as the eval does."""
+    """(H, W, 3) uint8 -> (size, size, 3) uint8: ``tf.image.resize(..., "lanczos3",
+    antialias=True)``, rounded half to even and clipped as the eval does."""
     f = img.astype(np.float32)
-    wy, wx = _resize_weights(img.shape[0], size), _resize_weights(img.shape[1], size)
-    h, w, c = f.shape
-    out = (wy @ f.reshape(h, w * c)).reshape(size, w, c)  # rows; BLAS matmuls (einsum took 126 ms)
-    out = (wx @ out.transpose(1, 0, 2).reshape(w, size * c)).reshape(size, size, c).transpose(1, 0, 2)  # columns
+    rows = _gather(f, *_resize_spans(img.shape[0], size))  # (size, W, 3): rows first, as TF
+    out = _gather(rows.transpose(1, 0, 2), *_resize_spans(img.shape[1], size)).transpose(1, 0, 2)
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
 def center_crop_resize(img: np.ndarray, crop_area: float = CROP_AREA, size: int = IMAGE_SIZE) -> np.ndarray:
-    """``tf.image.crop_and_resize`` of the central ``crop_area`` box, bilinear, via float [0, 1]."""
+    """``tf.image.crop_and_resize`` of the central ``crop_area`` box, bilinear, via float [0, 1],
+    in TF's float32 arithmetic."""
     h, w = img.shape[:2]
-    side = float(np.clip(np.sqrt(crop_area), 0, 1))
-    y1, x1 = (1 - side) / 2, (1 - side) / 2
-    y2, x2 = y1 + side, x1 + side
-    # TF maps output i to y1*(h-1) + i*(y2-y1)*(h-1)/(size-1) in input pixel coordinates.
-    ys = y1 * (h - 1) + np.arange(size) * (y2 - y1) * (h - 1) / (size - 1)
-    xs = x1 * (w - 1) + np.arange(size) * (x2 - x1) * (w - 1) / (size - 1)
-    f = img.astype(np.float32) / 255.0
-    y0, x0 = np.floor(ys).astype(int), np.floor(xs).astype(int)
-    y1i, x1i = np.minimum(y0 + 1, h - 1), np.minimum(x0 + 1, w - 1)
-    dy, dx = (ys - y0)[:, None, None].astype(np.float32), (xs - x0)[None, :, None].astype(np.float32)
-    top = f[y0][:, x0] * (1 - dx) + f[y0][:, x1i] * dx
-    bottom = f[y1i][:, x0] * (1 - dx) + f[y1i][:, x1i] * dx
-    out = np.clip(top * (1 - dy) + bottom * dy, 0.0, 1.0)
-    # tf.image.convert_image_dtype(float -> uint8, saturate=True) scales by 255.5 and truncates.
-    return np.clip(out * 255.5, 0, 255).astype(np.uint8)
+    side = np.clip(np.sqrt(_F(crop_area)), _F(0), _F(1))
+    lo = (_F(1) - side) / _F(2)
+    hi = lo + side
+
+    def axis(n: int):
+        step = (hi - lo) * _F(n - 1) / _F(size - 1)
+        pos = lo * _F(n - 1) + np.arange(size, dtype=np.float32) * step  # (size,) float32
+        low = np.floor(pos)
+        return low.astype(np.int64), np.ceil(pos).astype(np.int64), (pos - low).astype(np.float32)
+
+    y0, y1, ty = axis(h)
+    x0, x1, tx = axis(w)
+    f = img.astype(np.float32) * _F(1.0 / 255)  # convert_image_dtype: multiply by float32(1/255)
+    tx = tx[None, :, None]
+    top = f[y0][:, x0] + (f[y0][:, x1] - f[y0][:, x0]) * tx
+    bottom = f[y1][:, x0] + (f[y1][:, x1] - f[y1][:, x0]) * tx
+    out = np.clip(top + (bottom - top) * ty[:, None, None], _F(0), _F(1))
+    # convert_image_dtype(float -> uint8, saturate=True): times 255.5, clipped, truncated.
+    return np.clip(out * _F(255.5), 0, 255).astype(np.uint8)
 
 
 def preprocess_libero_image(raw: np.ndarray, flip_image: bool = True, center_crop: bool = True) -> np.ndarray:
