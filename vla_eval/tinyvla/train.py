@@ -218,9 +218,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     import torch
     import torch.nn.functional as F
     from tqdm import tqdm
-    from transformers import AutoTokenizer
 
     from vla_eval.policies.action_tokens import libero_to_training_gripper, normalize, normalized_to_tokens
+    from vla_eval.policies.native.llama_tokenizer import load_tokenizer
     from vla_eval.policies.preprocess import build_prompt
 
     torch.set_num_threads(cfg.threads)
@@ -228,7 +228,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     demos = load_demos(cfg.demos, cfg.out / "cache")
     stats = norm_stats_of(demos.actions, demos.n_episodes)
     tokens = normalized_to_tokens(normalize(libero_to_training_gripper(demos.actions), stats["action"]))  # (N, 7)
-    tokenizer = AutoTokenizer.from_pretrained(str(cfg.tokenizer))
+    tokenizer = load_tokenizer(cfg.tokenizer)
     prompts = {t: list(tokenizer(build_prompt(i, PROMPT)).input_ids) for t, i in demos.instructions.items()}
     val = val_split(demos, cfg.val_episodes_per_task)
     train_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)

@@ -81,20 +81,12 @@ class NativeBackend:
 def load_native_backend(checkpoint: str, opts) -> NativeBackend:
     import json
 
-    from transformers import AutoTokenizer
-
     from vla_eval.policies.native.checkpoint import load_native
+    from vla_eval.policies.native.llama_tokenizer import load_tokenizer
 
     ckpt_dir = resolve_checkpoint_dir(checkpoint, opts.revision)
     model, report = load_native(ckpt_dir, opts.device, opts.dtype, opts.attn_implementation)
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # AutoTokenizer warns that model_type "openvla" is unknown to it
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(ckpt_dir))
-    finally:
-        hf_logging.set_verbosity(level)
+    tokenizer = load_tokenizer(ckpt_dir)  # tokenizer.json as written: the ids transformers 4.40.1 gives
     means = stds = None
     pre = ckpt_dir / "preprocessor_config.json"
     if pre.exists():
