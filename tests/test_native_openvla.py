@@ -171,7 +171,8 @@ def test_checkpoint_keys_roundtrip_and_mismatches_are_listed(ckpt, tmp_path):
     state = load_file(str(ckpt / "model.safetensors"))
     assert any(k.endswith("ls1.scale_factor") for k in state) and not any(k.endswith(".gamma") for k in state)
     model, report = load_native(ckpt, "cpu", "float32")
-    assert report.skipped_unused == 10 and report.loaded == len(model.state_dict())
+    # DINOv2: last block 14 + norm 2; SigLIP: last block 12 + norm 2 + attention-pool head 13
+    assert report.skipped_unused == 43 and report.loaded == len(model.state_dict())
     key = "vision_backbone.featurizer.blocks.0.ls1.scale_factor"
     torch.testing.assert_close(model.vision_backbone.featurizer.blocks[0].ls1.gamma, state[key])
 
@@ -184,6 +185,29 @@ def test_checkpoint_keys_roundtrip_and_mismatches_are_listed(ckpt, tmp_path):
     save_file(bad, str(broken / "model.safetensors"))
     with pytest.raises(UsageError, match=r"1 missing keys: projector\.fc2\.bias; 1 unexpected keys: projector\.fc9"):
         load_native(broken, "cpu", "float32")
+
+
+def test_random_checkpoint_is_in_the_full_released_layout(ckpt):
+    """What the official remote code needs to load it: every OpenVLAConfig field, safetensors
+    metadata, a processor config, a Llama tokenizer without token_type_ids; no zero/one params."""
+    from safetensors import safe_open
+
+    cfg = read_config(ckpt)
+    for field in ("vision_backbone_id", "llm_backbone_id", "arch_specifier", "timm_override_act_layers",
+                  "image_resize_strategy", "auto_map", "llm_max_length", "output_projector_states", "hf_llm_id"):
+        assert field in cfg, field
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+        for key in f.keys():
+            t = f.get_tensor(key)
+            assert not bool((t == 0).all()) and not bool((t == 1).all()), f"{key} is all zeros or ones"
+    assert json.loads((ckpt / "preprocessor_config.json").read_text())["image_resize_strategy"] == "resize-naive"
+    tok_cfg = json.loads((ckpt / "tokenizer_config.json").read_text())
+    assert tok_cfg["model_input_names"] == ["input_ids", "attention_mask"]
+    from vla_eval.policies.native.llama_tokenizer import load_tokenizer
+
+    tok = load_tokenizer(ckpt)
+    assert "token_type_ids" not in tok("In: hi\nOut:")
 
 
 def test_config_values_come_from_the_checkpoint(ckpt, tmp_path):

@@ -147,17 +147,12 @@ def val_split(d: Demos, per_task: int) -> np.ndarray:
 def hf_config(cfg: TrainConfig, norm_stats: dict) -> dict:
     """config.json in the released layout (the remote code's OpenVLAConfig fields)."""
     from vla_eval.policies.action_tokens import shipped_norm_stats
+    from vla_eval.policies.native.layout import openvla_config
 
-    ids = ["vla-eval/tiny-dinov2-reg4-112", "vla-eval/tiny-siglip-112"]
-    return {
-        "architectures": ["OpenVLAForActionPrediction"], "model_type": "openvla", "torch_dtype": "bfloat16",
-        "vision_backbone_id": "tiny-dinosiglip-112px", "llm_backbone_id": "tiny-llama2", "arch_specifier":
-        "no-align+fused-gelu-mlp", "use_fused_vision_backbone": True, "image_resize_strategy": "resize-naive",
-        "timm_model_ids": ids, "timm_override_act_layers": [None, None], "image_sizes": [112, 112],
-        "llm_max_length": 2048, "pad_token_id": 32000, "pad_to_multiple_of": 64, "n_action_bins": 256,
-        "output_projector_states": False, "text_config": text_config(cfg),
-        "norm_stats": {UNNORM_KEY: norm_stats, "bridge_orig": {"action": shipped_norm_stats("bridge_orig")["action"]}},
-    }
+    return openvla_config(
+        ["vla-eval/tiny-dinov2-reg4-112", "vla-eval/tiny-siglip-112"], [112, 112], text_config(cfg),
+        {UNNORM_KEY: norm_stats, "bridge_orig": {"action": shipped_norm_stats("bridge_orig")["action"]}},
+        vision_backbone_id="tiny-dinosiglip-112px", llm_backbone_id="tiny-llama2")
 
 
 def build(cfg: TrainConfig, norm_stats: dict):
@@ -307,25 +302,12 @@ def _jsonable(cfg: TrainConfig) -> dict:
 
 # -- export ------------------------------------------------------------------------------------
 def export(model, cfg: TrainConfig, stats: dict, out_dir: Path) -> Path:
-    """The released layout: bf16 safetensors (with the never-run ViT tensors), config.json,
-    preprocessor_config.json and the Llama-2 tokenizer."""
-    import shutil
-
+    """The released layout (``policies/native/layout.py``): bf16 safetensors with every tensor,
+    config.json, preprocessor_config.json and the Llama-2 tokenizer."""
     import torch
 
-    from vla_eval.policies.native.checkpoint import save_hf_layout
-    from vla_eval.policies.native.random_checkpoints import unused_vit_tensors
+    from vla_eval.policies.native.layout import save_released
 
     model = model.eval().to(torch.bfloat16)
-    extra = {k: v.to(torch.bfloat16) for k, v in unused_vit_tensors(model.cfg.vision).items()}
-    save_hf_layout(model, out_dir, hf_config(cfg, stats), extra=extra)
-    v = model.cfg.vision
-    (out_dir / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "PrismaticImageProcessor", "image_resize_strategy": "resize-naive",
-        "input_sizes": [[3, v[0].img_size, v[0].img_size], [3, v[1].img_size, v[1].img_size]], "interpolations": ["bicubic", "bicubic"],
-        "means": [list(v[0].mean), list(v[1].mean)], "stds": [list(v[0].std), list(v[1].std)],
-        "use_fused_vision_backbone": True}, indent=1))
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (cfg.tokenizer / name).exists():
-            shutil.copy(cfg.tokenizer / name, out_dir / name)
-    return out_dir
+    return save_released(model, out_dir, hf_config(cfg, stats), dtype=torch.bfloat16, seed=cfg.seed,
+                         tokenizer_source=cfg.tokenizer)

@@ -165,6 +165,6 @@ def save_hf_layout(model: NativeOpenVLA, out_dir: str | Path, hf_config: dict, e
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {native_to_hf_key(k): v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     state.update(extra or {})
-    save_file(state, str(out_dir / "model.safetensors"))
+    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})  # as transformers writes
     (out_dir / "config.json").write_text(json.dumps(hf_config, indent=1))
     return out_dir

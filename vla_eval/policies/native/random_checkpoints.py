@@ -1,9 +1,10 @@
 """Random-weight OpenVLA checkpoints, in the released layout, for tests and benchmarks.
 
 No weights can be downloaded everywhere this runs, so the native model is exercised on
-checkpoints written here: the real file layout (``config.json``, ``model.safetensors`` with
-OpenVLA's key names including ``scale_factor`` and the never-run ViT tensors, a tokenizer),
-with random weights. Two sizes: ``7b`` (OpenVLA-7B's exact architecture, built in memory for
+checkpoints written here in the full released layout (``layout.py``: every config field,
+safetensors metadata, every tensor incl. the never-run ones, Llama-2's tokenizer where it is
+installed), with random weights, nonzero everywhere (LayerScale, norms, biases too), so a key
+mapped to the wrong place cannot hide behind a zero or a one. Two sizes: ``7b`` (OpenVLA-7B's exact architecture, built in memory for
 ``bench-policy``) and ``tiny`` (same structure, ~5 M parameters, written to disk in a second).
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from vla_eval.policies.native.vit import VISION_ARCHS, ViTConfig
+from vla_eval.policies.native.vit import VISION_ARCHS
 
 OPENVLA_7B_TIMM_IDS = ["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"]
 TINY_TIMM_IDS = ["vla-eval/tiny-dinov2-reg4", "vla-eval/tiny-siglip"]
@@ -24,41 +25,24 @@ def _demo_stats(scale: float) -> dict:
 
 
 def hf_config(size: str = "tiny") -> dict:
-    """``config.json`` as OpenVLA's remote code writes it (the fields the native model reads)."""
+    """``config.json`` in the released layout, for OpenVLA-7B's architecture or the tiny one."""
     from vla_eval.policies.action_tokens import shipped_norm_stats
+    from vla_eval.policies.native.layout import openvla_config
 
-    text = {"model_type": "llama", "vocab_size": 32064, "pad_token_id": 32000}
+    text = {"model_type": "llama", "vocab_size": 32064, "pad_token_id": 32000, "torch_dtype": "bfloat16"}
     if size == "tiny":
         text.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=4)
     elif size != "7b":
         raise ValueError(f"size {size!r}: tiny or 7b")
     ids = TINY_TIMM_IDS if size == "tiny" else OPENVLA_7B_TIMM_IDS
-    return {
-        "model_type": "openvla", "use_fused_vision_backbone": True, "timm_model_ids": ids,
-        "image_sizes": [VISION_ARCHS[i].img_size for i in ids], "text_config": text,
-        "n_action_bins": 256, "pad_to_multiple_of": 64,
-        # A fine-tuned checkpoint's key (only the _no_noops variant, as the released ones),
-        # plus the base model's bridge_orig statistics.
-        "norm_stats": {"libero_object_no_noops": _demo_stats(0.9),
-                       "bridge_orig": {"action": shipped_norm_stats("bridge_orig")["action"]}},
-    }
-
-
-def unused_vit_tensors(vision: tuple[ViTConfig, ...]) -> dict[str, torch.Tensor]:
-    """What a real checkpoint also holds: each ViT's last block and final norm (and SigLIP's
-    attention-pool head), none of which OpenVLA's features use."""
-    out = {}
-    for prefix, v in zip(("vision_backbone.featurizer.", "vision_backbone.fused_featurizer."), vision):
-        d = v.embed_dim
-        last = f"{prefix}blocks.{v.depth - 1}."
-        out.update({last + "norm1.weight": torch.ones(d), last + "attn.qkv.weight": torch.zeros(3 * d, d),
-                    last + "mlp.fc2.bias": torch.zeros(d), prefix + "norm.weight": torch.ones(d)})
-        if v.layer_scale:
-            out[last + "ls1.scale_factor"] = torch.ones(d)
-        if not v.class_token:
-            out[prefix + "attn_pool.latent"] = torch.zeros(1, 1, d)
-    return out
+    # A fine-tuned checkpoint's key (only the _no_noops variant, as the released ones), plus
+    # the base model's bridge_orig statistics.
+    norm_stats = {"libero_object_no_noops": _demo_stats(0.9),
+                  "bridge_orig": {"action": shipped_norm_stats("bridge_orig")["action"]}}
+    return openvla_config(ids, [VISION_ARCHS[i].img_size for i in ids], text, norm_stats,
+                          vision_backbone_id="dinosiglip-vit-so-224px" if size == "7b" else "tiny-dinosiglip-56px",
+                          llm_backbone_id="llama2-7b-pure" if size == "7b" else "tiny-llama2")
 
 
 def char_tokenizer():
@@ -87,18 +71,38 @@ def steer_head_to_action_bins(model) -> None:
         head[~keep] = 0.0
 
 
-def write_random_checkpoint(out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
-    from vla_eval.policies.native.checkpoint import build_model, save_hf_layout
+def randomize(model, seed: int = 0) -> None:
+    """O(1) random weights everywhere: matrices ~ N(0, 1/fan_in), norm weights and LayerScale
+    around 1 and 0.1, biases small but nonzero (transformers' init leaves ones and zeros)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if p.dim() > 1:
+                p.copy_(noise * p.shape[-1] ** -0.5)
+            elif name.endswith(".gamma"):
+                p.copy_(0.1 + 0.05 * noise)
+            elif "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * noise)
+            else:
+                p.copy_(0.02 * noise)
+
+
+def write_random_checkpoint(out_dir: str | Path, size: str = "tiny", seed: int = 0, tokenizer: str = "auto") -> Path:
+    """``tokenizer``: "llama2" (the cached Llama-2 tokenizer), "char" (the character-level one),
+    or "auto" (Llama-2 where installed)."""
+    from vla_eval.policies.native import llama_tokenizer
+    from vla_eval.policies.native.checkpoint import build_model
+    from vla_eval.policies.native.layout import save_released
     from vla_eval.policies.native.model import NativeConfig
 
+    if tokenizer not in ("auto", "llama2", "char"):
+        raise ValueError(f"tokenizer {tokenizer!r}: auto, llama2 or char")
+    use_llama = tokenizer == "llama2" or (tokenizer == "auto" and llama_tokenizer.is_installed())
     cfg_dict = hf_config(size)
-    cfg = NativeConfig.from_hf(cfg_dict)
-    torch.manual_seed(seed)
-    model = build_model(cfg, "cpu", "float32")
-    for p in model.parameters():  # transformers' init leaves the ViT/projector at default; make all O(1)
-        if p.dim() > 1:
-            torch.nn.init.normal_(p, std=p.shape[-1] ** -0.5)
+    model = build_model(NativeConfig.from_hf(cfg_dict), "cpu", "float32")
+    randomize(model, seed)
     steer_head_to_action_bins(model)
-    out = save_hf_layout(model, out_dir, cfg_dict, extra=unused_vit_tensors(cfg.vision))
-    char_tokenizer().save_pretrained(str(out))
-    return out
+    return save_released(model, out_dir, cfg_dict, seed=seed,
+                         tokenizer_source=llama_tokenizer.tokenizer_dir() if use_llama else None,
+                         tokenizer=None if use_llama else char_tokenizer())
