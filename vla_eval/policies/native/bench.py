@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vla_eval.errors import UsageError
+from vla_eval.errors import UsageError, require
 
 # Dense bf16 tensor TFLOP/s and memory GB/s from the vendors' data sheets; first substring match
 # of torch.cuda.get_device_name wins (so the PCIe H100 comes before the SXM one).
@@ -181,10 +181,7 @@ def register(sub) -> None:
 
 
 def _cmd(args) -> int:
-    try:
-        import torch  # noqa: F401
-    except ImportError as e:
-        raise UsageError(f"bench-policy needs torch ({e}). Fix: {install_hint('openvla')}") from e
+    require("torch", "openvla", "bench-policy")
     if args.iters < 1 or args.prompt_tokens < 0:
         raise UsageError(f"--iters must be at least 1 (got {args.iters}) and --prompt-tokens at least 0 "
                          f"(got {args.prompt_tokens})")
