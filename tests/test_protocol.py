@@ -72,7 +72,9 @@ def test_bad_input_gives_one_clear_message_and_nonzero_exit(argv, message, tmp_p
     (["run", "--device", "cpu", "--native"], "could not load 'openvla/openvla-7b-finetuned-libero-object'"),
     (["run", "--device", "cpu", "--native", "--checkpoint", "/nonexistent/ckpt"], "could not load '/nonexistent/ckpt'"),
     (["run", "--device", "cpu", "--native", "--dtype", "int4"], "invalid choice: 'int4'"),
-    (["run", "--device", "cpu", "--dtype", "float32"], "--dtype applies to --native"),
+    (["run", "--device", "cpu", "--backend", "remote-code", "--dtype", "float32"], "--dtype applies to the native backend"),
+    (["run", "--policy", "tiny", "--backend", "remote-code"], "tiny runs on the native backend"),
+    (["run", "--backend", "jax"], "invalid choice: 'jax'"),
     (["sweep", "--suite", "libero_90", "--device", "cpu", "--no-report"], "no fine-tuned OpenVLA checkpoint for libero_90"),
 ])
 def test_openvla_setup_problems_fail_before_any_episode(argv, message, tmp_path, monkeypatch):

@@ -196,7 +196,7 @@ BAD_ARGS = [
     (["sweep", "--tasks", "1,x"], "--tasks takes comma-separated integers"),
     (["sweep", "--policy", "scripted", "--checkpoint", "x"], "--checkpoint configure an OpenVLA model"),
     (["sweep", "--policy", "scripted", "--dtype", "float32"], "--dtype configure an OpenVLA model"),
-    (["sweep", "--policy", "zero", "--native"], "--native configure an OpenVLA model"),
+    (["sweep", "--policy", "zero", "--native"], "--backend configure an OpenVLA model"),
     (["sweep", "--policy", "openvla", "--cameras", "off"], "reads camera images"),
     (["sweep", "--policy", "openvla", "--suite", "libero_nope"], "unknown suite 'libero_nope'"),
     (["sweep", "--policy", "tiny", "--checkpoint", "x"], "runs the shipped tiny checkpoint"),

@@ -136,7 +136,7 @@ def test_tiny_policy_refuses_another_checkpoint():
     from vla_eval.errors import UsageError
     from vla_eval.policies.factory import model_options, resolve_options
 
-    with pytest.raises(UsageError, match="--policy openvla --native --checkpoint"):
+    with pytest.raises(UsageError, match="--policy openvla --checkpoint"):
         model_options("tiny", checkpoint="/elsewhere")
     with pytest.raises(UsageError, match="no shipped tiny checkpoint for suite 'libero_goal'"):
         resolve_options("tiny", "libero_goal", model_options("tiny"))

@@ -29,7 +29,7 @@ def _task_list(text: str) -> tuple[int, ...]:
 
 
 def _add_run_args(p: argparse.ArgumentParser, seeds_default: int) -> None:
-    from vla_eval.policies.factory import POLICIES
+    from vla_eval.policies.factory import BACKENDS, POLICIES
 
     p.add_argument("--suite", default=DEFAULT_SUITE, help="libero_spatial|libero_object|libero_goal|libero_10|libero_90")
     tasks = p.add_mutually_exclusive_group()
@@ -42,7 +42,9 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: int) -> None:
     p.add_argument("--revision", help="pin the checkpoint's revision (commit hash)")
     p.add_argument("--attn", choices=("flash_attention_2", "sdpa", "eager"), help="attention (default sdpa)")
     p.add_argument("--device", help="torch device for the model (default: cuda; cpu for --policy tiny)")
-    p.add_argument("--native", action="store_true", help="use the trust_remote_code-free batched OpenVLA model")
+    p.add_argument("--backend", choices=BACKENDS, help="OpenVLA model: native (default; batched, no "
+                   "trust_remote_code) or remote-code (OpenVLA's own HF code, one observation per call)")
+    p.add_argument("--native", dest="backend", action="store_const", const="native", help=argparse.SUPPRESS)
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
                    help="native model weights and activations (default: bfloat16; float32 for --policy tiny)")
     p.add_argument("--cameras", choices=("auto", "on", "off"), default="auto",
@@ -53,7 +55,7 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: int) -> None:
     p.add_argument("--env-timeout", type=_positive_float, default=None, metavar="S",
                    help="with workers: a reset or step taking longer than S seconds ends that episode as an error "
                         "and restarts its worker (default 180 s reset / 60 s step)")
-    p.add_argument("--batch", type=_positive_int, help="N parallel envs feeding one model call per step (= --workers N; batched with --native, a loop otherwise)")
+    p.add_argument("--batch", type=_positive_int, help="N parallel envs feeding one model call per step (= --workers N; batched on the native backend, a loop on the remote code)")
     p.add_argument("--overlap", action="store_true",
                    help="split the envs into two groups: one simulates while the model acts for the other")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<policy>-<suite>-<tasks>-<tags>)")
@@ -146,7 +148,7 @@ def _execute(args, tags: tuple[str, ...], kind: str) -> int:
 def _model_options(args):
     from vla_eval.policies.factory import model_options
 
-    return model_options(args.policy, args.checkpoint, args.revision, args.attn, args.device, args.native, args.dtype)
+    return model_options(args.policy, args.checkpoint, args.revision, args.attn, args.device, args.backend, args.dtype)
 
 
 def _workers(args) -> int:
@@ -317,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, extra in (("monitor", "vla_eval.monitors.cli", None), ("small", "vla_eval.drills.cli", "drills"),
                                 ("bench-monitor", "vla_eval.monitors.bench", None),
                                 ("bench-policy", "vla_eval.policies.native.bench", "openvla"),
+                                ("check-backend", "vla_eval.policies.check_backend", "openvla"),
                                 ("collect-demos", "vla_eval.tinyvla.cli", "data"),
                                 ("compare", "vla_eval.reports.compare", "report")):
         _lazy(sub, name, module, extra)

@@ -44,28 +44,40 @@ class OpenVLAOptions:
     revision: str | None = None
     attn_implementation: str = "sdpa"
     device: str = "cuda"
-    native: bool = False  # the trust_remote_code-free model with batched decoding
+    native: bool = True  # the trust_remote_code-free model with batched decoding; False: OpenVLA's remote code
     dtype: str = "bfloat16"  # native model only; the remote-code path is bf16 as published
     batch: int = 1  # observations per model call (= parallel envs); checked against GPU memory
 
 
+BACKENDS = ("native", "remote-code")
+
+
 def model_options(policy: str, checkpoint: str | None = None, revision: str | None = None, attn: str | None = None,
-                  device: str | None = None, native: bool = False, dtype: str | None = None) -> OpenVLAOptions:
+                  device: str | None = None, backend: str | None = None, dtype: str | None = None) -> OpenVLAOptions:
     """Model flags as given (None = not given), checked against the policy: a flag that cannot
-    apply is refused, never recorded; defaults depend on the policy (tiny: CPU, float32)."""
+    apply is refused, never recorded; defaults depend on the policy (tiny: CPU, float32).
+    ``backend``: "native" (the default) or "remote-code" (OpenVLA's trust_remote_code model)."""
     if policy not in POLICIES:
         raise bad_choice("policy", policy, POLICIES)
+    if backend is not None and backend not in BACKENDS:
+        raise bad_choice("backend", backend, BACKENDS)
     given = [f"--{k}" for k, v in (("checkpoint", checkpoint), ("revision", revision), ("attn", attn),
-                                   ("device", device), ("dtype", dtype)) if v is not None] + (["--native"] if native else [])
+                                   ("device", device), ("dtype", dtype), ("backend", backend)) if v is not None]
     if policy not in PIXEL_POLICIES and given:
         raise UsageError(f"{', '.join(given)} configure an OpenVLA model; policy {policy!r} has none "
                          f"(valid with --policy {' or '.join(PIXEL_POLICIES)})")
     if policy == "tiny" and (checkpoint or revision):
         raise UsageError("--policy tiny runs the shipped tiny checkpoint; for another checkpoint use "
-                         "--policy openvla --native --checkpoint PATH")
+                         "--policy openvla --checkpoint PATH")
+    if backend == "remote-code" and policy == "tiny":
+        raise UsageError("--backend remote-code: the tiny checkpoint's featurizers are not timm models the remote "
+                         "code can build; --policy tiny runs on the native backend")
+    if backend == "remote-code" and dtype is not None:
+        raise UsageError(f"--dtype {dtype}: the remote-code model runs in bfloat16 as published; "
+                         "--dtype applies to the native backend")
     default_device, default_dtype = ("cpu", "float32") if policy == "tiny" else ("cuda", "bfloat16")
     return OpenVLAOptions(checkpoint=checkpoint, revision=revision, attn_implementation=attn or "sdpa",
-                          device=device or default_device, native=native or policy == "tiny",
+                          device=device or default_device, native=backend != "remote-code",
                           dtype=dtype or default_dtype)
 
 
@@ -102,7 +114,7 @@ def resolve_options(name: str, suite: str, opts: OpenVLAOptions) -> OpenVLAOptio
         return opts  # already resolved
     if opts.checkpoint is not None:
         raise UsageError("--policy tiny runs the shipped tiny checkpoint; for another checkpoint use "
-                         "--policy openvla --native --checkpoint PATH")
+                         "--policy openvla --checkpoint PATH")
     return replace(opts, checkpoint=shipped, native=True)
 
 

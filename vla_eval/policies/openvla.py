@@ -6,7 +6,7 @@ Per step and env slot: agentview frame -> (flip) -> JPEG -> Lanczos 224 -> centr
 Backends (``predict(images, prompts, unnorm_key) -> (B, 7)``, ``norm_stats``):
 * ``RemoteCodeBackend``: OpenVLA's own ``predict_action`` via HF ``trust_remote_code``; the
   remote code decodes one sample per call, so a batch of slots is a loop;
-* ``native.backend.NativeBackend``: the batched model of ``policies/native`` (``--native``).
+* ``native.backend.NativeBackend``: the batched model of ``policies/native`` (the default).
 One policy object per run tag shares one loaded backend (a drill loads the 7B model once).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from vla_eval.sims.protocol import Observation
-from vla_eval.errors import UsageError
+from vla_eval.errors import UsageError, require
 from vla_eval.policies.action_tokens import resolve_unnorm_key, shipped_norm_stats
 from vla_eval.policies.base import ActionBatch
 from vla_eval.policies.hub import not_loadable
@@ -107,17 +107,14 @@ def prepare_unnorm_key(norm_stats: dict, suite: str, requested: str | None) -> s
 
 def load_backend(suite: str, opts):
     """The model behind every run tag of one sweep; all set-up errors surface here."""
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as e:
-        raise UsageError(f"OpenVLA needs torch and transformers ({e}). Fix: {install_hint('openvla')}") from e
+    require("torch", "openvla", "OpenVLA")
+    require("transformers", "openvla", "OpenVLA")
     if opts.attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise UsageError(f"unknown attention implementation {opts.attn_implementation!r}; valid: "
                          f"{', '.join(ATTN_IMPLEMENTATIONS)}")
     if not opts.native and opts.dtype != "bfloat16":
         raise UsageError(f"--dtype {opts.dtype}: the remote-code model runs in bfloat16 as published; "
-                         "--dtype applies to --native")
+                         "--dtype applies to the native backend")
     from vla_eval.policies.native.checkpoint import check_device
 
     check_device(opts.device)
@@ -126,24 +123,26 @@ def load_backend(suite: str, opts):
         from vla_eval.policies.native.backend import load_native_backend
 
         return load_native_backend(checkpoint, opts)
-    return _load_remote_code(checkpoint, opts)
+    return load_remote_code(checkpoint, opts)
 
 
-def _load_remote_code(checkpoint: str, opts) -> RemoteCodeBackend:
+def load_remote_code(checkpoint: str, opts, dtype=None) -> RemoteCodeBackend:
+    """OpenVLA's own model class and processor (trust_remote_code), bf16 unless ``dtype``."""
     import torch
     import transformers
 
+    dtype = dtype or torch.bfloat16
     kw = dict(trust_remote_code=True, revision=opts.revision)
     try:
         processor = transformers.AutoProcessor.from_pretrained(checkpoint, **kw)
         # transformers 5 renamed the auto class; OpenVLA's remote code is pinned to 4.40.1.
         auto = getattr(transformers, "AutoModelForVision2Seq", None) or transformers.AutoModelForImageTextToText
         model = auto.from_pretrained(
-            checkpoint, attn_implementation=opts.attn_implementation, torch_dtype=torch.bfloat16,
+            checkpoint, attn_implementation=opts.attn_implementation, torch_dtype=dtype,
             low_cpu_mem_usage=True, **kw).to(opts.device)
-    except (OSError, ValueError, ImportError) as e:
+    except (OSError, ValueError, ImportError, KeyError, AttributeError) as e:
         raise UsageError(not_loadable(checkpoint, opts.revision, e)) from e
-    return RemoteCodeBackend(model, processor, opts.device, torch.bfloat16)
+    return RemoteCodeBackend(model, processor, opts.device, dtype)
 
 
 def make_openvla_policies(suite: str, toggles_per_tag, opts) -> list[OpenVLAPolicy]:

@@ -70,6 +70,6 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(demos=demos, out=args.out, tokenizer=tokenizer, threads=args.threads)
     cfg = replace(cfg, **{k: v for k, v in (("steps", args.steps), ("batch", args.batch)) if v is not None})
     out = train(cfg, progress=not args.no_progress)
-    print(f"checkpoint: {out}\n  use it: vla-eval sweep --policy openvla --native --checkpoint {out} "
+    print(f"checkpoint: {out}\n  use it: vla-eval sweep --policy openvla --checkpoint {out} "
           f"--device cpu --dtype float32")
     return 0

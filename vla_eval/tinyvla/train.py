@@ -15,7 +15,7 @@ action tokens (256 bins, OpenVLA's ActionTokenizer), teacher-forced after the pr
 
 Resumable: ``train_state.pt`` is written atomically every ``ckpt_every`` steps and a re-run
 continues from it. The result is exported in the released checkpoint layout (bf16
-safetensors, config.json with norm_stats, tokenizer) and loads with ``--native --checkpoint``.
+safetensors, config.json with norm_stats, tokenizer) and loads with ``--checkpoint`` (native backend).
 """
 from __future__ import annotations
 

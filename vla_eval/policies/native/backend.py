@@ -78,6 +78,26 @@ class NativeBackend:
         return lo
 
 
+SUPPORTED_RESIZE = ("resize-naive",)
+SUPPORTED_INTERPOLATION = ("bicubic",)
+
+
+def check_processor_config(cfg: dict, image_sizes: list[int], path) -> None:
+    """The native processor implements OpenVLA's "resize-naive" bicubic resize only: any other
+    strategy (letterbox, resize-crop) or filter is refused, never approximated."""
+    strategy = cfg.get("image_resize_strategy", "resize-naive")
+    if strategy not in SUPPORTED_RESIZE:
+        raise UsageError(f"{path}: image_resize_strategy {strategy!r} is not supported by the native backend; "
+                         f"supported: {', '.join(SUPPORTED_RESIZE)} (use --backend remote-code)")
+    for interp in cfg.get("interpolations", []):
+        if interp not in SUPPORTED_INTERPOLATION:
+            raise UsageError(f"{path}: interpolation {interp!r} is not supported by the native backend; "
+                             f"supported: {', '.join(SUPPORTED_INTERPOLATION)} (use --backend remote-code)")
+    sizes = [s[-1] for s in cfg.get("input_sizes", [])]
+    if sizes and sizes != list(image_sizes):
+        raise UsageError(f"{path}: input_sizes {sizes} disagree with config.json's image_sizes {list(image_sizes)}")
+
+
 def load_native_backend(checkpoint: str, opts) -> NativeBackend:
     import json
 
@@ -91,6 +111,7 @@ def load_native_backend(checkpoint: str, opts) -> NativeBackend:
     pre = ckpt_dir / "preprocessor_config.json"
     if pre.exists():
         cfg = json.loads(pre.read_text())
+        check_processor_config(cfg, [v.img_size for v in model.cfg.vision], pre)
         means, stds = cfg.get("means"), cfg.get("stds")
     backend = NativeBackend(model, tokenizer, means, stds)
     if opts.batch > 1:
