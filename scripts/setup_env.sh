@@ -37,7 +37,7 @@ fi
 pip() { "$VENV/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 # TORCH_INDEX_URL lets a user elsewhere point at a CPU wheel index (e.g. PyTorch's /whl/cpu).
 pip install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0
-pip install -q -c constraints.txt -e ".[sim,report,drills,openvla,data,test]"
+pip install -q -c constraints.txt -e ".[sim,report,drills,openvla,data,ray,test]"
 pip install -q -c constraints.txt --no-deps libero==0.1.1
 "$VENV/bin/python" -c "import torch, robosuite, mujoco; assert mujoco.__version__ == '3.3.2', mujoco.__version__" \
   || { echo "setup: core imports failed (see above)"; exit 1; }

@@ -31,7 +31,8 @@ def _task_list(text: str) -> tuple[int, ...]:
 def _add_run_args(p: argparse.ArgumentParser, seeds_default: int) -> None:
     from vla_eval.policies.factory import BACKENDS, POLICIES
 
-    p.add_argument("--suite", default=DEFAULT_SUITE, help="libero_spatial|libero_object|libero_goal|libero_10|libero_90")
+    p.add_argument("--suite", default=DEFAULT_SUITE, help="libero_spatial|libero_object|libero_goal|libero_10|libero_90, "
+                   "or several (comma-separated, or all4): one sub-folder per suite and a summary report")
     tasks = p.add_mutually_exclusive_group()
     tasks.add_argument("--task", type=int, default=0, help="task id within the suite (default 0)")
     tasks.add_argument("--all-tasks", action="store_true", help="every task of the suite")
@@ -58,6 +59,9 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: int) -> None:
     p.add_argument("--batch", type=_positive_int, help="N parallel envs feeding one model call per step (= --workers N; batched on the native backend, a loop on the remote code)")
     p.add_argument("--overlap", action="store_true",
                    help="split the envs into two groups: one simulates while the model acts for the other")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="env workers as Ray actors on a cluster (ADDRESS, e.g. auto or host:6379; no value: a local "
+                        "Ray instance); the policy and the run folder stay in this process")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<policy>-<suite>-<tasks>-<tags>)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
@@ -102,6 +106,44 @@ _RUN_SHAPING = ("suite", "task", "all_tasks", "tasks", "seeds", "policy", "check
 
 
 def _execute(args, tags: tuple[str, ...], kind: str) -> int:
+    """One suite: one run folder. Several: ``<out>/<suite>/`` each, run one after the other
+    (each with its own model: OpenVLA has a checkpoint per suite), then the summary report."""
+    from vla_eval.reports.suites import is_multi_suite, parse_suites, write_suites_file
+
+    resume = getattr(args, "resume", None)
+    multi = is_multi_suite(resume) if resume is not None else len(parse_suites(args.suite)) > 1
+    if not multi:
+        return _execute_one(args, tags, kind)
+    if resume is not None:
+        import json
+
+        suites = tuple(json.loads((resume / "suites.json").read_text())["suites"])
+        run_dir = resume
+    else:
+        suites = parse_suites(args.suite)
+        label = "all4" if args.suite == "all4" else "+".join(suites)
+        cfg = _sweep_config(argparse.Namespace(**{**vars(args), "suite": suites[0]}), tags)
+        run_dir = args.out or _default_out(cfg, kind).with_name(_default_out(cfg, kind).name.replace(suites[0], label))
+        if (run_dir / "manifest.json").exists():
+            raise UsageError(f"{run_dir} is a single-suite run folder; use another --out for a several-suite run")
+        write_suites_file(run_dir, suites)
+    for suite in suites:
+        print(f"\n== {suite} ==")
+        sub = {"suite": DEFAULT_SUITE if resume is not None else suite,  # a resume takes the folder's own
+               "out": None if resume is not None else run_dir / suite,
+               "resume": run_dir / suite if resume is not None and (run_dir / suite / "manifest.json").exists()
+               else None, "no_report": args.no_report}
+        if resume is not None and sub["resume"] is None:
+            raise UsageError(f"{run_dir / suite} has not started yet: re-run the original command to continue")
+        _execute_one(argparse.Namespace(**{**vars(args), **sub}), tags, kind)
+    if not args.no_report:
+        from vla_eval.reports.suites import write_suites_report
+
+        print(f"summary report: {write_suites_report(run_dir)}")
+    return 0
+
+
+def _execute_one(args, tags: tuple[str, ...], kind: str) -> int:
     from vla_eval.sweep import run_sweep
 
     resume = getattr(args, "resume", None)
@@ -133,7 +175,7 @@ def _execute(args, tags: tuple[str, ...], kind: str) -> int:
     res = run_sweep(cfg, run_dir, workers=workers, openvla=ovla, progress=not args.no_progress,
                     retry_errors=getattr(args, "retry_errors", False), stop_on_alert=args.stop_on_alert,
                     monitor_factory=monitor_factory, overlap=args.overlap, env_timeout_s=args.env_timeout,
-                    videos=args.videos)
+                    videos=args.videos, ray_address=getattr(args, "ray", None))
     print(f"\nrun folder: {res.run_dir}  ({res.ran} episodes run, {res.skipped} already done, {res.wall_s:.1f} s)")
     for tag, eps in res.episodes.items():
         n = {o: sum(e.outcome == o for e in eps) for o in ("success", "failure", "error")}
@@ -191,8 +233,8 @@ def cmd_run(args) -> int:
     """``vla-eval run``: one episode (seed -> init state), any toggles, no resume bookkeeping."""
     from vla_eval.api import run_episode
 
-    if (args.batch or 1) > 1 or args.overlap or args.workers:
-        raise UsageError("vla-eval run is one episode in this process: --batch, --overlap and --workers apply to "
+    if (args.batch or 1) > 1 or args.overlap or args.workers or args.ray:
+        raise UsageError("vla-eval run is one episode in this process: --batch, --overlap, --workers and --ray apply to "
                          "sweep and drill")
     if args.all_tasks or args.tasks:
         raise UsageError("vla-eval run is one episode: pick its task with --task N (--tasks/--all-tasks apply to "
@@ -231,6 +273,13 @@ def _check_log_target(log: Path) -> None:
 
 
 def cmd_report(args) -> int:
+    from vla_eval.reports.suites import is_multi_suite
+
+    if is_multi_suite(args.run_dir):
+        from vla_eval.reports.suites import write_suites_report
+
+        print(f"summary report: {write_suites_report(args.run_dir)}")
+        return 0
     _write_report(args.run_dir)
     return 0
 

@@ -49,6 +49,10 @@ class RunConfig:
     stop_on_alert: bool = False
     overlap: bool = False  # two env groups alternate between simulating and waiting for the policy
     env_timeout_s: float | None = None  # worker reset/step watchdog (None: the pool's defaults)
+    ray_address: str | None = None  # env workers as Ray actors: "local" (a Ray instance for this run) or an address
+
+
+MAX_REQUEUES = 3  # an episode whose env worker was lost (Ray actor/node) is re-run at most this often
 
 
 def make_jobs(suite: str, task_ids: Iterable[int], seeds: Sequence[int]) -> list[EpisodeJob]:
@@ -111,7 +115,7 @@ def run_episodes(
     if cfg.cameras is False and policy.uses_images:
         raise UsageError(f"policy {policy.name!r} reads images; run it with cameras on")
     own_pool = pool is None
-    pool = make_pool(cfg.workers, cfg.env_timeout_s) if own_pool else pool
+    pool = make_pool(cfg.workers, cfg.env_timeout_s, cfg.ray_address) if own_pool else pool
     try:
         groups = slot_groups(pool.n_workers, cfg.overlap)
         return _Rollout(policy, deque(jobs), writer, run_tag, cfg, monitor_factory, on_episode, pool,
@@ -153,6 +157,7 @@ class _Rollout:
     videos: object = None
     active: dict = field(default_factory=dict)  # slot -> _Active
     done: list = field(default_factory=list)
+    requeued: dict = field(default_factory=dict)  # job -> times re-queued after a lost worker
 
     def run(self, groups: list[list[int]]) -> list[EpisodeRecord]:
         in_flight: dict[int, _InFlight] = {}  # group index -> its pending step
@@ -197,7 +202,7 @@ class _Rollout:
             self.active[slot] = _Active(starting[slot], first, reset_s=reset_s)
             self._frame(self.active[slot], first)
             if isinstance(first, WorkerError):
-                self._finish(slot, "error", _describe(first))
+                self._fail(slot, first)
                 continue
             self.policy.reset(slot)
             if self.monitor_factory is not None:
@@ -210,7 +215,7 @@ class _Rollout:
         for i, slot in enumerate(step.slots):
             a, res = self.active[slot], results[slot]
             if isinstance(res, WorkerError):
-                self._finish(slot, "error", _describe(res))
+                self._fail(slot, res)
                 continue
             action = step.batch.actions[i]
             rec = StepRecord(
@@ -242,6 +247,19 @@ class _Rollout:
             from vla_eval.videos import small_upright
 
             a.frames.append(small_upright(frame))
+
+    def _fail(self, slot: int, err: WorkerError) -> None:
+        """A lost worker (a Ray actor or node that died) says nothing about the episode: it
+        is re-queued, its partial steps left without an episode line (readers skip them).
+        Anything else the env did is the episode's own error."""
+        job = self.active[slot].job
+        if err.kind == "lost" and self.requeued.get(job, 0) < MAX_REQUEUES:
+            self.requeued[job] = self.requeued.get(job, 0) + 1
+            del self.active[slot]
+            self.queue.appendleft(job)
+            print(f"note: env worker lost during task {job.task_id} seed {job.seed}; re-queued", file=sys.stderr)
+            return
+        self._finish(slot, "error", _describe(err))
 
     def _finish(self, slot: int, outcome: str, error: str | None = None) -> None:
         a = self.active.pop(slot)

@@ -195,14 +195,18 @@ def run_sweep(
     overlap: bool = False,
     env_timeout_s: float | None = None,
     videos: str = "default",
+    ray_address: str | None = None,
 ) -> SweepResult:
-    """``videos``: which episodes' agentview videos to keep (``vla_eval.videos``; cameras on only)."""
+    """``videos``: which episodes' agentview videos to keep (``vla_eval.videos``; cameras on only).
+    ``ray_address``: env workers as Ray actors ("local" or a cluster address); same folder rules."""
     from vla_eval.videos import parse_policy
 
     parse_policy(videos)
     if cfg.seeds < 1:
         raise UsageError(f"--seeds must be at least 1, got {cfg.seeds}")
     slot_groups(max(workers, 1), overlap)  # refuse a bad --overlap before loading any model
+    if ray_address is not None and workers < 1:
+        raise UsageError("--ray runs the envs as Ray actors: give their number with --workers N (or --batch N)")
     i, k = parse_shard(cfg.shard)
     tags = [(tag, toggles_for(tag)) for tag in cfg.tags]
     all_jobs = make_jobs(cfg.suite, cfg.task_ids, range(cfg.seeds))[i::k]
@@ -222,7 +226,8 @@ def run_sweep(
     with run_lock(run_dir, "run episodes"):  # one writer per folder, manifest checked under the lock
         _check_or_write_manifest(run_dir, cfg, asdict(openvla) if cfg.policy in PIXEL_POLICIES else None)
         rc = RunConfig(cameras=cfg.cameras, hard_reset=cfg.hard_reset, max_steps=cfg.max_steps, workers=workers,
-                       stop_on_alert=stop_on_alert, overlap=overlap, env_timeout_s=env_timeout_s)
+                       stop_on_alert=stop_on_alert, overlap=overlap, env_timeout_s=env_timeout_s,
+                       ray_address=ray_address)
         return _run_tags(run_dir, tags, all_jobs, policies, rc, retry_errors, monitor_factory, progress, videos)
 
 
@@ -234,7 +239,7 @@ def _run_tags(run_dir, tags, all_jobs, policies, rc: RunConfig, retry_errors, mo
     t0 = time.perf_counter()
     from vla_eval.sims.parallel import make_pool
 
-    with make_pool(rc.workers, rc.env_timeout_s) as pool:  # one set of envs for every tag: a drill creates them once
+    with make_pool(rc.workers, rc.env_timeout_s, rc.ray_address) as pool:  # one set of envs for every tag: a drill creates them once
         for tag, _ in tags:
             have = committed(run_dir, tag, retry_errors)
             done_keys = {(e.task_id, e.seed) for e in have}
