@@ -27,3 +27,10 @@ def shipped_checkpoint(family: str, suite: str) -> Path:
         raise UsageError(f"the shipped checkpoint {path} is missing or incomplete (no config.json); reinstall "
                          f"the package, or rebuild it: vla-eval collect-demos && vla-eval train-tiny")
     return path
+
+
+def shipped_thresholds(policy: str, suite: str) -> Path | None:
+    """Monitor thresholds calibrated for a shipped policy (``monitors/<policy>-<suite>.json``:
+    fitted on calibration seeds of its real traces), or None (the generic defaults apply)."""
+    path = CONFIG_DIR / "monitors" / f"{policy}-{suite}.json"
+    return path if path.is_file() else None

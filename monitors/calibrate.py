@@ -42,6 +42,12 @@ def unnorm_score(trace, abs_threshold: float, min_steps: int) -> float:
     return float(running[min_steps - 1:].max())
 
 
+def small_score(trace, min_steps: int) -> float:
+    """Largest |a[:3]| of the first ``min_steps`` steps (low = translations shrunk)."""
+    a = _actions(trace)
+    return float(np.abs(a[:min_steps, :3]).max()) if len(a) >= min_steps else float("inf")
+
+
 def confidence_score(trace, window: int) -> float | None:
     """Mean token_prob over the first ``window`` steps that report one (None: not logged)."""
     probs = [(s.get("token_prob") if isinstance(s, dict) else getattr(s, "token_prob", None)) for s in trace]
@@ -55,10 +61,11 @@ def min_runs(alpha: float) -> int:
 
 
 def calibrate(baseline: Sequence, alpha: float = 0.05, base: Thresholds = Thresholds()) -> Thresholds:
-    """``baseline``: traces of healthy (successful) runs. Refuses fewer than ``min_runs(alpha)``
-    runs (no guarantee is possible). Never switches a predicate off: when healthy runs already
-    exceed ``unnorm_abs`` on almost every step (LIBERO-scale actions do), the absolute threshold
-    is raised above the healthy range instead of pushing the fraction past 1."""
+    """``baseline``: traces of runs without a fault (successes and ordinary failures). Refuses
+    fewer than ``min_runs(alpha)`` runs (no guarantee is possible). Never switches a predicate
+    off: when healthy runs already exceed ``unnorm_abs`` on almost every step, the absolute
+    threshold is raised above the healthy range instead of pushing the fraction past 1. The
+    too-small side sits at half the k-th smallest healthy score (a 2x shrink is caught)."""
     from vla_eval.errors import UsageError
 
     n = len(baseline)
@@ -78,10 +85,12 @@ def calibrate(baseline: Sequence, alpha: float = 0.05, base: Thresholds = Thresh
     if unnorm_frac >= 1.0:
         raise UsageError("cannot calibrate bad_unnorm on these runs: healthy actions are at their maximum on "
                          "every step, so no scale threshold separates them")
+    smalls = np.sort([small_score(t, base.min_steps) for t in baseline])
+    unnorm_small = min(0.5 * float(smalls[k - 1]), 1e6) if base.unnorm_small > 0 else 0.0
     conf = sorted(x for x in (confidence_score(t, base.conf_window) for t in baseline) if x is not None)
     conf_min = float(conf[k - 1]) * (1 - 1e-9) if len(conf) == n else base.conf_min  # only when every run logs it
     return replace(base, prompt_norm=max(prompt_thr, 0.0), unnorm_abs=unnorm_abs, unnorm_frac=max(unnorm_frac, 1e-6),
-                   conf_min=conf_min)
+                   unnorm_small=unnorm_small, conf_min=conf_min)
 
 
 def false_alarm_rate(traces: Sequence, th: Thresholds) -> float:

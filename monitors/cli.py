@@ -9,16 +9,26 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vla_eval.monitors.predicates import PREDICATES, Thresholds
-from vla_eval.monitors.stream import classify, evaluate
-
-FAULT_TAGS = ("baseline",) + PREDICATES
+from vla_eval.monitors.predicates import Thresholds
+from vla_eval.monitors.scoring import FAULT_TAGS
 
 
 def _alpha(text: str) -> float:
     from vla_eval.argtypes import float_between
 
     return float_between(0.0, 1.0)(text)  # a false-alarm rate strictly between 0 and 1
+
+
+def _seed_set(text: str) -> frozenset:
+    import argparse
+
+    try:
+        seeds = frozenset(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--calib-seeds {text!r}: comma-separated seeds, e.g. 3,4") from None
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"--calib-seeds {text!r}: seeds are 0 or more")
+    return seeds
 
 
 def register(sub) -> None:
@@ -29,65 +39,59 @@ def register(sub) -> None:
                    help="fit thresholds on the successful baseline runs of LOGS (half fit, half held out), "
                         "save them here, then classify with them")
     p.add_argument("--alpha", type=_alpha, default=0.05, help="target false-alarm rate for --calibrate (0 < a < 1)")
+    p.add_argument("--calib-seeds", type=_seed_set, metavar="S",
+                   help="with --calibrate: fit on the baseline runs of these seeds (e.g. 3,4; successes and "
+                        "failures), then judge only the runs of the other seeds (held out), every tag")
     p.add_argument("--force", action="store_true", help="let --calibrate replace an existing file")
     p.set_defaults(fn=run)
 
 
-def _calibrate(logs, out: Path, alpha: float) -> Thresholds:
-    from vla_eval.monitors.calibrate import calibrate, detection_latency, false_alarm_rate
+def _calibrate(logs, out: Path, alpha: float, calib_seeds: frozenset | None) -> Thresholds:
+    """Fit on calibration runs, report the false-alarm rate on held-out baseline runs.
+    Calibration runs: the baseline runs of ``calib_seeds`` (any outcome); without it, the
+    first half of the successful baseline runs (the second half is held out)."""
     from vla_eval.errors import UsageError
+    from vla_eval.monitors.calibrate import calibrate, false_alarm_rate, min_runs
 
-    from vla_eval.monitors.calibrate import min_runs
-
-    base = [log.steps_of(e) for log in logs for e in log.episodes if e.run_tag == "baseline" and e.success]
-    need = 2 * min_runs(alpha)  # half to fit, half to measure the false-alarm rate
-    if len(base) < need:
-        raise UsageError(f"--calibrate at --alpha {alpha} needs at least {need} successful baseline runs in the logs "
-                         f"(half fit, half held out), found {len(base)}: add baseline seeds or raise --alpha")
-    fit, held = base[: (len(base) + 1) // 2], base[(len(base) + 1) // 2:]
+    if calib_seeds is not None:
+        base = [(e, log) for log in logs for e in log.episodes if e.run_tag == "baseline"]
+        fit = [log.steps_of(e) for e, log in base if e.seed in calib_seeds]
+        held = [log.steps_of(e) for e, log in base if e.seed not in calib_seeds]
+        where = f"seeds {','.join(map(str, sorted(calib_seeds)))}"
+        if len(fit) < min_runs(alpha):
+            raise UsageError(f"--calibrate at --alpha {alpha} needs at least {min_runs(alpha)} baseline runs of the "
+                             f"calibration seeds, found {len(fit)}: add seeds or raise --alpha")
+    else:
+        base = [log.steps_of(e) for log in logs for e in log.episodes if e.run_tag == "baseline" and e.success]
+        need = 2 * min_runs(alpha)  # half to fit, half to measure the false-alarm rate
+        if len(base) < need:
+            raise UsageError(f"--calibrate at --alpha {alpha} needs at least {need} successful baseline runs in the "
+                             f"logs (half fit, half held out), found {len(base)}: add baseline seeds or raise --alpha")
+        fit, held = base[: (len(base) + 1) // 2], base[(len(base) + 1) // 2:]
+        where = "the first half of the successful baseline runs"
     th = calibrate(fit, alpha)
     th.save(out)
-    print(f"calibrated on {len(fit)} baseline runs (alpha {alpha}); saved {out}")
+    print(f"calibrated on {len(fit)} baseline runs ({where}; alpha {alpha}); saved {out}")
     fa = false_alarm_rate(held, th) if held else float("nan")
     print(f"false-alarm rate on {len(held)} held-out baseline runs: {100 * fa:.0f}%")
     if fa > alpha:
         print(f"WARNING: the held-out false-alarm rate {100 * fa:.0f}% exceeds alpha = {100 * alpha:.0f}%: these "
               f"thresholds will alarm on healthy runs more often than asked. Calibrate on more baseline runs.",
               file=sys.stderr)
-    for log in logs:
-        for e in log.episodes:
-            if e.run_tag in PREDICATES:
-                lat = detection_latency(log.steps_of(e), th, e.run_tag)
-                print(f"detection latency {e.run_tag} seed {e.seed}: "
-                      + ("never fired" if lat is None else f"{lat + 1} steps"))
     return th
 
 
-def predicate_table(rows) -> list[dict]:
-    """Per predicate, over tagged runs: true-positive rate on its own fault, false-alarm rate on
-    the baseline and on the other faults, and the median step of its first alert on its fault."""
-    out = []
-    for pred in PREDICATES:
-        own = [(got, vs) for _, ep, got, vs in rows if ep.run_tag == pred]
-        base = [got for _, ep, got, _ in rows if ep.run_tag == "baseline"]
-        other = [got for _, ep, got, _ in rows if ep.run_tag in PREDICATES and ep.run_tag != pred]
-        steps = [v.step for got, vs in own for v in vs if v.predicate == pred and v.step is not None]
-        rate = lambda xs: (sum(pred in g for g in xs) / len(xs)) if xs else float("nan")  # noqa: E731
-        out.append({"predicate": pred, "tpr": rate([g for g, _ in own]), "n_own": len(own),
-                    "fa_baseline": rate(base), "n_baseline": len(base), "fa_other": rate(other),
-                    "n_other": len(other), "latency": float(sorted(steps)[len(steps) // 2]) + 1 if steps else None})
-    return out
-
-
 def print_predicate_table(rows) -> None:
+    from vla_eval.monitors.scoring import predicate_table
+
     table = [r for r in predicate_table(rows) if r["n_own"] or r["n_baseline"]]
     if not table:
         return
     pct = lambda x: "-" if x != x else f"{100 * x:.0f}%"  # noqa: E731
-    print(f"\n{'predicate':12}{'TPR (own)':>12}{'FA baseline':>14}{'FA other':>11}{'latency':>9}")
+    print(f"\n{'predicate':12}{'TPR (own)':>12}{'exactly own':>13}{'FA baseline':>14}{'FA other':>11}{'latency':>9}")
     for r in table:
         lat = "-" if r["latency"] is None else f"{r['latency']:.0f}"
-        print(f"{r['predicate']:12}{pct(r['tpr']) + ' /' + str(r['n_own']):>12}"
+        print(f"{r['predicate']:12}{pct(r['tpr']) + ' /' + str(r['n_own']):>12}{pct(r['exact']):>13}"
               f"{pct(r['fa_baseline']) + ' /' + str(r['n_baseline']):>14}{pct(r['fa_other']) + ' /' + str(r['n_other']):>11}"
               f"{lat:>9}")
 
@@ -105,33 +109,34 @@ def run(args) -> int:
             raise UsageError("--calibrate fits new thresholds; it cannot be combined with --thresholds")
     logs = [read_jsonl(p) for p in args.logs]
     th = Thresholds.load(args.thresholds) if args.thresholds else Thresholds()
+    if args.calib_seeds is not None and not args.calibrate:
+        raise UsageError("--calib-seeds chooses the calibration runs of --calibrate; give --calibrate OUT.json too")
     if args.calibrate:
-        th = _calibrate(logs, args.calibrate, args.alpha)
-    rows, mismatches = [], 0
-    confusion = {t: {p: 0 for p in PREDICATES + ("none",)} for t in FAULT_TAGS}
+        th = _calibrate(logs, args.calibrate, args.alpha, args.calib_seeds)
+    held_out = (lambda ep: ep.seed not in args.calib_seeds) if args.calib_seeds is not None else (lambda ep: True)
+    from vla_eval.monitors.scoring import COLUMNS, confusion, score
+
+    rows, names = [], []
     for path, log in zip(args.logs, logs):
         if not log.episodes:
             raise UsageError(f"{path} holds no complete episode")
-        for ep in log.episodes:
-            verdicts, _ = evaluate(log.steps_of(ep), th)
-            got = classify(verdicts)
-            rows.append((path.name, ep, got, verdicts))
-            if ep.run_tag in confusion:
-                for g in got or {"none"}:
-                    confusion[ep.run_tag][g] += 1
-                want = set() if ep.run_tag == "baseline" else {ep.run_tag}
-                mismatches += got != want
+        eps = [(ep, log.steps_of(ep)) for ep in filter(held_out, log.episodes)]
+        rows += score(eps, th)
+        names += [path.name] * len(eps)
+    if args.calib_seeds is not None:
+        print(f"\nheld-out runs only (seeds not in {','.join(map(str, sorted(args.calib_seeds)))}):")
     print(f"{'log':24}{'tag':12}{'seed':>5}  {'outcome':9}{'verdict':14}evidence")
-    for name, ep, got, verdicts in rows:
-        ev = "; ".join(str(v) for v in verdicts) or "-"
-        print(f"{name:24}{ep.run_tag:12}{ep.seed:>5}  {ep.outcome:9}{','.join(sorted(got)) or 'ok':14}{ev}")
+    for name, r in zip(names, rows):
+        ev = "; ".join(str(v) for v in r.verdicts) or "-"
+        print(f"{name:24}{r.tag:12}{r.seed:>5}  {r.outcome:9}{','.join(sorted(r.got)) or 'ok':14}{ev}")
     print_predicate_table(rows)
-    tagged = {t: c for t, c in confusion.items() if sum(c.values())}
+    tagged = confusion(rows)
     if tagged:
         print("\nconfusion (rows: run tag, columns: predicates matched)")
-        print(f"{'':12}" + "".join(f"{p:>12}" for p in PREDICATES + ("none",)))
+        print(f"{'':12}" + "".join(f"{p:>12}" for p in COLUMNS))
         for t, c in tagged.items():
-            print(f"{t:12}" + "".join(f"{c[p]:>12}" for p in PREDICATES + ("none",)))
+            print(f"{t:12}" + "".join(f"{c[p]:>12}" for p in COLUMNS))
+    mismatches = sum(not r.matches for r in rows if r.tag in FAULT_TAGS)
     if mismatches:
         print(f"\n{mismatches} tagged run(s) did not match exactly their own predicate: check the toggle, "
               f"not the predicate", file=sys.stderr)

@@ -4,10 +4,12 @@ Each predicate sees one step at a time in O(1) (running sums over a fixed window
 returns at most one verdict, the first time it fires:
 
 * ``bad_prompt``  - the policy has collapsed: mean ||action[:6]|| over the last ``window``
-  steps below ``prompt_norm`` (0.05), whatever the image shows. Fires at step ``window - 1``
+  steps below ``prompt_norm`` (0.02), whatever the image shows. Fires at step ``window - 1``
   at the earliest.
-* ``bad_unnorm``  - translations out of scale: max |action[:3]| above ``unnorm_abs`` (0.1)
-  on at least ``unnorm_frac`` (25%) of the steps so far (after ``min_steps``).
+* ``bad_unnorm``  - translations out of scale, either way: too small (the largest |action[:3]|
+  of the first ``min_steps`` steps below ``unnorm_small``: a key with a smaller scale, e.g.
+  ``bridge_orig``'s on LIBERO-scale actions, shrinks translations ~25x), or too large (above
+  ``unnorm_abs`` on at least ``unnorm_frac`` of the steps; LIBERO's actions live in [-1, 1]).
 * ``no_flip``     - diagnosed by elimination at episode end: actions of healthy size and
   the gripper cycling like a baseline, yet no reward and never done. Nothing in a single
   step can see an upside-down image (a 180-degree rotation keeps ``img_mean``), so this one
@@ -33,6 +35,7 @@ OK, WARN, ERROR = "OK", "WARN", "ERROR"
 # field -> (type, lowest allowed, highest allowed, lowest inclusive)
 _RANGES = {"window": (int, 1, 10_000, True), "prompt_norm": (float, 0.0, math.inf, True),
            "unnorm_abs": (float, 0.0, math.inf, False), "unnorm_frac": (float, 0.0, 1.0, False),
+           "unnorm_small": (float, 0.0, math.inf, True),
            "min_steps": (int, 1, 10_000, True), "flip_min_norm": (float, 0.0, math.inf, True),
            "action_dim": (int, 7, 64, True), "conf_window": (int, 1, 10_000, True),
            "conf_min": (float, 0.0, 1.0, True)}
@@ -41,10 +44,11 @@ _RANGES = {"window": (int, 1, 10_000, True), "prompt_norm": (float, 0.0, math.in
 @dataclass(frozen=True)
 class Thresholds:
     window: int = 8
-    prompt_norm: float = 0.05
-    unnorm_abs: float = 0.1
+    prompt_norm: float = 0.02  # frozen; the scripted expert's calmest 8-step window is 0.056
+    unnorm_abs: float = 1.05  # LIBERO (and OpenVLA's q01/q99-scaled) translations stay within [-1, 1]
     unnorm_frac: float = 0.25
-    min_steps: int = 8
+    unnorm_small: float = 0.1  # 0 switches the too-small side off
+    min_steps: int = 10
     flip_min_norm: float = 0.05  # "healthy" action size for the no-flip elimination
     action_dim: int = 7
     # Online no-flip signal (native OpenVLA logs ``token_prob``, the mean probability of its
@@ -156,10 +160,14 @@ def check_bad_prompt(s: StreamState, step: int) -> Verdict | None:
 def check_bad_unnorm(s: StreamState, step: int) -> Verdict | None:
     if s.n < s.th.min_steps:
         return None
+    frozen = s.window_sum / len(s.window) < s.th.prompt_norm  # that is bad_prompt's signature, not a scale
+    if s.n == s.th.min_steps and s.max_xyz < s.th.unnorm_small and not frozen:
+        return Verdict("bad_unnorm", ERROR, step, {"max_abs_xyz": s.max_xyz, "small_threshold": s.th.unnorm_small,
+                                                  "steps": s.n, "side": "too small"})
     frac = s.big_xyz / s.n
     if frac >= s.th.unnorm_frac:
         return Verdict("bad_unnorm", ERROR, step, {"frac_steps_xyz_above": frac, "abs_threshold": s.th.unnorm_abs,
-                                                  "max_abs_xyz": s.max_xyz})
+                                                  "max_abs_xyz": s.max_xyz, "side": "too large"})
     return None
 
 

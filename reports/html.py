@@ -144,13 +144,14 @@ def context(run_dir: Path) -> dict:
             for tag, log in logs.items() for r in [rate_of(e.outcome for e in log.episodes)]]}
     videos, video_note = _videos(run_dir, logs)
     prov = manifest.get("provenance", {})
+    monitor = _monitor(cfg, logs) if drill else None
     return {
         "run_name": run_dir.name, "policy": cfg["policy"], "suite": cfg["suite"], "main_tag": main_tag,
         "task_ids": cfg["task_ids"], "seeds": cfg["seeds"], "banners": _banners(cfg, manifest, logs),
         "headline": {"pct": _pct(rate.p), "se": _pct(rate.se), "text": str(rate), "errors": rate.errors} if rate.n else None,
         "verdict": {"level": v.level, "css": v.level.replace("/", ""), "text": v.text},
         "published": f"{published:.1f}%" if published is not None and not reasons else None,
-        "source": _source("openvla"), "tag_tables": tables, "drill": drill,
+        "source": _source("openvla"), "tag_tables": tables, "drill": drill, "monitor": monitor,
         "action_trace": _b64(action_trace_plot({t: log for t, log in logs.items()})) if drill else None,
         "histograms": [{"tag": t, "png": _b64(gripper_timing_histogram(log.episodes, max_steps))}
                        for t, log in logs.items() if log.episodes],
@@ -166,6 +167,27 @@ def context(run_dir: Path) -> dict:
                       + (", a torn final line" if log.torn_tail else "") + " (ignored)."
                       for t, log in logs.items() if log.torn_tail or log.orphan_steps],
     }
+
+
+def _monitor(cfg: dict, logs: dict[str, RunLog]) -> dict:
+    """The predicates replayed on every tagged episode: per-predicate rates and the confusion
+    matrix, with the thresholds a ``--monitor`` run of this policy uses."""
+    from vla_eval.configs import shipped_thresholds
+    from vla_eval.monitors import Thresholds
+    from vla_eval.monitors.scoring import COLUMNS, confusion, predicate_table, score
+
+    path = shipped_thresholds(cfg["policy"], cfg["suite"])
+    th = Thresholds.load(path) if path else Thresholds()
+    rows = score([(e, log.steps_of(e)) for log in logs.values() for e in log.episodes], th)
+    pct = lambda x: "–" if x != x else f"{100 * x:.0f}%"  # noqa: E731
+    table = [{"predicate": r["predicate"], "tpr": f"{pct(r['tpr'])} of {r['n_own']}", "exact": pct(r["exact"]),
+              "fa_baseline": f"{pct(r['fa_baseline'])} of {r['n_baseline']}",
+              "fa_other": f"{pct(r['fa_other'])} of {r['n_other']}",
+              "latency": "–" if r["latency"] is None else f"{r['latency']:.0f}"}
+             for r in predicate_table(rows) if r["n_own"] or r["n_baseline"]]
+    return {"thresholds": f"calibrated for this policy ({path.name})" if path else "the generic defaults",
+            "table": table, "columns": list(COLUMNS),
+            "confusion": [{"tag": t, "counts": [c[k] for k in COLUMNS]} for t, c in confusion(rows).items()]}
 
 
 def _b64(png: bytes) -> str:

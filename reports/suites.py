@@ -68,8 +68,8 @@ def summary(run_dir: Path, tag: str = "baseline") -> dict:
 
 def write_suites_report(run_dir: Path) -> Path:
     jinja2 = require("jinja2", "report", "the HTML report")
-    env = jinja2.Environment(loader=jinja2.PackageLoader("vla_eval.reports", "templates"),
-                             autoescape=jinja2.select_autoescape(["html", "j2"]))
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
     ctx = summary(run_dir)
     html = env.get_template("suites.html.j2").render(run=str(run_dir), **ctx)
     out = Path(run_dir) / "report.html"

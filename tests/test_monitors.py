@@ -1,9 +1,10 @@
 """Predicates, the streaming monitor and calibration.
 
-Traces built here by hand are SYNTHETIC: they carry the documented fault signatures
-(collapsed actions for a rephrased prompt, out-of-scale translations for a wrong
-unnorm_key, healthy-looking actions without success for a missing flip). Real traces come
-from the runner driving LIBERO with the scripted expert (test marked `libero`)."""
+Traces built here by hand are SYNTHETIC: they carry the fault signatures measured on real
+LIBERO traces (collapsed actions for a rephrased prompt, translations shrunk ~25x with the
+gripper still cycling for a wrong unnorm_key, healthy-looking actions without success for a
+missing flip). Real traces come from the runner driving LIBERO with the scripted expert (test
+marked `libero`) and from the tiny OpenVLA (tests/data/tiny_traces.jsonl)."""
 import subprocess
 import sys
 
@@ -21,15 +22,15 @@ def synthetic(kind: str, n: int = 60, success: bool = False) -> list[dict]:
     steps = []
     for t in range(n):
         a = np.zeros(7)
-        if kind == "bad_prompt":
-            a[:6] = rng.normal(0, 0.005, 6)
-        elif kind == "bad_unnorm":
-            a[:3] = rng.uniform(-0.6, 0.6, 3)
+        if kind == "bad_prompt":  # frozen, gripper included
+            a[:6] = rng.normal(0, 0.002, 6)
+        elif kind == "bad_unnorm":  # bridge_orig's scale: translations ~25x smaller, the rest still moves
+            a[:3] = rng.uniform(-0.04, 0.04, 3)
             a[3:6] = rng.normal(0, 0.05, 3)
-        else:  # baseline / no_flip: moderate motions, small enough for the default unnorm threshold
-            a[:3] = rng.uniform(-0.09, 0.09, 3)
+        else:  # baseline / no_flip: LIBERO-scale motions within [-1, 1]
+            a[:3] = rng.uniform(-0.9, 0.9, 3)
             a[3:6] = rng.normal(0, 0.02, 3)
-        a[6] = 1.0 if (t // 15) % 2 else -1.0  # gripper cycles
+        a[6] = (1.0 if (t // 15) % 2 else -1.0) if kind != "bad_prompt" else -1.0  # gripper cycles
         done = success and t == n - 1
         steps.append({"action": a, "reward": float(done), "done": done})
     return steps
@@ -95,8 +96,8 @@ def test_monitor_imports_numpy_only():
 
 @pytest.mark.libero
 def test_runner_feeds_the_monitor_and_calibration_fits_real_baselines(tmp_path):
-    """Real LIBERO traces (scripted expert). The drill's default bad_unnorm threshold (|a[:3]| >
-    0.1) fires on these healthy LIBERO-scale actions; calibration on baseline runs is the fix."""
+    """Real LIBERO traces (scripted expert): the default thresholds raise nothing on these
+    healthy LIBERO-scale actions, and calibration on them keeps every predicate on."""
     from vla_eval.policies.simple import ScriptedExpert
     from vla_eval.records import JsonlWriter, read_jsonl
     from vla_eval.runner import RunConfig, make_jobs, run_episodes
@@ -107,13 +108,10 @@ def test_runner_feeds_the_monitor_and_calibration_fits_real_baselines(tmp_path):
                            RunConfig(cameras=False, hard_reset=False), monitor_factory=RuntimeMonitor)
     log = read_jsonl(path)
     assert all(e.success for e in eps)
-    assert all("bad_unnorm" in e.alerts for e in eps)  # default threshold: false alarms, recorded in the JSONL
-    assert any("bad_unnorm" in s.alerts for s in log.steps)
+    assert not any(e.alerts for e in eps) and not any(s.alerts for s in log.steps)
     traces = [log.steps_of(e) for e in log.episodes]
     th = calibrate(traces, alpha=0.2)  # n = 4: rank 1, the most extreme baseline score
-    # Healthy LIBERO actions exceed 0.1 on most steps: calibration lifts the scale above the
-    # healthy range (not the fraction past 1, which would switch the check off).
-    assert th.unnorm_abs > Thresholds().unnorm_abs and th.unnorm_frac < 1.0
+    assert 0 < th.unnorm_small < 1.0 and th.unnorm_frac < 1.0 and th.prompt_norm > 0
     assert false_alarm_rate(traces, th) == 0.0  # in-sample; held-out rates need n >> 1/alpha runs
     faulty = [{"action": np.r_[np.zeros(6), -1.0]} for _ in range(20)]  # SYNTHETIC collapsed actions
     assert detection_latency(faulty, th, "bad_prompt") == th.window - 1
@@ -145,7 +143,7 @@ def test_monitor_cli_confusion_matrix_calibration_and_self_check(tmp_path):
     cal = subprocess.run(cli + logs + ["--calibrate", str(tmp_path / "th.json"), "--alpha", "0.25"],
                          capture_output=True, text=True)
     assert "false-alarm rate on 3 held-out baseline runs" in cal.stdout
-    assert "detection latency bad_prompt seed 0:" in cal.stdout and (tmp_path / "th.json").exists()
+    assert "latency" in cal.stdout and (tmp_path / "th.json").exists()
     # A run tagged no_flip whose trace has the bad-prompt signature: the toggle is wrong.
     _write_log(tmp_path / "wrong.jsonl", "no_flip", [synthetic("bad_prompt")], False)
     bad = subprocess.run(cli + [str(tmp_path / "wrong.jsonl")], capture_output=True, text=True)

@@ -168,10 +168,14 @@ def _execute_one(args, tags: tuple[str, ...], kind: str) -> int:
     ovla = _model_options(args)
     workers = _workers(args)
     monitor_factory = None
-    if args.monitor or args.stop_on_alert:
-        from vla_eval.monitors import RuntimeMonitor
+    if args.monitor or args.stop_on_alert:  # thresholds calibrated for this policy where shipped
+        import functools
 
-        monitor_factory = RuntimeMonitor
+        from vla_eval.configs import shipped_thresholds
+        from vla_eval.monitors import RuntimeMonitor, Thresholds
+
+        path = shipped_thresholds(cfg.policy, cfg.suite)
+        monitor_factory = functools.partial(RuntimeMonitor, Thresholds.load(path) if path else None)
     res = run_sweep(cfg, run_dir, workers=workers, openvla=ovla, progress=not args.no_progress,
                     retry_errors=getattr(args, "retry_errors", False), stop_on_alert=args.stop_on_alert,
                     monitor_factory=monitor_factory, overlap=args.overlap, env_timeout_s=args.env_timeout,

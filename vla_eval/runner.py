@@ -21,7 +21,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from vla_eval.sims.parallel import EnvSpec, WorkerError, make_pool
+from vla_eval.sims.parallel import EnvSpec, WorkerError
+from vla_eval.sims.pools import make_pool
 from vla_eval.sims.protocol import CAMERAS, N_INIT_STATES, check_task_id, suite_spec
 from vla_eval.sims.stopping import raise_if_stopping, stop_on_signals
 from vla_eval.errors import UsageError

@@ -237,7 +237,7 @@ def _run_tags(run_dir, tags, all_jobs, policies, rc: RunConfig, retry_errors, mo
 
     result = SweepResult(run_dir)
     t0 = time.perf_counter()
-    from vla_eval.sims.parallel import make_pool
+    from vla_eval.sims.pools import make_pool
 
     with make_pool(rc.workers, rc.env_timeout_s, rc.ray_address) as pool:  # one set of envs for every tag: a drill creates them once
         for tag, _ in tags:

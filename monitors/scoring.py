@@ -1,0 +1,61 @@
+"""Score the predicates on tagged runs: per episode the predicates it matched, a confusion
+matrix (run tag x predicate), and per predicate its true-positive rate on its own fault, its
+false-alarm rate on the baseline and on the other faults, and its median detection latency.
+Shared by ``vla-eval monitor`` and the HTML report (numpy only, like the rest of monitors)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vla_eval.monitors.predicates import PREDICATES, Thresholds, Verdict
+from vla_eval.monitors.stream import classify, evaluate
+
+FAULT_TAGS = ("baseline",) + PREDICATES
+COLUMNS = PREDICATES + ("none",)
+
+
+@dataclass(frozen=True)
+class Scored:
+    tag: str
+    seed: int
+    task_id: int
+    outcome: str
+    got: frozenset
+    verdicts: tuple[Verdict, ...]
+
+    @property
+    def matches(self) -> bool:
+        """A fault's run matches exactly its own predicate; a baseline run matches none."""
+        return self.got == (frozenset() if self.tag == "baseline" else frozenset({self.tag}))
+
+
+def score(episodes, th: Thresholds) -> list[Scored]:
+    """``episodes``: (EpisodeRecord, its step records) pairs."""
+    out = []
+    for ep, steps in episodes:
+        verdicts, _ = evaluate(steps, th)
+        out.append(Scored(ep.run_tag, ep.seed, ep.task_id, ep.outcome, frozenset(classify(verdicts)), tuple(verdicts)))
+    return out
+
+
+def confusion(rows: list[Scored]) -> dict[str, dict[str, int]]:
+    table = {t: {c: 0 for c in COLUMNS} for t in FAULT_TAGS}
+    for r in rows:
+        if r.tag in table:
+            for g in r.got or {"none"}:
+                table[r.tag][g] += 1
+    return {t: c for t, c in table.items() if sum(c.values())}
+
+
+def predicate_table(rows: list[Scored]) -> list[dict]:
+    out = []
+    for pred in PREDICATES:
+        own = [r for r in rows if r.tag == pred]
+        base = [r for r in rows if r.tag == "baseline"]
+        other = [r for r in rows if r.tag in PREDICATES and r.tag != pred]
+        steps = sorted(v.step for r in own for v in r.verdicts if v.predicate == pred and v.step is not None)
+        rate = lambda xs: (sum(pred in r.got for r in xs) / len(xs)) if xs else float("nan")  # noqa: E731
+        out.append({"predicate": pred, "tpr": rate(own), "n_own": len(own), "fa_baseline": rate(base),
+                    "n_baseline": len(base), "fa_other": rate(other), "n_other": len(other),
+                    "latency": float(steps[len(steps) // 2]) + 1 if steps else None,
+                    "exact": sum(r.matches for r in own) / len(own) if own else float("nan")})
+    return out
