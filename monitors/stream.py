@@ -65,9 +65,11 @@ class RuntimeMonitor:
             return self._fire(Verdict("bad_action", ERROR, t, {"error": f"monitor could not read the step: {e!r}"[:200]}))
 
     def finish(self, episode=None) -> list[str]:
-        """End-of-episode predicates. no_flip is a diagnosis by elimination: only when no
-        other predicate explained the failure."""
-        if self._fired:
+        """End-of-episode predicates. no_flip by elimination (only when no other predicate
+        explained the failure) is the fallback where the online confidence check is off
+        (``conf_min`` 0: no calibration, or a policy that logs no token probability): it
+        calls every ordinary failure no_flip, so it is a WARN, never an ERROR."""
+        if self._fired or (self.th.conf_min > 0 and self.state.conf_n > 0):
             return []
         return self._fire(check_no_flip_at_end(self.state))
 
