@@ -55,6 +55,17 @@ def confidence_score(trace, window: int) -> float | None:
     return float(np.mean(probs)) if len(probs) == window else None
 
 
+def consistency_score(trace, window: int) -> float:
+    """Mean cosine between consecutive translation directions over the first ``window`` steps."""
+    x = _actions(trace)[:window, :3]
+    if len(x) < window:
+        return float("inf")
+    n = np.linalg.norm(x, axis=1)
+    ok = (n[1:] * n[:-1]) > 1e-9
+    cos = np.where(ok, (x[1:] * x[:-1]).sum(1) / np.where(ok, n[1:] * n[:-1], 1.0), 1.0)
+    return float(cos.mean())
+
+
 def min_runs(alpha: float) -> int:
     """Baseline runs needed for a false-alarm guarantee of ``alpha`` (conformal: n + 1 >= 1/alpha)."""
     return max(1, math.ceil(1.0 / alpha) - 1)
@@ -87,10 +98,14 @@ def calibrate(baseline: Sequence, alpha: float = 0.05, base: Thresholds = Thresh
                          "every step, so no scale threshold separates them")
     smalls = np.sort([small_score(t, base.min_steps) for t in baseline])
     unnorm_small = min(0.5 * float(smalls[k - 1]), 1e6) if base.unnorm_small > 0 else 0.0
+    # no_flip's online check fires on either of two signals: each gets alpha/2 (Bonferroni).
+    k2 = max(1, math.floor(alpha / 2 * (n + 1)))
     conf = sorted(x for x in (confidence_score(t, base.conf_window) for t in baseline) if x is not None)
-    conf_min = float(conf[k - 1]) * (1 - 1e-9) if len(conf) == n else base.conf_min  # only when every run logs it
+    conf_min = float(conf[k2 - 1]) * (1 - 1e-9) if len(conf) == n else base.conf_min  # only when every run logs it
+    cons = np.sort([consistency_score(t, base.cos_window) for t in baseline])
+    cos_min = float(np.clip(cons[k2 - 1] - 1e-9, -1.0, 1.0)) if np.isfinite(cons[k2 - 1]) else base.cos_min
     return replace(base, prompt_norm=max(prompt_thr, 0.0), unnorm_abs=unnorm_abs, unnorm_frac=max(unnorm_frac, 1e-6),
-                   unnorm_small=unnorm_small, conf_min=conf_min)
+                   unnorm_small=unnorm_small, conf_min=conf_min, cos_min=cos_min)
 
 
 def false_alarm_rate(traces: Sequence, th: Thresholds) -> float:

@@ -19,7 +19,7 @@ rng = np.random.default_rng(0)
 
 def synthetic(kind: str, n: int = 60, success: bool = False) -> list[dict]:
     """SYNTHETIC trace with the signature of ``kind``."""
-    steps = []
+    steps, offset = [], rng.uniform(0, 2 * np.pi)
     for t in range(n):
         a = np.zeros(7)
         if kind == "bad_prompt":  # frozen, gripper included
@@ -27,8 +27,9 @@ def synthetic(kind: str, n: int = 60, success: bool = False) -> list[dict]:
         elif kind == "bad_unnorm":  # bridge_orig's scale: translations ~25x smaller, the rest still moves
             a[:3] = rng.uniform(-0.04, 0.04, 3)
             a[3:6] = rng.normal(0, 0.05, 3)
-        else:  # baseline / no_flip: LIBERO-scale motions within [-1, 1]
-            a[:3] = rng.uniform(-0.9, 0.9, 3)
+        else:  # baseline / no_flip: smooth LIBERO-scale motions within [-1, 1]
+            phase = t / 10 + offset
+            a[:3] = 0.6 * np.array([np.cos(phase), np.sin(phase), 0.4]) + rng.normal(0, 0.05, 3)
             a[3:6] = rng.normal(0, 0.02, 3)
         a[6] = (1.0 if (t // 15) % 2 else -1.0) if kind != "bad_prompt" else -1.0  # gripper cycles
         done = success and t == n - 1

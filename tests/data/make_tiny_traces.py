@@ -1,8 +1,8 @@
-"""Regenerate tests/data/tiny_traces.jsonl: real traces of the shipped tiny OpenVLA, chosen
+"""Regenerate tests/data/tiny_traces/<tag>.jsonl: real traces of the shipped tiny OpenVLA, chosen
 before looking at them (tasks 3 and 7, seed 0, every run tag), from a held-out baseline sweep
 and the fault runs:
 
-    python tests/data/make_tiny_traces.py runs/tiny-eval runs/tiny-faults tests/data/tiny_traces.jsonl
+    python tests/data/make_tiny_traces.py runs/tiny-eval runs/tiny-faults tests/data/tiny_traces
 """
 import sys
 from pathlib import Path
@@ -14,17 +14,16 @@ PICK = {(3, 0), (7, 0)}  # (task, seed)
 
 def main(baseline_dir: str, faults_dir: str, dst: str) -> None:
     logs = [Path(baseline_dir) / "baseline.jsonl"] + sorted(Path(faults_dir).glob("*.jsonl"))
-    n = 0
-    with JsonlWriter(Path(dst)) as w:
-        for path in logs:
-            log = read_jsonl(path)
+    Path(dst).mkdir(parents=True, exist_ok=True)
+    for path in logs:  # one file per run tag, as a run folder holds them
+        log = read_jsonl(path)
+        with JsonlWriter(Path(dst) / path.name) as w:
             for ep in log.episodes:
                 if (ep.task_id, ep.seed) in PICK:
                     for s in log.steps_of(ep):
                         w.write(s)
                     w.write(ep)
-                    n += 1
-    print(dst, n, "episodes")
+        print(Path(dst) / path.name)
 
 
 if __name__ == "__main__":
