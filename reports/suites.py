@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vla_eval.errors import UsageError, require
+from vla_eval.errors import UsageError, bad_choice, require
 from vla_eval.records import read_jsonl
 from vla_eval.reports.stats import published_number, rate_of
 from vla_eval.sims.protocol import SUITES
@@ -21,9 +21,10 @@ def parse_suites(text: str) -> tuple[str, ...]:
     """``libero_object`` | ``libero_spatial,libero_goal`` | ``all4``."""
     names = ALL4 if text == "all4" else tuple(s.strip() for s in text.split(",") if s.strip())
     bad = [s for s in names if s not in SUITES]
-    if bad or not names or len(set(names)) != len(names):
-        raise UsageError(f"--suite {text!r}: give one suite, a comma-separated list without repeats, or all4; "
-                         f"valid suites: {', '.join(SUITES)}")
+    if bad:
+        raise bad_choice("suite", bad[0], [*SUITES, "all4 (several: comma-separated)"])
+    if not names or len(set(names)) != len(names):
+        raise UsageError(f"--suite {text!r}: give one suite, a comma-separated list without repeats, or all4")
     return names
 
 
