@@ -185,7 +185,8 @@ def _monitor(cfg: dict, logs: dict[str, RunLog]) -> dict:
               "fa_other": f"{pct(r['fa_other'])} of {r['n_other']}",
               "latency": "–" if r["latency"] is None else f"{r['latency']:.0f}"}
              for r in predicate_table(rows) if r["n_own"] or r["n_baseline"]]
-    return {"thresholds": f"the thresholds calibrated for this policy ({path.name})" if path else "the generic default thresholds",
+    which = f"the thresholds calibrated for this policy ({path.name})" if path else "the generic default thresholds"
+    return {"thresholds": which,
             "table": table, "columns": list(COLUMNS),
             "confusion": [{"tag": t, "counts": [c[k] for k in COLUMNS]} for t, c in confusion(rows).items()]}
 

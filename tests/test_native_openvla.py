@@ -298,6 +298,10 @@ def test_native_drill_on_real_libero_with_two_batched_envs(ckpt, tmp_path):
         assert abs(means["baseline"][seed] - means["bad_prompt"][seed]) < 0.5
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["provenance"]["openvla"]["native"] is True and manifest["provenance"]["openvla"]["batch"] == 2
+    from vla_eval.reports.html import write_report
+
+    html = write_report(out).read_text()  # a drill's report replays every episode through the monitor
+    assert 'id="monitor-table"' in html and 'id="monitor-confusion"' in html and "generic default thresholds" in html
 
 
 def test_batch_flag_conflicts_are_refused(ckpt):
