@@ -268,7 +268,7 @@ def _check_loss_family(p, model, rows) -> CheckResult:
     r = p.y_val - pred  # (N, 7)
     far = np.abs(r) > 0.5 * (np.abs(r).max(0) + 1e-9)  # residuals far from zero, per dim
     split = float(far.mean(0).max())
-    text = (f"residuals on validation: fraction far from zero per dim "
+    text = ("residuals on validation: fraction far from zero per dim "
             + " ".join(f"{x:.2f}" for x in far.mean(0)) + "  (unimodal noise: small; two modes: ~1)")
     return CheckResult(text, split > 0.5)
 

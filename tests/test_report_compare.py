@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from test_reliability import _episode, _step, make_shard
+from test_reliability import _episode, _step
 from vla_eval.records import JsonlWriter
 from vla_eval.reports.compare import compare_runs
 from vla_eval.reports.html import context, write_report
