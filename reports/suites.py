@@ -54,12 +54,12 @@ def summary(run_dir: Path, tag: str = "baseline") -> dict:
         sub = Path(run_dir) / suite
         path = sub / f"{tag}.jsonl"
         if not path.exists():
-            rows.append({"suite": suite, "rate": None, "published": None, "policy": None})
+            rows.append({"suite": suite, "rate": None, "published": None, "report": None})
             continue
         cfg = config_from_manifest(sub)
         rate = rate_of(e.outcome for e in read_jsonl(path).episodes)
         rows.append({"suite": suite, "rate": rate, "published": published_number(cfg.policy, suite),
-                     "policy": cfg.policy, "report": f"{suite}/report.html"})
+                     "report": f"{suite}/report.html"})
     done = [r for r in rows if r["rate"] is not None and r["rate"].n]
     mean = sum(r["rate"].p for r in done) / len(done) if done else None
     pub = [r["published"] for r in done]

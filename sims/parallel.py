@@ -40,6 +40,25 @@ class EnvSpec:
                          self.camera_names)
 
 
+class EnvHolder:
+    """One env, built from its spec on the first reset and rebuilt when the spec changes: what
+    a spawned worker, the in-process pool and a Ray actor each hold."""
+
+    def __init__(self):
+        self.env, self.spec = None, None
+
+    def reset(self, spec: EnvSpec, init_index: int) -> Observation:
+        if spec != self.spec:
+            self.close()  # stays cleared if the build below raises
+            self.env, self.spec = spec.build(), spec
+        return self.env.reset(init_index)
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+        self.env, self.spec = None, None
+
+
 @dataclass(frozen=True)
 class WorkerError:
     """An episode lost to its worker: ``kind`` is 'exception', 'crash' or 'timeout'."""
@@ -54,7 +73,7 @@ def _worker_main(conn) -> None:
     from vla_eval.sims.stopping import ignore_interrupts_in_worker
 
     ignore_interrupts_in_worker()  # the parent decides when to stop; no tracebacks from workers
-    env, spec = None, None
+    holder = EnvHolder()
     while True:
         try:
             cmd, payload = conn.recv()
@@ -64,17 +83,11 @@ def _worker_main(conn) -> None:
             break
         try:
             if cmd == "reset":
-                new_spec, init_index = payload
-                if new_spec != spec:
-                    if env is not None:
-                        env.close()
-                    env, spec = None, None  # stays cleared if the build below raises
-                    env, spec = new_spec.build(), new_spec
-                conn.send(("ok", env.reset(init_index)))
+                conn.send(("ok", holder.reset(*payload)))
             elif cmd == "step":
-                conn.send(("ok", env.step(payload)))
+                conn.send(("ok", holder.env.step(payload)))
             elif cmd == "eval":  # privileged read-only queries, e.g. sim state for scripted policies
-                conn.send(("ok", payload(env)))
+                conn.send(("ok", payload(holder.env)))
             else:
                 conn.send(("error", f"unknown command {cmd!r}", ""))
         except (BrokenPipeError, ConnectionResetError):
@@ -84,8 +97,7 @@ def _worker_main(conn) -> None:
                 conn.send(("error", f"{type(e).__name__}: {e}", traceback.format_exc()))
             except OSError:
                 break
-    if env is not None:
-        env.close()
+    holder.close()
 
 
 RESET_TIMEOUT_S, STEP_TIMEOUT_S = 180.0, 60.0  # a hung env becomes an error episode after these
@@ -208,21 +220,15 @@ class LocalPool:
     n_workers = 1
 
     def __init__(self):
-        self._env, self._spec = None, None
+        self._holder = EnvHolder()
 
     def reset(self, jobs: Mapping[int, tuple[EnvSpec, int]]) -> dict:
         ((slot, (spec, init_index)),) = jobs.items()
-        return {slot: _guarded(slot, self._reset, spec, init_index)}
-
-    def _reset(self, spec: EnvSpec, init_index: int) -> Observation:
-        if spec != self._spec:
-            self.close()
-            self._env, self._spec = spec.build(), spec
-        return self._env.reset(init_index)
+        return {slot: _guarded(slot, self._holder.reset, spec, init_index)}
 
     def step(self, actions: Mapping[int, np.ndarray]) -> dict:
         ((slot, action),) = actions.items()
-        return {slot: _guarded(slot, lambda a: self._env.step(a), action)}
+        return {slot: _guarded(slot, lambda a: self._holder.env.step(a), action)}
 
     def send_step(self, actions: Mapping[int, np.ndarray]) -> dict:
         return self.step(actions)  # one in-process env: the step runs now, nothing overlaps
@@ -231,12 +237,10 @@ class LocalPool:
         return sent
 
     def query(self, slot: int, fn):
-        return fn(self._env)
+        return fn(self._holder.env)
 
     def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-        self._env, self._spec = None, None
+        self._holder.close()
 
     def __enter__(self):
         return self

@@ -21,11 +21,11 @@ from typing import Mapping
 import numpy as np
 
 from vla_eval.errors import UsageError, require
-from vla_eval.sims.parallel import RESET_TIMEOUT_S, STEP_TIMEOUT_S, EnvSpec, WorkerError
+from vla_eval.sims.parallel import RESET_TIMEOUT_S, STEP_TIMEOUT_S, EnvHolder, EnvSpec, WorkerError
 
 
-class EnvActor:
-    """Holds one LIBERO env in a Ray worker process; rebuilt when the spec changes."""
+class EnvActor(EnvHolder):
+    """One LIBERO env in a Ray worker process (rebuilt when the spec changes)."""
 
     def __init__(self, gl_backend: str | None = None):
         from vla_eval.sims.libero_env import configure_gl
@@ -33,18 +33,10 @@ class EnvActor:
         if gl_backend:
             os.environ.setdefault("MUJOCO_GL", gl_backend)
         configure_gl()
-        self.env, self.spec = None, None
+        super().__init__()
 
     def pid(self) -> int:
         return os.getpid()
-
-    def reset(self, spec: EnvSpec, init_index: int):
-        if spec != self.spec:
-            if self.env is not None:
-                self.env.close()
-            self.env, self.spec = None, None
-            self.env, self.spec = spec.build(), spec
-        return self.env.reset(init_index)
 
     def step(self, action: np.ndarray):
         return self.env.step(action)
@@ -72,7 +64,6 @@ class RayPool:
         self._gl = os.environ.get("MUJOCO_GL")
         self._actors = [self._cls.remote(self._gl) for _ in range(n_workers)]
         self.restarts = 0
-        self.lost = 0
 
     @property
     def n_workers(self) -> int:
@@ -105,7 +96,6 @@ class RayPool:
                                         str(e)[-4000:])
             except (exc.RayActorError, exc.ObjectLostError, exc.WorkerCrashedError, exc.NodeDiedError) as e:
                 out[slot] = WorkerError(slot, "lost", f"Ray env actor lost ({type(e).__name__}): {str(e)[:300]}")
-                self.lost += 1
             if isinstance(out[slot], WorkerError) and out[slot].kind != "exception":
                 self._replace(slot)
         return out

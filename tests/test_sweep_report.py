@@ -180,3 +180,13 @@ def test_signals_stop_cleanly_between_steps(tmp_path, sig, code):
     assert f"stopped ({signal.Signals(sig).name})" in err and "re-run the same command" in err
     assert "Traceback" not in err
     assert all(e.outcome != "error" for e in read_jsonl(log).episodes)
+
+
+def test_summary_of_a_several_suite_run_that_has_not_started(tmp_path):
+    """Suites without episodes yet: the summary renders with an 'Incomplete' banner, no average."""
+    from vla_eval.reports.suites import summary, write_suites_file, write_suites_report
+
+    write_suites_file(tmp_path, ("libero_object", "libero_goal"))
+    assert summary(tmp_path)["mean"] is None and not summary(tmp_path)["complete"]
+    html = write_suites_report(tmp_path).read_text()
+    assert "Incomplete" in html and 'data-suite="libero_goal"' in html

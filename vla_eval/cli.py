@@ -123,7 +123,8 @@ def _execute(args, tags: tuple[str, ...], kind: str) -> int:
         suites = parse_suites(args.suite)
         label = "all4" if args.suite == "all4" else "+".join(suites)
         cfg = _sweep_config(argparse.Namespace(**{**vars(args), "suite": suites[0]}), tags)
-        run_dir = args.out or _default_out(cfg, kind).with_name(_default_out(cfg, kind).name.replace(suites[0], label))
+        first = _default_out(cfg, kind)  # the first suite's default name, with the suites' label in its place
+        run_dir = args.out or first.with_name(first.name.replace(suites[0], label))
         if (run_dir / "manifest.json").exists():
             raise UsageError(f"{run_dir} is a single-suite run folder; use another --out for a several-suite run")
         write_suites_file(run_dir, suites)

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from vla_eval.errors import UsageError, require
+from vla_eval.policies.preprocess import PROMPT_TEMPLATES
 
-TEMPLATES = ("default", "rephrased")
+TEMPLATES = tuple(PROMPT_TEMPLATES)
 
 
 @dataclass
@@ -41,12 +42,9 @@ class Agreement:
 
 def action_bins(actions: np.ndarray, stats: dict) -> np.ndarray:
     """(N, 7) unnormalised actions -> (N, 7) bin indices 0..254 (the inverse of decoding)."""
-    from vla_eval.policies.action_tokens import bin_centres
+    from vla_eval.policies.action_tokens import bin_centres, normalize
 
-    q01, q99 = np.asarray(stats["q01"], float), np.asarray(stats["q99"], float)
-    mask = np.asarray(stats.get("mask", np.ones_like(q01, dtype=bool)), bool)
-    normalized = np.where(mask, 2.0 * (actions - q01) / np.where(q99 > q01, q99 - q01, 1.0) - 1.0, actions)
-    return np.abs(normalized[..., None] - bin_centres()).argmin(-1)
+    return np.abs(normalize(actions, stats)[..., None] - bin_centres()).argmin(-1)
 
 
 def compare(native, remote, images: list[np.ndarray], prompts: list[str], keys: list[str]) -> list[Agreement]:
