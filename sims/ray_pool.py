@@ -24,6 +24,26 @@ from vla_eval.errors import UsageError, require
 from vla_eval.sims.parallel import RESET_TIMEOUT_S, STEP_TIMEOUT_S, EnvHolder, EnvSpec, WorkerError
 
 
+def ray_initialized() -> bool:
+    import sys
+
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
+
+
+def connect(address: str | None, local_cpus: int | None = None):
+    """``ray`` connected to ``address`` (None: a local instance with at least ``local_cpus``
+    logical CPUs, so every actor the run asks for fits); a clear message if unreachable."""
+    ray = require("ray", "ray", "vla-eval sweep --ray")
+    if not ray.is_initialized():
+        local = {} if address else {"num_cpus": max(os.cpu_count() or 1, local_cpus or 0)}
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise UsageError(f"--ray {address or '(local)'}: could not reach a Ray cluster ({e}); start one with "
+                             f"`ray start --head` and pass its address, or pass no address for a local one") from e
+    return ray
+
+
 class EnvActor(EnvHolder):
     """One LIBERO env in a Ray worker process (rebuilt when the spec changes)."""
 
@@ -50,20 +70,25 @@ class RayPool:
                  step_timeout_s: float = STEP_TIMEOUT_S):
         if n_workers < 1:
             raise UsageError(f"--ray needs at least one env worker (--workers or --batch), got {n_workers}")
-        self.ray = require("ray", "ray", "vla-eval sweep --ray")
+        self._own = not ray_initialized()
+        self.ray = connect(address)
         self.reset_timeout_s, self.step_timeout_s = reset_timeout_s, step_timeout_s
-        self._own = not self.ray.is_initialized()
-        if self._own:
-            try:
-                self.ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                              configure_logging=False)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                raise UsageError(f"--ray {address or '(local)'}: could not reach a Ray cluster ({e}); start one with "
-                                 f"`ray start --head` and pass its address, or pass no address for a local one") from e
-        self._cls = self.ray.remote(num_cpus=1, max_restarts=0)(EnvActor)
+        # SPREAD: env actors on as many nodes as possible (a lost node loses fewer episodes)
+        self._cls = self.ray.remote(num_cpus=1, max_restarts=0, scheduling_strategy="SPREAD")(EnvActor)
         self._gl = os.environ.get("MUJOCO_GL")
         self._actors = [self._cls.remote(self._gl) for _ in range(n_workers)]
         self.restarts = 0
+        self._wait_placed(reset_timeout_s)
+
+    def _wait_placed(self, timeout_s: float) -> None:
+        """Refuse at once when the cluster has no room for the env actors (else every reset times out)."""
+        pending = [a.pid.remote() for a in self._actors]
+        ready, _ = self.ray.wait(pending, num_returns=len(pending), timeout=timeout_s)
+        if len(ready) < len(pending):
+            free = self.ray.available_resources().get("CPU", 0)
+            self.close()
+            raise UsageError(f"the Ray cluster placed {len(ready)} of {len(pending)} env actors within {timeout_s:.0f} s "
+                             f"(each needs 1 CPU; {free:g} CPUs free): use fewer --workers or add CPU nodes")
 
     @property
     def n_workers(self) -> int:

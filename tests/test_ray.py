@@ -57,19 +57,37 @@ def _wait_for(pred, timeout: float, what: str) -> None:
         time.sleep(0.5)
 
 
-def _env_actor_pids() -> list[int]:
+def _pids(marker: str) -> list[int]:
+    """Processes whose command line contains ``marker`` (Ray names actor processes ray::<Class>)."""
     pids = []
     for p in psutil.process_iter(["pid", "cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "ray::EnvActor" in cmd:
+        if marker in cmd:
             pids.append(p.info["pid"])
     return pids
 
 
-def test_ray_sweep_survives_kills_and_matches_local(tmp_path):
-    _sweep(tmp_path / "local", "--no-report")  # the reference: the env in this process
-    local = _outcomes(tmp_path / "local")
-    assert len(local) == 4
+def _env_actor_pids() -> list[int]:
+    return _pids("ray::EnvActor")
+
+
+def _ray_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).parent / "ray"), *args], capture_output=True, text=True,
+                          timeout=180, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+
+
+@pytest.fixture(scope="module")
+def local_outcomes(tmp_path_factory) -> dict:
+    """The reference: the scripted sweep with the env in this process."""
+    run = tmp_path_factory.mktemp("local")
+    _sweep(run, "--no-report")
+    got = _outcomes(run)
+    assert len(got) == 4
+    return got
+
+
+def test_ray_sweep_survives_kills_and_matches_local(tmp_path, local_outcomes):
+    local = local_outcomes
 
     ray_run = tmp_path / "ray"
     # 1) the driver is killed mid-sweep (SIGKILL: no clean-up at all) ...
@@ -79,8 +97,7 @@ def test_ray_sweep_survives_kills_and_matches_local(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True,
-                   timeout=120)  # the local instance the killed driver left behind
+    _ray_cli("stop", "--force")  # the local instance the killed driver left behind
     # 2) ... the same command resumes; one env actor is killed while it runs
     proc = _sweep(ray_run, "--ray", "--workers", "2", "--no-report", wait=False)
     killed, before = [], _steps_written(ray_run)
@@ -123,4 +140,102 @@ def test_several_suites_are_checked_before_anything_is_written(tmp_path):
                           "libero_object,libero_mars", "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert out.returncode == 2 and "unknown suite 'libero_mars'; valid: libero_spatial" in out.stderr
     assert "Traceback" not in out.stderr
+    assert not (tmp_path / "x").exists()
+
+
+# -- a cluster started with `ray start`: a head without CPUs and two worker nodes ----------------
+HEAD_PORT, DOOMED_NODE_PORT = 6391, 46391  # the node to lose is found by its raylet's port
+
+
+@pytest.fixture()
+def cluster():
+    """`ray start --head` + two worker nodes on this machine; the env actors can only go to
+    the workers (the head has no CPU). Yields the address to pass to --ray."""
+    _ray_cli("stop", "--force")
+    try:
+        for args in (["--head", f"--port={HEAD_PORT}", "--num-cpus=0", "--include-dashboard=false"],
+                     [f"--address=127.0.0.1:{HEAD_PORT}", "--num-cpus=1", f"--node-manager-port={DOOMED_NODE_PORT}"],
+                     [f"--address=127.0.0.1:{HEAD_PORT}", "--num-cpus=2"]):
+            started = _ray_cli("start", "--disable-usage-stats", *args)
+            assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        yield f"127.0.0.1:{HEAD_PORT}"
+    finally:
+        _ray_cli("stop", "--force")
+
+
+def test_multi_node_cluster_survives_a_lost_node(tmp_path, cluster, local_outcomes):
+    """The sweep joins a running cluster by address; one worker node dies mid-sweep (its raylet
+    SIGKILLed): its episode is re-queued on the other node, and the outcomes equal the local run."""
+    run = tmp_path / "ray"
+    proc = _sweep(run, "--ray", cluster, "--workers", "2", "--no-report", wait=False)
+    killed = []
+
+    def kill_node() -> bool:
+        raylets = _pids(f"--node_manager_port={DOOMED_NODE_PORT}")
+        if raylets and _steps_written(run) > 10:
+            for pid in raylets:
+                os.kill(pid, signal.SIGKILL)
+            killed.extend(raylets)
+            return True
+        return proc.poll() is not None
+
+    try:
+        _wait_for(kill_node, 400, "the first steps on the cluster")
+        out, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-2000:] + err[-4000:]
+    assert killed, "the sweep finished before the node could be lost"
+    assert "re-queued" in err
+    assert _outcomes(run) == local_outcomes
+
+
+# -- the policy in Ray actors --------------------------------------------------------------------
+TINY = ["sweep", "--policy", "tiny", "--tasks", "0", "--seeds", "2", "--max-steps", "30", "--fast-reset",
+        "--videos", "none", "--no-report", "--no-progress"]
+
+
+def _actions(run: Path) -> dict:
+    got = {}
+    for line in (run / "baseline.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["kind"] == "step":
+            got.setdefault((rec["task_id"], rec["seed"], rec["attempt"]), []).append(rec["action"])
+    episodes = {json.loads(line)["attempt"] for line in (run / "baseline.jsonl").read_text().splitlines()
+                if '"kind":"episode"' in line}
+    return {(t, s): a for (t, s, att), a in got.items() if att in episodes}
+
+
+def test_tiny_policy_in_ray_actors_acts_as_in_process_and_survives_a_kill(tmp_path):
+    """Two policy actors, each batching the rows of its env actors; one is SIGKILLed mid-sweep
+    (Ray restarts it and retries the step). Every action equals the in-process run's."""
+    _sweep(tmp_path / "local", "--workers", "2", args=TINY)
+    proc = _sweep(tmp_path / "ray", "--ray", "--workers", "2", "--policy-actors", "2", wait=False, args=TINY)
+    killed = []
+
+    def kill_policy_actor() -> bool:
+        pids = _pids("ray::PolicyActor")
+        if pids and _steps_written(tmp_path / "ray") > 8:
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+            return True
+        return proc.poll() is not None
+
+    try:
+        _wait_for(kill_policy_actor, 400, "the first steps of the policy actors")
+        out, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-2000:] + err[-4000:]
+    assert killed, "the sweep finished before a policy actor could be killed"
+    local, ray_run = _actions(tmp_path / "local"), _actions(tmp_path / "ray")
+    assert sorted(local) == [(0, 0), (0, 1)] and local == ray_run
+
+
+def test_policy_actors_need_ray(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "vla_eval.cli", *TINY, "--policy-actors", "2", "--out",
+                          str(tmp_path / "x")], capture_output=True, text=True)
+    assert out.returncode == 2 and "--policy-actors 2: policy actors live on a Ray cluster; add --ray" in out.stderr
     assert not (tmp_path / "x").exists()

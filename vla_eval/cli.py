@@ -61,7 +61,10 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: int) -> None:
                    help="split the envs into two groups: one simulates while the model acts for the other")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="env workers as Ray actors on a cluster (ADDRESS, e.g. auto or host:6379; no value: a local "
-                        "Ray instance); the policy and the run folder stay in this process")
+                        "Ray instance); the run folder stays in this process")
+    p.add_argument("--policy-actors", type=_non_negative, metavar="N",
+                   help="with --ray: the policy in N Ray actors, each batching the observations of its env "
+                        "actors (default: one per cluster GPU for a CUDA model; 0 for CPU: the policy in this process)")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<policy>-<suite>-<tasks>-<tags>)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
@@ -180,7 +183,8 @@ def _execute_one(args, tags: tuple[str, ...], kind: str) -> int:
     res = run_sweep(cfg, run_dir, workers=workers, openvla=ovla, progress=not args.no_progress,
                     retry_errors=getattr(args, "retry_errors", False), stop_on_alert=args.stop_on_alert,
                     monitor_factory=monitor_factory, overlap=args.overlap, env_timeout_s=args.env_timeout,
-                    videos=args.videos, ray_address=getattr(args, "ray", None))
+                    videos=args.videos, ray_address=getattr(args, "ray", None),
+                    policy_actors=getattr(args, "policy_actors", None))
     print(f"\nrun folder: {res.run_dir}  ({res.ran} episodes run, {res.skipped} already done, {res.wall_s:.1f} s)")
     for tag, eps in res.episodes.items():
         n = {o: sum(e.outcome == o for e in eps) for o in ("success", "failure", "error")}
@@ -238,9 +242,9 @@ def cmd_run(args) -> int:
     """``vla-eval run``: one episode (seed -> init state), any toggles, no resume bookkeeping."""
     from vla_eval.api import run_episode
 
-    if (args.batch or 1) > 1 or args.overlap or args.workers or args.ray:
-        raise UsageError("vla-eval run is one episode in this process: --batch, --overlap, --workers and --ray apply to "
-                         "sweep and drill")
+    if (args.batch or 1) > 1 or args.overlap or args.workers or args.ray or args.policy_actors is not None:
+        raise UsageError("vla-eval run is one episode in this process: --batch, --overlap, --workers, --ray and "
+                         "--policy-actors apply to sweep and drill")
     if args.all_tasks or args.tasks:
         raise UsageError("vla-eval run is one episode: pick its task with --task N (--tasks/--all-tasks apply to "
                          "sweep and drill)")

@@ -13,6 +13,7 @@ import platform
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -196,9 +197,12 @@ def run_sweep(
     env_timeout_s: float | None = None,
     videos: str = "default",
     ray_address: str | None = None,
+    policy_actors: int | None = None,
 ) -> SweepResult:
     """``videos``: which episodes' agentview videos to keep (``vla_eval.videos``; cameras on only).
-    ``ray_address``: env workers as Ray actors ("local" or a cluster address); same folder rules."""
+    ``ray_address``: env workers as Ray actors ("local" or a cluster address); same folder rules.
+    ``policy_actors``: with Ray, the policy runs in that many Ray actors (default: one per GPU
+    for a CUDA model, none for a CPU one: then it stays in this process)."""
     from vla_eval.videos import parse_policy
 
     parse_policy(videos)
@@ -207,28 +211,69 @@ def run_sweep(
     slot_groups(max(workers, 1), overlap)  # refuse a bad --overlap before loading any model
     if ray_address is not None and workers < 1:
         raise UsageError("--ray runs the envs as Ray actors: give their number with --workers N (or --batch N)")
+    if policy_actors is not None and (ray_address is None or policy_actors < 0):
+        raise UsageError(f"--policy-actors {policy_actors}: policy actors live on a Ray cluster; add --ray and give "
+                         f"0 (the policy in this process) or more")
     i, k = parse_shard(cfg.shard)
     tags = [(tag, toggles_for(tag)) for tag in cfg.tags]
     all_jobs = make_jobs(cfg.suite, cfg.task_ids, range(cfg.seeds))[i::k]
     openvla = replace(openvla, batch=max(1, workers))  # the model is called with one row per env
     if cfg.policy in PIXEL_POLICIES:
         openvla = resolve_options(cfg.policy, cfg.suite, openvla)
-    loaded = make_policies(cfg.policy, cfg.suite, [t for _, t in tags], openvla)
-    policies = {tag: p for (tag, _), p in zip(tags, loaded)}  # all set-up errors surface before any episode
-    from vla_eval.preflight import preflight
+    with _ray_session(ray_address, local_cpus=workers + (policy_actors or 0)) as ray:
+        n_actors = _policy_actor_count(ray, policy_actors, cfg.policy, openvla)
+        if n_actors:
+            from vla_eval.policies.ray_actors import make_ray_policies
 
-    for warning in preflight(policies[tags[0][0]], openvla.native):
-        print(f"pre-flight warning: {warning}", file=sys.stderr)
-    run_dir = Path(run_dir)
-    from vla_eval.sims.libero_env import configure_gl
+            gpu = cfg.policy in PIXEL_POLICIES and openvla.device.startswith("cuda")
+            loaded = make_ray_policies(ray, n_actors, cfg.policy, cfg.suite, [t for _, t in tags], openvla, gpu)
+        else:
+            loaded = make_policies(cfg.policy, cfg.suite, [t for _, t in tags], openvla)
+        policies = {tag: p for (tag, _), p in zip(tags, loaded)}  # all set-up errors surface before any episode
+        from vla_eval.preflight import preflight
 
-    configure_gl()  # before the manifest records MUJOCO_GL
-    with run_lock(run_dir, "run episodes"):  # one writer per folder, manifest checked under the lock
-        _check_or_write_manifest(run_dir, cfg, asdict(openvla) if cfg.policy in PIXEL_POLICIES else None)
-        rc = RunConfig(cameras=cfg.cameras, hard_reset=cfg.hard_reset, max_steps=cfg.max_steps, workers=workers,
-                       stop_on_alert=stop_on_alert, overlap=overlap, env_timeout_s=env_timeout_s,
-                       ray_address=ray_address)
-        return _run_tags(run_dir, tags, all_jobs, policies, rc, retry_errors, monitor_factory, progress, videos)
+        for warning in preflight(policies[tags[0][0]], openvla.native):
+            print(f"pre-flight warning: {warning}", file=sys.stderr)
+        run_dir = Path(run_dir)
+        from vla_eval.sims.libero_env import configure_gl
+
+        configure_gl()  # before the manifest records MUJOCO_GL
+        with run_lock(run_dir, "run episodes"):  # one writer per folder, manifest checked under the lock
+            _check_or_write_manifest(run_dir, cfg, asdict(openvla) if cfg.policy in PIXEL_POLICIES else None)
+            rc = RunConfig(cameras=cfg.cameras, hard_reset=cfg.hard_reset, max_steps=cfg.max_steps,
+                           workers=workers, stop_on_alert=stop_on_alert, overlap=overlap,
+                           env_timeout_s=env_timeout_s, ray_address=ray_address)
+            return _run_tags(run_dir, tags, all_jobs, policies, rc, retry_errors, monitor_factory, progress, videos)
+
+
+@contextmanager
+def _ray_session(address: str | None, local_cpus: int):
+    """Connected Ray (None without --ray); a local instance started here is shut down after the run."""
+    if address is None:
+        yield None
+        return
+    from vla_eval.sims.ray_pool import connect, ray_initialized
+
+    own = not ray_initialized()
+    ray = connect(None if address == "local" else address, local_cpus)
+    try:
+        yield ray
+    finally:
+        from vla_eval.policies.ray_actors import kill_policy_actors
+
+        kill_policy_actors(ray)  # on a shared cluster they would hold their GPUs after the run
+        if own:
+            ray.shutdown()
+
+
+def _policy_actor_count(ray, requested: int | None, policy: str, openvla: OpenVLAOptions) -> int:
+    if ray is None:
+        return 0
+    if requested is not None:
+        return requested
+    from vla_eval.policies.ray_actors import default_actor_count
+
+    return default_actor_count(ray, openvla.device) if policy in PIXEL_POLICIES else 0
 
 
 def _run_tags(run_dir, tags, all_jobs, policies, rc: RunConfig, retry_errors, monitor_factory,
