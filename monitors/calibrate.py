@@ -71,12 +71,15 @@ def min_runs(alpha: float) -> int:
     return max(1, math.ceil(1.0 / alpha) - 1)
 
 
-def calibrate(baseline: Sequence, alpha: float = 0.05, base: Thresholds = Thresholds()) -> Thresholds:
+def calibrate(baseline: Sequence, alpha: float = 0.05, base: Thresholds = Thresholds(),
+              no_flip: Sequence = ()) -> Thresholds:
     """``baseline``: traces of runs without a fault (successes and ordinary failures). Refuses
     fewer than ``min_runs(alpha)`` runs (no guarantee is possible). Never switches a predicate
     off: when healthy runs already exceed ``unnorm_abs`` on almost every step, the absolute
     threshold is raised above the healthy range instead of pushing the fraction past 1. The
-    too-small side sits at half the k-th smallest healthy score (a 2x shrink is caught)."""
+    too-small side sits at half the k-th smallest healthy score (a 2x shrink is caught).
+    ``no_flip``: traces of no_flip runs of the same (calibration) seeds; with them, the online
+    no_flip check keeps the signal or pair of signals that flags most of them (``choose_no_flip_signals``)."""
     from vla_eval.errors import UsageError
 
     n = len(baseline)
@@ -98,14 +101,43 @@ def calibrate(baseline: Sequence, alpha: float = 0.05, base: Thresholds = Thresh
                          "every step, so no scale threshold separates them")
     smalls = np.sort([small_score(t, base.min_steps) for t in baseline])
     unnorm_small = min(0.5 * float(smalls[k - 1]), 1e6) if base.unnorm_small > 0 else 0.0
-    # no_flip's online check fires on either of two signals: each gets alpha/2 (Bonferroni).
-    k2 = max(1, math.floor(alpha / 2 * (n + 1)))
-    conf = sorted(x for x in (confidence_score(t, base.conf_window) for t in baseline) if x is not None)
-    conf_min = float(conf[k2 - 1]) * (1 - 1e-9) if len(conf) == n else base.conf_min  # only when every run logs it
-    cons = np.sort([consistency_score(t, base.cos_window) for t in baseline])
-    cos_min = float(np.clip(cons[k2 - 1] - 1e-9, -1.0, 1.0)) if np.isfinite(cons[k2 - 1]) else base.cos_min
+    conf_min, cos_min = choose_no_flip_signals(baseline, no_flip, alpha, base)
     return replace(base, prompt_norm=max(prompt_thr, 0.0), unnorm_abs=unnorm_abs, unnorm_frac=max(unnorm_frac, 1e-6),
                    unnorm_small=unnorm_small, conf_min=conf_min, cos_min=cos_min)
+
+
+def _conf_threshold(baseline: Sequence, k: int, base: Thresholds) -> float:
+    """Alarm strictly below the k-th lowest healthy confidence; off (0) unless every run logs it."""
+    conf = sorted(x for x in (confidence_score(t, base.conf_window) for t in baseline) if x is not None)
+    return float(conf[k - 1]) * (1 - 1e-9) if len(conf) == len(baseline) else 0.0
+
+
+def _cos_threshold(baseline: Sequence, k: int, base: Thresholds) -> float:
+    cons = np.sort([consistency_score(t, base.cos_window) for t in baseline])
+    return float(np.clip(cons[k - 1] - 1e-9, -1.0, 1.0)) if np.isfinite(cons[k - 1]) else -1.0
+
+
+def no_flip_flagged(trace, conf_min: float, cos_min: float, base: Thresholds) -> bool:
+    """Would the online no_flip check (these two thresholds) fire on this run?"""
+    conf = confidence_score(trace, base.conf_window)
+    by_conf = conf_min > 0 and conf is not None and conf < conf_min
+    return by_conf or (cos_min > -1 and consistency_score(trace, base.cos_window) < cos_min)
+
+
+def choose_no_flip_signals(baseline: Sequence, no_flip: Sequence, alpha: float,
+                           base: Thresholds = Thresholds()) -> tuple[float, float]:
+    """(conf_min, cos_min) for the online no_flip check. Candidates: token confidence alone and
+    direction consistency alone (each at the full ``alpha``), or both (alpha/2 each, Bonferroni).
+    Without no_flip runs: both. With them (calibration seeds only, never held-out ones): the
+    candidate that flags most of them; ties go to a single signal (fewer ways to false-alarm)."""
+    n = len(baseline)
+    k, k2 = max(1, math.floor(alpha * (n + 1))), max(1, math.floor(alpha / 2 * (n + 1)))
+    both = (_conf_threshold(baseline, k2, base), _cos_threshold(baseline, k2, base))
+    if not no_flip:
+        return both
+    candidates = [(_conf_threshold(baseline, k, base), -1.0), (0.0, _cos_threshold(baseline, k, base)), both]
+    caught = [sum(no_flip_flagged(t, c, d, base) for t in no_flip) for c, d in candidates]
+    return candidates[int(np.argmax(caught))]  # argmax: the first best, singles before the pair
 
 
 def false_alarm_rate(traces: Sequence, th: Thresholds) -> float:

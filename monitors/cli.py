@@ -57,6 +57,8 @@ def _calibrate(logs, out: Path, alpha: float, calib_seeds: frozenset | None) -> 
         base = [(e, log) for log in logs for e in log.episodes if e.run_tag == "baseline"]
         fit = [log.steps_of(e) for e, log in base if e.seed in calib_seeds]
         held = [log.steps_of(e) for e, log in base if e.seed not in calib_seeds]
+        no_flip = [log.steps_of(e) for log in logs for e in log.episodes if e.run_tag == "no_flip"
+                   and e.seed in calib_seeds]
         where = f"seeds {','.join(map(str, sorted(calib_seeds)))}"
         if len(fit) < min_runs(alpha):
             raise UsageError(f"--calibrate at --alpha {alpha} needs at least {min_runs(alpha)} baseline runs of the "
@@ -68,10 +70,15 @@ def _calibrate(logs, out: Path, alpha: float, calib_seeds: frozenset | None) -> 
             raise UsageError(f"--calibrate at --alpha {alpha} needs at least {need} successful baseline runs in the "
                              f"logs (half fit, half held out), found {len(base)}: add baseline seeds or raise --alpha")
         fit, held = base[: (len(base) + 1) // 2], base[(len(base) + 1) // 2:]
-        where = "the first half of the successful baseline runs"
-    th = calibrate(fit, alpha)
+        where, no_flip = "the first half of the successful baseline runs", []
+    th = calibrate(fit, alpha, no_flip=no_flip)
     th.save(out)
     print(f"calibrated on {len(fit)} baseline runs ({where}; alpha {alpha}); saved {out}")
+    signals = [name for name, on in (("token confidence", th.conf_min > 0), ("direction consistency", th.cos_min > -1))
+               if on]
+    chosen = (f"chosen on {len(no_flip)} no_flip runs of the calibration seeds" if no_flip else
+              "both, at alpha/2 each (no no_flip runs of calibration seeds to choose on)")
+    print(f"online no_flip signals: {' + '.join(signals) or 'none'} ({chosen})")
     fa = false_alarm_rate(held, th) if held else float("nan")
     print(f"false-alarm rate on {len(held)} held-out baseline runs: {100 * fa:.0f}%")
     if fa > alpha:

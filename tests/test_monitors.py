@@ -86,6 +86,32 @@ def test_calibration_holds_its_false_alarm_rate_on_held_out_runs(tmp_path):
     assert Thresholds.load(tmp_path / "th.json") == th
 
 
+def test_no_flip_signals_are_chosen_on_calibration_fault_runs_only():
+    """SYNTHETIC: token confidence overlaps between healthy and no_flip runs, direction
+    consistency separates them. With no_flip runs of the calibration seeds the check keeps
+    consistency alone at the full alpha; without them it keeps both at alpha/2."""
+    from vla_eval.monitors.calibrate import choose_no_flip_signals
+
+    def run(conf: float, zigzag: bool) -> list[dict]:
+        steps = synthetic("baseline")
+        for t, s in enumerate(steps):
+            s["token_prob"] = conf
+            if zigzag:
+                s["action"][:3] *= (-1) ** t
+        return steps
+
+    probs = np.random.default_rng(1).uniform(0.7, 0.95, 30)
+    healthy = [run(c, False) for c in probs[:20]]
+    flipped = [run(c, True) for c in probs[20:]]
+    conf_min, cos_min = choose_no_flip_signals(healthy, flipped, alpha=0.1)
+    assert conf_min == 0.0 and cos_min > -1
+    th = calibrate(healthy, alpha=0.1, no_flip=flipped)
+    assert (th.conf_min, th.cos_min) == (conf_min, cos_min)
+    assert all("no_flip" in classify(evaluate(t, th)[0]) for t in flipped)
+    both = choose_no_flip_signals(healthy, [], alpha=0.1)
+    assert both[0] > 0 and both[1] > -1
+
+
 def test_monitor_imports_numpy_only():
     # vla_eval itself (its __init__ holds only the version) loads; nothing heavy, no other part.
     code = ("import sys, vla_eval.monitors; bad = [m for m in sys.modules if m.split('.')[0] in "
