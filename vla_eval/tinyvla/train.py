@@ -81,7 +81,7 @@ def shard_paths(demos: Path) -> list[Path]:
     return paths
 
 
-def load_demos(demos: Path, cache: Path) -> Demos:
+def load_demos(demos: Path, cache: Path, progress: bool = True) -> Demos:
     """All shards, frames preprocessed once (cached as .npz next to the run, keyed by the shard list)."""
     import pandas as pd
 
@@ -108,7 +108,8 @@ def load_demos(demos: Path, cache: Path) -> Demos:
 
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # JPEG and BLAS release the GIL
             frames = np.stack(list(tqdm(pool.map(lambda b: lanczos_resize(jpeg_decode(b)), df["image"]),
-                                        total=len(df), desc="preprocess", unit="frame")))
+                                        total=len(df), desc="preprocess", unit="frame",
+                                        disable=not progress)))
         cache.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".tmp.npz")
         np.savez(tmp, frames=frames)
@@ -219,7 +220,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     torch.set_num_threads(cfg.threads)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    demos = load_demos(cfg.demos, cfg.out / "cache")
+    demos = load_demos(cfg.demos, cfg.out / "cache", progress)
     stats = norm_stats_of(demos.actions, demos.n_episodes)
     tokens = normalized_to_tokens(normalize(libero_to_training_gripper(demos.actions), stats["action"]))  # (N, 7)
     tokenizer = load_tokenizer(cfg.tokenizer)
