@@ -110,3 +110,31 @@ def test_overlapped_env_groups_give_the_same_rollouts(pool, tmp_path):
         assert sorted(e.steps for e in log.episodes) == [25, 25]
     assert runs[False][0] == runs[True][0] and len(runs[True][0]) == 50
     assert runs[False][1] == {2} and runs[True][1] == {1}  # lockstep: both slots per call; overlap: one group
+
+
+def test_a_policy_that_raises_ends_its_episode_as_an_error_and_the_sweep_goes_on(tmp_path):
+    """A policy bug (e.g. a KeyError on a scene it does not know) on one episode: that episode is
+    an error with the traceback; the next episodes run as usual."""
+    from vla_eval.policies.simple import ScriptedExpert
+    from vla_eval.records import JsonlWriter, read_jsonl
+    from vla_eval.runner import RunConfig, make_jobs, run_episodes
+
+    class RaisesOnSeedOne(ScriptedExpert):
+        def reset(self, slot=0):
+            super().reset(slot)
+            self.episode = getattr(self, "episode", -1) + 1
+
+        def act(self, obs, slots=None):
+            if self.episode == 1:
+                raise KeyError("basket_1_pos")
+            return super().act(obs, slots)
+
+    path = tmp_path / "baseline.jsonl"
+    with JsonlWriter(path) as w:
+        eps = run_episodes(RaisesOnSeedOne(), make_jobs("libero_object", [0], [0, 1, 2]), w, "baseline",
+                           RunConfig(cameras=False, hard_reset=False))
+    by_seed = {e.seed: e for e in eps}
+    assert by_seed[1].outcome == "error" and by_seed[1].error.startswith("policy: KeyError: 'basket_1_pos'")
+    assert "Traceback" in by_seed[1].error
+    assert by_seed[0].outcome == "success" and by_seed[2].outcome == "success"
+    assert len(read_jsonl(path).episodes) == 3

@@ -177,7 +177,11 @@ class _Rollout:
             if not mine:
                 continue
             t = time.perf_counter()
-            batch = self.policy.act([self.active[s].obs for s in mine], mine)
+            try:
+                batch = self.policy.act([self.active[s].obs for s in mine], mine)
+            except Exception as e:  # noqa: BLE001 - the policy's bug ends these episodes, not the sweep
+                self._policy_failed(mine, e)
+                continue
             policy_s = (time.perf_counter() - t) / len(mine)
             t_sent = time.perf_counter()  # before send_step: an in-process env steps inside it
             sent = self.pool.send_step({s: batch.actions[i] for i, s in enumerate(mine)})
@@ -261,6 +265,18 @@ class _Rollout:
             print(f"note: env worker lost during task {job.task_id} seed {job.seed}; re-queued", file=sys.stderr)
             return
         self._finish(slot, "error", _describe(err))
+
+    def _policy_failed(self, slots: list[int], e: Exception) -> None:
+        """The policy raised on this batch: its episodes end as errors with the traceback (a
+        re-run with --retry-errors repeats them); the other slots and the queue go on."""
+        import traceback
+
+        tb = traceback.format_exc()
+        for slot in slots:
+            job = self.active[slot].job
+            print(f"note: the policy raised on task {job.task_id} seed {job.seed} ({type(e).__name__}: {e}); "
+                  f"episode recorded as an error", file=sys.stderr)
+            self._finish(slot, "error", f"policy: {type(e).__name__}: {e}\n{tb}"[-4000:])
 
     def _finish(self, slot: int, outcome: str, error: str | None = None) -> None:
         a = self.active.pop(slot)
