@@ -1,6 +1,6 @@
-"""Sweeps on Ray: env actors killed mid-sweep, the driver killed and resumed, and the outcomes
-equal a single-machine run of the same seeds (the scripted expert is deterministic); two
-suites in one folder. Real LIBERO physics, cameras off."""
+"""Sweeps on Ray: env actors, a worker node of a `ray start` cluster and policy actors killed
+mid-sweep, the driver killed and resumed; outcomes (scripted expert) and actions (tiny OpenVLA)
+equal a single-machine run of the same seeds; two suites in one folder. Real LIBERO physics."""
 import json
 import os
 import signal
@@ -67,8 +67,29 @@ def _pids(marker: str) -> list[int]:
     return pids
 
 
-def _env_actor_pids() -> list[int]:
-    return _pids("ray::EnvActor")
+def _kill_mid_run(proc, run: Path, marker: str, after_steps: int) -> tuple[str, str]:
+    """SIGKILL every process matching ``marker`` once ``run`` has more than ``after_steps``
+    step lines, then let the sweep finish; asserts it did, after the kill."""
+    killed = []
+
+    def kill() -> bool:
+        pids = _pids(marker)
+        if pids and _steps_written(run) > after_steps:
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            killed.extend(pids)
+            return True
+        return proc.poll() is not None
+
+    try:
+        _wait_for(kill, 400, f"a running {marker}")
+        out, err = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-2000:] + err[-4000:]
+    assert killed, f"the sweep finished before {marker} could be killed"
+    return out, err
 
 
 def _ray_cli(*args: str) -> subprocess.CompletedProcess:
@@ -98,26 +119,10 @@ def test_ray_sweep_survives_kills_and_matches_local(tmp_path, local_outcomes):
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     _ray_cli("stop", "--force")  # the local instance the killed driver left behind
-    # 2) ... the same command resumes; one env actor is killed while it runs
+    # 2) ... the same command resumes; its env actors are killed while it runs
     proc = _sweep(ray_run, "--ray", "--workers", "2", "--no-report", wait=False)
-    killed, before = [], _steps_written(ray_run)
-
-    def kill_one_actor() -> bool:
-        pids = _env_actor_pids()
-        if pids and _steps_written(ray_run) > before + 10:
-            os.kill(pids[0], signal.SIGKILL)
-            killed.append(pids[0])
-            return True
-        return proc.poll() is not None
-
-    try:
-        _wait_for(kill_one_actor, 400, "a running Ray env actor")
-        out, err = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, out[-2000:] + err[-4000:]
-    assert killed, "the sweep finished before an actor could be killed"
+    # both env actors are SIGKILLed at once: their episodes are re-queued on fresh actors
+    _, err = _kill_mid_run(proc, ray_run, "ray::EnvActor", _steps_written(ray_run) + 10)
     assert "re-queued" in err
     assert _outcomes(ray_run) == local  # every (task, seed) exactly once, the same outcomes
 
@@ -168,25 +173,7 @@ def test_multi_node_cluster_survives_a_lost_node(tmp_path, cluster, local_outcom
     SIGKILLed): its episode is re-queued on the other node, and the outcomes equal the local run."""
     run = tmp_path / "ray"
     proc = _sweep(run, "--ray", cluster, "--workers", "2", "--no-report", wait=False)
-    killed = []
-
-    def kill_node() -> bool:
-        raylets = _pids(f"--node_manager_port={DOOMED_NODE_PORT}")
-        if raylets and _steps_written(run) > 10:
-            for pid in raylets:
-                os.kill(pid, signal.SIGKILL)
-            killed.extend(raylets)
-            return True
-        return proc.poll() is not None
-
-    try:
-        _wait_for(kill_node, 400, "the first steps on the cluster")
-        out, err = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, out[-2000:] + err[-4000:]
-    assert killed, "the sweep finished before the node could be lost"
+    _, err = _kill_mid_run(proc, run, f"--node_manager_port={DOOMED_NODE_PORT}", 10)
     assert "re-queued" in err
     assert _outcomes(run) == local_outcomes
 
@@ -208,28 +195,11 @@ def _actions(run: Path) -> dict:
 
 
 def test_tiny_policy_in_ray_actors_acts_as_in_process_and_survives_a_kill(tmp_path):
-    """Two policy actors, each batching the rows of its env actors; one is SIGKILLed mid-sweep
+    """Two policy actors, each batching the rows of its env actors; both are SIGKILLed mid-sweep
     (Ray restarts it and retries the step). Every action equals the in-process run's."""
     _sweep(tmp_path / "local", "--workers", "2", args=TINY)
     proc = _sweep(tmp_path / "ray", "--ray", "--workers", "2", "--policy-actors", "2", wait=False, args=TINY)
-    killed = []
-
-    def kill_policy_actor() -> bool:
-        pids = _pids("ray::PolicyActor")
-        if pids and _steps_written(tmp_path / "ray") > 8:
-            os.kill(pids[0], signal.SIGKILL)
-            killed.append(pids[0])
-            return True
-        return proc.poll() is not None
-
-    try:
-        _wait_for(kill_policy_actor, 400, "the first steps of the policy actors")
-        out, err = proc.communicate(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, out[-2000:] + err[-4000:]
-    assert killed, "the sweep finished before a policy actor could be killed"
+    _kill_mid_run(proc, tmp_path / "ray", "ray::PolicyActor", 8)
     local, ray_run = _actions(tmp_path / "local"), _actions(tmp_path / "ray")
     assert sorted(local) == [(0, 0), (0, 1)] and local == ray_run
 
