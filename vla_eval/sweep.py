@@ -221,15 +221,7 @@ def run_sweep(
     if cfg.policy in PIXEL_POLICIES:
         openvla = resolve_options(cfg.policy, cfg.suite, openvla)
     with _ray_session(ray_address, local_cpus=workers + (policy_actors or 0)) as ray:
-        n_actors = _policy_actor_count(ray, policy_actors, cfg.policy, openvla)
-        if n_actors:
-            from vla_eval.policies.ray_actors import make_ray_policies
-
-            gpu = cfg.policy in PIXEL_POLICIES and openvla.device.startswith("cuda")
-            loaded = make_ray_policies(ray, n_actors, cfg.policy, cfg.suite, [t for _, t in tags], openvla, gpu)
-        else:
-            loaded = make_policies(cfg.policy, cfg.suite, [t for _, t in tags], openvla)
-        policies = {tag: p for (tag, _), p in zip(tags, loaded)}  # all set-up errors surface before any episode
+        policies = _load_policies(ray, policy_actors, cfg, tags, openvla)  # set-up errors surface before any episode
         from vla_eval.preflight import preflight
 
         for warning in preflight(policies[tags[0][0]], openvla.native):
@@ -266,14 +258,23 @@ def _ray_session(address: str | None, local_cpus: int):
             ray.shutdown()
 
 
-def _policy_actor_count(ray, requested: int | None, policy: str, openvla: OpenVLAOptions) -> int:
-    if ray is None:
-        return 0
-    if requested is not None:
-        return requested
-    from vla_eval.policies.ray_actors import default_actor_count
+def _load_policies(ray, policy_actors: int | None, cfg: SweepConfig, tags, openvla: OpenVLAOptions) -> dict:
+    """tag -> policy: in this process, or (Ray) proxies of policy actors that hold the weights.
+    Default actor count: one per cluster GPU for a CUDA model, none otherwise."""
+    toggles = [t for _, t in tags]
+    n_actors = 0
+    if ray is not None:
+        from vla_eval.policies.ray_actors import default_actor_count, make_ray_policies
 
-    return default_actor_count(ray, openvla.device) if policy in PIXEL_POLICIES else 0
+        pixel = cfg.policy in PIXEL_POLICIES
+        n_actors = policy_actors if policy_actors is not None else (
+            default_actor_count(ray, openvla.device) if pixel else 0)
+    if n_actors:
+        gpu = pixel and openvla.device.startswith("cuda")
+        loaded = make_ray_policies(ray, n_actors, cfg.policy, cfg.suite, toggles, openvla, gpu)
+    else:
+        loaded = make_policies(cfg.policy, cfg.suite, toggles, openvla)
+    return {tag: p for (tag, _), p in zip(tags, loaded)}
 
 
 def _run_tags(run_dir, tags, all_jobs, policies, rc: RunConfig, retry_errors, monitor_factory,
