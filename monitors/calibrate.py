@@ -9,7 +9,7 @@ give the measured false-alarm rate.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -101,7 +101,8 @@ def calibrate(baseline: Sequence, alpha: float = 0.05, base: Thresholds = Thresh
                          "every step, so no scale threshold separates them")
     smalls = np.sort([small_score(t, base.min_steps) for t in baseline])
     unnorm_small = min(0.5 * float(smalls[k - 1]), 1e6) if base.unnorm_small > 0 else 0.0
-    conf_min, cos_min = choose_no_flip_signals(baseline, no_flip, alpha, base)
+    choice = choose_no_flip_signals(baseline, no_flip, alpha, base)
+    conf_min, cos_min = choice.conf_min, choice.cos_min
     return replace(base, prompt_norm=max(prompt_thr, 0.0), unnorm_abs=unnorm_abs, unnorm_frac=max(unnorm_frac, 1e-6),
                    unnorm_small=unnorm_small, conf_min=conf_min, cos_min=cos_min)
 
@@ -124,20 +125,40 @@ def no_flip_flagged(trace, conf_min: float, cos_min: float, base: Thresholds) ->
     return by_conf or (cos_min > -1 and consistency_score(trace, base.cos_window) < cos_min)
 
 
+@dataclass(frozen=True)
+class NoFlipChoice:
+    conf_min: float  # 0: token confidence off
+    cos_min: float  # -1: direction consistency off
+    caught: dict  # candidate -> no_flip runs of the calibration seeds it flags
+    note: str  # what was chosen and why, for the user
+
+
 def choose_no_flip_signals(baseline: Sequence, no_flip: Sequence, alpha: float,
-                           base: Thresholds = Thresholds()) -> tuple[float, float]:
-    """(conf_min, cos_min) for the online no_flip check. Candidates: token confidence alone and
-    direction consistency alone (each at the full ``alpha``), or both (alpha/2 each, Bonferroni).
-    Without no_flip runs: both. With them (calibration seeds only, never held-out ones): the
-    candidate that flags most of them; ties go to a single signal (fewer ways to false-alarm)."""
+                           base: Thresholds = Thresholds()) -> NoFlipChoice:
+    """Thresholds of the online no_flip check. Candidates: token confidence alone and direction
+    consistency alone (each at the full ``alpha``), or both (alpha/2 each, Bonferroni) - the
+    pair only when there are enough runs for alpha/2 (``min_runs``): with fewer, each of its
+    thresholds would sit at the most extreme healthy score and the pair could alarm on up to
+    2/(n+1) of healthy runs, above alpha. With no_flip runs of the calibration seeds (never
+    held-out ones) the candidate that flags most of them wins; ties go to a single signal."""
     n = len(baseline)
     k, k2 = max(1, math.floor(alpha * (n + 1))), max(1, math.floor(alpha / 2 * (n + 1)))
-    both = (_conf_threshold(baseline, k2, base), _cos_threshold(baseline, k2, base))
+    candidates = {"token confidence": (_conf_threshold(baseline, k, base), -1.0),
+                  "direction consistency": (0.0, _cos_threshold(baseline, k, base))}
+    pair_ok = n >= min_runs(alpha / 2)
+    if pair_ok:
+        candidates["both"] = (_conf_threshold(baseline, k2, base), _cos_threshold(baseline, k2, base))
+    short = "" if pair_ok else (f"; the pair needs {min_runs(alpha / 2)} baseline runs at alpha {alpha} "
+                                f"(alpha/2 each), got {n}")
     if not no_flip:
-        return both
-    candidates = [(_conf_threshold(baseline, k, base), -1.0), (0.0, _cos_threshold(baseline, k, base)), both]
-    caught = [sum(no_flip_flagged(t, c, d, base) for t in no_flip) for c, d in candidates]
-    return candidates[int(np.argmax(caught))]  # argmax: the first best, singles before the pair
+        name = "both" if pair_ok else "direction consistency"
+        conf, cos = candidates[name]
+        return NoFlipChoice(conf, cos, {}, f"{name} (no no_flip runs of the calibration seeds to choose on{short})")
+    caught = {name: sum(no_flip_flagged(t, c, d, base) for t in no_flip) for name, (c, d) in candidates.items()}
+    name = max(caught, key=caught.get)  # the first best: singles come before the pair
+    conf, cos = candidates[name]
+    counts = ", ".join(f"{k_} {v}/{len(no_flip)}" for k_, v in caught.items())
+    return NoFlipChoice(conf, cos, caught, f"{name} (no_flip runs of the calibration seeds flagged: {counts}{short})")
 
 
 def false_alarm_rate(traces: Sequence, th: Thresholds) -> float:

@@ -51,7 +51,7 @@ def _calibrate(logs, out: Path, alpha: float, calib_seeds: frozenset | None) -> 
     Calibration runs: the baseline runs of ``calib_seeds`` (any outcome); without it, the
     first half of the successful baseline runs (the second half is held out)."""
     from vla_eval.errors import UsageError
-    from vla_eval.monitors.calibrate import calibrate, false_alarm_rate, min_runs
+    from vla_eval.monitors.calibrate import calibrate, choose_no_flip_signals, false_alarm_rate, min_runs
 
     if calib_seeds is not None:
         base = [(e, log) for log in logs for e in log.episodes if e.run_tag == "baseline"]
@@ -74,11 +74,7 @@ def _calibrate(logs, out: Path, alpha: float, calib_seeds: frozenset | None) -> 
     th = calibrate(fit, alpha, no_flip=no_flip)
     th.save(out)
     print(f"calibrated on {len(fit)} baseline runs ({where}; alpha {alpha}); saved {out}")
-    signals = [name for name, on in (("token confidence", th.conf_min > 0), ("direction consistency", th.cos_min > -1))
-               if on]
-    chosen = (f"chosen on {len(no_flip)} no_flip runs of the calibration seeds" if no_flip else
-              "both, at alpha/2 each (no no_flip runs of calibration seeds to choose on)")
-    print(f"online no_flip signals: {' + '.join(signals) or 'none'} ({chosen})")
+    print(f"online no_flip signal: {choose_no_flip_signals(fit, no_flip, alpha).note}")
     fa = false_alarm_rate(held, th) if held else float("nan")
     print(f"false-alarm rate on {len(held)} held-out baseline runs: {100 * fa:.0f}%")
     if fa > alpha:

@@ -66,10 +66,13 @@ class RuntimeMonitor:
 
     def finish(self, episode=None) -> list[str]:
         """End-of-episode predicates. no_flip by elimination (only when no other predicate
-        explained the failure) is the fallback where the online confidence check is off
-        (``conf_min`` 0: no calibration, or a policy that logs no token probability): it
-        calls every ordinary failure no_flip, so it is a WARN, never an ERROR."""
-        if self._fired or (self.th.conf_min > 0 and self.state.conf_n > 0):
+        explained the failure) is the fallback where no online no_flip check ran (none
+        calibrated, a policy that logs no token probability, or a run shorter than the
+        check's window): it calls every ordinary failure no_flip, so it is a WARN, never an ERROR."""
+        s, th = self.state, self.th
+        online = ((th.conf_min > 0 and s.conf_n >= th.conf_window)
+                  or (th.cos_min > -1 and s.cos_n >= th.cos_window - 1))
+        if self._fired or online:
             return []
         return self._fire(check_no_flip_at_end(self.state))
 

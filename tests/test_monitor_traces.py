@@ -25,7 +25,7 @@ def shipped() -> Thresholds:
     path = shipped_thresholds("tiny", "libero_object")
     assert path is not None
     th = Thresholds.load(path)
-    assert th.conf_min > 0 and th.cos_min > -1 and th.unnorm_small > 0  # calibrated: the online checks are on
+    assert th.cos_min > -1 and th.unnorm_small > 0  # calibrated: the online checks are on
     return th
 
 
@@ -46,15 +46,15 @@ def test_an_unflipped_image_is_flagged_online(shipped):
 
 def test_a_rephrased_prompt_is_flagged_but_not_told_apart_from_no_flip(shipped):
     """Measured on this policy: a rephrased prompt confuses the model the way an upside-down
-    image does (lower confidence, zig-zag translations), so the online no_flip check fires on
-    it; the frozen-policy signature of bad_prompt fires on only a third of held-out runs."""
+    image does (zig-zag translations, lower confidence), so the online no_flip check fires on
+    it (18 of 20 held-out runs); the frozen-policy signature of bad_prompt on none."""
     for trace in runs("bad_prompt"):
         assert classify(evaluate(trace, shipped)[0])  # flagged as abnormal
 
 
 def test_baseline_runs_stay_quiet(shipped):
     got = [classify(evaluate(trace, shipped)[0]) for trace in runs("baseline")]
-    assert sum(bool(g) for g in got) <= 1  # held-out false alarms: 2 of 30 (7%) in the full split
+    assert not any(got)  # held-out false alarms: 0 of 30 in the full split
     for trace in runs("baseline"):  # the generic defaults raise no ERROR on healthy runs
         assert all(v.level != "ERROR" for v in evaluate(trace)[0])
 

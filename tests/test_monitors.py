@@ -103,13 +103,17 @@ def test_no_flip_signals_are_chosen_on_calibration_fault_runs_only():
     probs = np.random.default_rng(1).uniform(0.7, 0.95, 30)
     healthy = [run(c, False) for c in probs[:20]]
     flipped = [run(c, True) for c in probs[20:]]
-    conf_min, cos_min = choose_no_flip_signals(healthy, flipped, alpha=0.1)
-    assert conf_min == 0.0 and cos_min > -1
+    choice = choose_no_flip_signals(healthy, flipped, alpha=0.1)
+    assert choice.conf_min == 0.0 and choice.cos_min > -1 and choice.note.startswith("direction consistency")
+    assert choice.caught["direction consistency"] == 10 and choice.caught["both"] == 10
     th = calibrate(healthy, alpha=0.1, no_flip=flipped)
-    assert (th.conf_min, th.cos_min) == (conf_min, cos_min)
+    assert (th.conf_min, th.cos_min) == (choice.conf_min, choice.cos_min)
     assert all("no_flip" in classify(evaluate(t, th)[0]) for t in flipped)
     both = choose_no_flip_signals(healthy, [], alpha=0.1)
-    assert both[0] > 0 and both[1] > -1
+    assert both.conf_min > 0 and both.cos_min > -1
+    # alpha 0.05 on 20 runs: alpha/2 per signal needs 39 runs, so the pair is no candidate
+    short = choose_no_flip_signals(healthy, flipped, alpha=0.05)
+    assert "both" not in short.caught and "the pair needs 39 baseline runs" in short.note
 
 
 def test_monitor_imports_numpy_only():
