@@ -318,7 +318,7 @@ def test_batch_flag_conflicts_are_refused(ckpt):
     assert r.returncode == 2 and "--overlap needs two env groups: --batch (or --workers) of at least 2, got 1" in r.stderr
     r = subprocess.run([sys.executable, "-m", "vla_eval.cli", "run", "--policy", "zero", "--batch", "4"],
                        capture_output=True, text=True)
-    assert r.returncode == 2 and "--batch, --overlap, --workers and --ray apply to sweep and drill" in r.stderr
+    assert r.returncode == 2 and "--batch, --overlap, --workers, --ray and --policy-actors apply to sweep and drill" in r.stderr
 
 
 def test_bench_policy_cli_prints_native_and_hf_loop_rows():
