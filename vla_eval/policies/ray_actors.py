@@ -9,8 +9,9 @@ the env actors it serves.
     driver:  rows reassembled in the runner's order -> the same ActionBatch as locally
 
 The driver stays the only writer of the run folder. A policy actor that dies is restarted
-once by Ray and the step retried (``max_restarts=1, max_task_retries=1``); a second loss is an
-error naming the actor.
+once by Ray and the step retried (``max_restarts=1, max_task_retries=1``); after a second
+loss its episodes end as errors (the runner records a raising policy that way): re-run with
+``--retry-errors``.
 """
 from __future__ import annotations
 
@@ -78,8 +79,8 @@ class RayPolicy:
         try:
             parts = {k: ray.get(ref) for k, ref in refs.items()}
         except ray.exceptions.RayActorError as e:
-            raise RuntimeError(f"a policy actor was lost twice ({type(e).__name__}); the episodes in flight are "
-                               f"not recorded, re-run the same command to resume") from e
+            raise RuntimeError(f"a policy actor was lost twice ({type(e).__name__}); its episodes end as errors: "
+                               f"re-run the same command with --retry-errors") from e
         return _reassemble(parts, rows, len(obs))
 
 
