@@ -72,14 +72,15 @@ def min_runs(alpha: float) -> int:
 
 
 def calibrate(baseline: Sequence, alpha: float = 0.05, base: Thresholds = Thresholds(),
-              no_flip: Sequence = ()) -> Thresholds:
+              no_flip: Sequence = (), choice: "NoFlipChoice | None" = None) -> Thresholds:
     """``baseline``: traces of runs without a fault (successes and ordinary failures). Refuses
     fewer than ``min_runs(alpha)`` runs (no guarantee is possible). Never switches a predicate
     off: when healthy runs already exceed ``unnorm_abs`` on almost every step, the absolute
     threshold is raised above the healthy range instead of pushing the fraction past 1. The
     too-small side sits at half the k-th smallest healthy score (a 2x shrink is caught).
     ``no_flip``: traces of no_flip runs of the same (calibration) seeds; with them, the online
-    no_flip check keeps the signal or pair of signals that flags most of them (``choose_no_flip_signals``)."""
+    no_flip check keeps the signal or pair of signals that flags most of them (``choose_no_flip_signals``;
+    pass its result as ``choice`` when already made)."""
     from vla_eval.errors import UsageError
 
     n = len(baseline)
@@ -101,28 +102,25 @@ def calibrate(baseline: Sequence, alpha: float = 0.05, base: Thresholds = Thresh
                          "every step, so no scale threshold separates them")
     smalls = np.sort([small_score(t, base.min_steps) for t in baseline])
     unnorm_small = min(0.5 * float(smalls[k - 1]), 1e6) if base.unnorm_small > 0 else 0.0
-    choice = choose_no_flip_signals(baseline, no_flip, alpha, base)
-    conf_min, cos_min = choice.conf_min, choice.cos_min
+    choice = choice or choose_no_flip_signals(baseline, no_flip, alpha, base)
     return replace(base, prompt_norm=max(prompt_thr, 0.0), unnorm_abs=unnorm_abs, unnorm_frac=max(unnorm_frac, 1e-6),
-                   unnorm_small=unnorm_small, conf_min=conf_min, cos_min=cos_min)
+                   unnorm_small=unnorm_small, conf_min=choice.conf_min, cos_min=choice.cos_min)
 
 
-def _conf_threshold(baseline: Sequence, k: int, base: Thresholds) -> float:
-    """Alarm strictly below the k-th lowest healthy confidence; off (0) unless every run logs it."""
-    conf = sorted(x for x in (confidence_score(t, base.conf_window) for t in baseline) if x is not None)
-    return float(conf[k - 1]) * (1 - 1e-9) if len(conf) == len(baseline) else 0.0
-
-
-def _cos_threshold(baseline: Sequence, k: int, base: Thresholds) -> float:
-    cons = np.sort([consistency_score(t, base.cos_window) for t in baseline])
-    return float(np.clip(cons[k - 1] - 1e-9, -1.0, 1.0)) if np.isfinite(cons[k - 1]) else -1.0
+def _lowest(scores: Sequence[float], k: int, off: float) -> float:
+    """Alarm strictly below the k-th lowest healthy score; ``off`` (the switched-off value) when
+    a run has no score (token_prob not logged, or a run shorter than the window)."""
+    scores = np.sort(np.asarray(scores, dtype=float))
+    if np.isnan(scores).any() or not np.isfinite(scores[k - 1]):
+        return off
+    return float(scores[k - 1] - 1e-9 * max(1.0, abs(scores[k - 1])))
 
 
 def no_flip_flagged(trace, conf_min: float, cos_min: float, base: Thresholds) -> bool:
-    """Would the online no_flip check (these two thresholds) fire on this run?"""
-    conf = confidence_score(trace, base.conf_window)
-    by_conf = conf_min > 0 and conf is not None and conf < conf_min
-    return by_conf or (cos_min > -1 and consistency_score(trace, base.cos_window) < cos_min)
+    """Would the online no_flip check with these two thresholds fire on this run? (The streaming
+    monitor itself is replayed, so this can never disagree with it.)"""
+    verdicts, _ = evaluate(trace, replace(base, conf_min=conf_min, cos_min=cos_min))
+    return any(v.predicate == "no_flip" and v.step is not None for v in verdicts)
 
 
 @dataclass(frozen=True)
@@ -143,11 +141,15 @@ def choose_no_flip_signals(baseline: Sequence, no_flip: Sequence, alpha: float,
     held-out ones) the candidate that flags most of them wins; ties go to a single signal."""
     n = len(baseline)
     k, k2 = max(1, math.floor(alpha * (n + 1))), max(1, math.floor(alpha / 2 * (n + 1)))
-    candidates = {"token confidence": (_conf_threshold(baseline, k, base), -1.0),
-                  "direction consistency": (0.0, _cos_threshold(baseline, k, base))}
+    conf = [confidence_score(t, base.conf_window) for t in baseline]
+    conf = [np.nan if c is None else c for c in conf]
+    cons = [consistency_score(t, base.cos_window) for t in baseline]
+    conf_at = lambda r: max(_lowest(conf, r, 0.0), 0.0)  # noqa: E731
+    cos_at = lambda r: float(np.clip(_lowest(cons, r, -1.0), -1.0, 1.0))  # noqa: E731
+    candidates = {"token confidence": (conf_at(k), -1.0), "direction consistency": (0.0, cos_at(k))}
     pair_ok = n >= min_runs(alpha / 2)
     if pair_ok:
-        candidates["both"] = (_conf_threshold(baseline, k2, base), _cos_threshold(baseline, k2, base))
+        candidates["both"] = (conf_at(k2), cos_at(k2))
     short = "" if pair_ok else (f"; the pair needs {min_runs(alpha / 2)} baseline runs at alpha {alpha} "
                                 f"(alpha/2 each), got {n}")
     if not no_flip:

@@ -71,10 +71,11 @@ def _calibrate(logs, out: Path, alpha: float, calib_seeds: frozenset | None) -> 
                              f"logs (half fit, half held out), found {len(base)}: add baseline seeds or raise --alpha")
         fit, held = base[: (len(base) + 1) // 2], base[(len(base) + 1) // 2:]
         where, no_flip = "the first half of the successful baseline runs", []
-    th = calibrate(fit, alpha, no_flip=no_flip)
+    choice = choose_no_flip_signals(fit, no_flip, alpha)
+    th = calibrate(fit, alpha, choice=choice)
     th.save(out)
     print(f"calibrated on {len(fit)} baseline runs ({where}; alpha {alpha}); saved {out}")
-    print(f"online no_flip signal: {choose_no_flip_signals(fit, no_flip, alpha).note}")
+    print(f"online no_flip signal: {choice.note}")
     fa = false_alarm_rate(held, th) if held else float("nan")
     print(f"false-alarm rate on {len(held)} held-out baseline runs: {100 * fa:.0f}%")
     if fa > alpha:

@@ -187,14 +187,29 @@ def check_bad_unnorm(s: StreamState, step: int) -> Verdict | None:
     return None
 
 
+def _conf_ready(s: StreamState) -> bool:
+    """The confidence check is on and has its full window."""
+    return s.th.conf_min > 0 and s.conf_n == s.th.conf_window
+
+
+def _cos_ready(s: StreamState) -> bool:
+    """The direction-consistency check is on and has its full window."""
+    return s.th.cos_min > -1 and s.cos_n == s.th.cos_window - 1
+
+
+def online_no_flip_checked(s: StreamState) -> bool:
+    """An online no_flip check has judged this run (then elimination at the end is not needed)."""
+    return _conf_ready(s) or _cos_ready(s)
+
+
 def check_low_confidence(s: StreamState, step: int) -> Verdict | None:
     """The model is unsure of its actions from the start, or zig-zags: with an upside-down image
     the scene is out of its training distribution (the same image statistics, so img_mean
     cannot see it). Either calibrated signal fires; each is off until calibrated."""
-    if s.th.conf_min > 0 and s.conf_n == s.th.conf_window and s.conf_sum / s.conf_n < s.th.conf_min:
+    if _conf_ready(s) and s.conf_sum / s.conf_n < s.th.conf_min:
         return Verdict("no_flip", ERROR, step, {"mean_token_prob": s.conf_sum / s.conf_n, "threshold": s.th.conf_min,
                                                "window": s.th.conf_window})
-    if s.th.cos_min > -1 and s.cos_n == s.th.cos_window - 1 and s.cos_sum / s.cos_n < s.th.cos_min:
+    if _cos_ready(s) and s.cos_sum / s.cos_n < s.th.cos_min:
         return Verdict("no_flip", ERROR, step, {"direction_consistency": s.cos_sum / s.cos_n,
                                                "threshold": s.th.cos_min, "window": s.th.cos_window})
     return None

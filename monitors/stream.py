@@ -16,6 +16,7 @@ from typing import Iterable, Mapping
 
 from vla_eval.monitors.predicates import (
     ERROR, STREAMING, StreamState, Thresholds, Verdict, _finite, as_done, check_no_flip_at_end, finite_action,
+    online_no_flip_checked,
 )
 
 
@@ -69,10 +70,7 @@ class RuntimeMonitor:
         explained the failure) is the fallback where no online no_flip check ran (none
         calibrated, a policy that logs no token probability, or a run shorter than the
         check's window): it calls every ordinary failure no_flip, so it is a WARN, never an ERROR."""
-        s, th = self.state, self.th
-        online = ((th.conf_min > 0 and s.conf_n >= th.conf_window)
-                  or (th.cos_min > -1 and s.cos_n >= th.cos_window - 1))
-        if self._fired or online:
+        if self._fired or online_no_flip_checked(self.state):
             return []
         return self._fire(check_no_flip_at_end(self.state))
 
