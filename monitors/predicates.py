@@ -97,6 +97,15 @@ class Thresholds:
             raise UsageError(f"thresholds file {path}: {e}") from None
 
 
+def thresholds_for(policy: str, suite: str) -> tuple[Thresholds, Path | None]:
+    """The thresholds calibrated for a shipped policy and suite (``configs/monitors/``) and
+    their file, else the generic defaults and None: what ``--monitor`` and the report use."""
+    from vla_eval.configs import shipped_thresholds  # data only; keeps this module numpy-only
+
+    path = shipped_thresholds(policy, suite)
+    return (Thresholds.load(path) if path else Thresholds()), path
+
+
 @dataclass(frozen=True)
 class Verdict:
     predicate: str

@@ -172,12 +172,10 @@ def context(run_dir: Path) -> dict:
 def _monitor(cfg: dict, logs: dict[str, RunLog]) -> dict:
     """The predicates replayed on every tagged episode: per-predicate rates and the confusion
     matrix, with the thresholds a ``--monitor`` run of this policy uses."""
-    from vla_eval.configs import shipped_thresholds
-    from vla_eval.monitors import Thresholds
+    from vla_eval.monitors.predicates import thresholds_for
     from vla_eval.monitors.scoring import COLUMNS, confusion, predicate_table, score
 
-    path = shipped_thresholds(cfg["policy"], cfg["suite"])
-    th = Thresholds.load(path) if path else Thresholds()
+    th, path = thresholds_for(cfg["policy"], cfg["suite"])
     rows = score([(e, log.steps_of(e)) for log in logs.values() for e in log.episodes], th)
     pct = lambda x: "–" if x != x else f"{100 * x:.0f}%"  # noqa: E731
     table = [{"predicate": r["predicate"], "tpr": f"{pct(r['tpr'])} of {r['n_own']}", "exact": pct(r["exact"]),

@@ -25,11 +25,11 @@ def main() -> None:
     args = p.parse_args()
 
     from vla_eval.policies.factory import model_options, make_policies
-    from vla_eval.records import JsonlWriter, read_jsonl
+    from vla_eval.records import JsonlWriter
     from vla_eval.runner import RunConfig, make_jobs, run_episodes
     from vla_eval.sims.libero_env import configure_gl
     from vla_eval.sims.pools import make_pool
-    from vla_eval.sweep import toggles_for
+    from vla_eval.sweep import committed, toggles_for
 
     configure_gl()
     tags = args.tags.split(",")
@@ -40,10 +40,9 @@ def main() -> None:
     rc = RunConfig(max_steps=args.max_steps, workers=args.workers)
     with make_pool(args.workers) as pool:
         for tag, policy in zip(tags, policies):
-            path = args.out / f"{tag}.jsonl"
-            done = {(e.task_id, e.seed) for e in read_jsonl(path).episodes} if path.exists() else set()
+            done = {(e.task_id, e.seed) for e in committed(args.out, tag)}  # the sweep's resume rule
             jobs = [j for j in make_jobs("libero_object", range(10), seeds) if (j.task_id, j.seed) not in done]
-            with JsonlWriter(path) as w:
+            with JsonlWriter(args.out / f"{tag}.jsonl") as w:
                 eps = run_episodes(policy, jobs, w, tag, rc, pool=pool)
             print(f"{tag}: {len(eps)} run, {len(done)} already there", flush=True)
 

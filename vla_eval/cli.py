@@ -175,11 +175,10 @@ def _execute_one(args, tags: tuple[str, ...], kind: str) -> int:
     if args.monitor or args.stop_on_alert:  # thresholds calibrated for this policy where shipped
         import functools
 
-        from vla_eval.configs import shipped_thresholds
-        from vla_eval.monitors import RuntimeMonitor, Thresholds
+        from vla_eval.monitors.predicates import thresholds_for
+        from vla_eval.monitors import RuntimeMonitor
 
-        path = shipped_thresholds(cfg.policy, cfg.suite)
-        monitor_factory = functools.partial(RuntimeMonitor, Thresholds.load(path) if path else None)
+        monitor_factory = functools.partial(RuntimeMonitor, thresholds_for(cfg.policy, cfg.suite)[0])
     res = run_sweep(cfg, run_dir, workers=workers, openvla=ovla, progress=not args.no_progress,
                     retry_errors=getattr(args, "retry_errors", False), stop_on_alert=args.stop_on_alert,
                     monitor_factory=monitor_factory, overlap=args.overlap, env_timeout_s=args.env_timeout,

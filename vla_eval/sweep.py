@@ -222,20 +222,27 @@ def run_sweep(
         openvla = resolve_options(cfg.policy, cfg.suite, openvla)
     with _ray_session(ray_address, local_cpus=workers + (policy_actors or 0)) as ray:
         policies = _load_policies(ray, policy_actors, cfg, tags, openvla)  # set-up errors surface before any episode
-        from vla_eval.preflight import preflight
+        try:
+            from vla_eval.preflight import preflight
 
-        for warning in preflight(policies[tags[0][0]], openvla.native):
-            print(f"pre-flight warning: {warning}", file=sys.stderr)
-        run_dir = Path(run_dir)
-        from vla_eval.sims.libero_env import configure_gl
+            for warning in preflight(policies[tags[0][0]], openvla.native):
+                print(f"pre-flight warning: {warning}", file=sys.stderr)
+            run_dir = Path(run_dir)
+            from vla_eval.sims.libero_env import configure_gl
 
-        configure_gl()  # before the manifest records MUJOCO_GL
-        with run_lock(run_dir, "run episodes"):  # one writer per folder, manifest checked under the lock
-            _check_or_write_manifest(run_dir, cfg, asdict(openvla) if cfg.policy in PIXEL_POLICIES else None)
-            rc = RunConfig(cameras=cfg.cameras, hard_reset=cfg.hard_reset, max_steps=cfg.max_steps,
-                           workers=workers, stop_on_alert=stop_on_alert, overlap=overlap,
-                           env_timeout_s=env_timeout_s, ray_address=ray_address)
-            return _run_tags(run_dir, tags, all_jobs, policies, rc, retry_errors, monitor_factory, progress, videos)
+            configure_gl()  # before the manifest records MUJOCO_GL
+            with run_lock(run_dir, "run episodes"):  # one writer per folder, manifest checked under the lock
+                _check_or_write_manifest(run_dir, cfg, asdict(openvla) if cfg.policy in PIXEL_POLICIES else None)
+                rc = RunConfig(cameras=cfg.cameras, hard_reset=cfg.hard_reset, max_steps=cfg.max_steps,
+                               workers=workers, stop_on_alert=stop_on_alert, overlap=overlap,
+                               env_timeout_s=env_timeout_s, ray_address=ray_address)
+                return _run_tags(run_dir, tags, all_jobs, policies, rc, retry_errors, monitor_factory, progress,
+                                 videos)
+        finally:
+            if ray is not None:  # policy actors would hold their GPUs on a shared cluster after the run
+                from vla_eval.policies.ray_actors import release
+
+                release(ray, policies.values())
 
 
 @contextmanager
@@ -251,9 +258,6 @@ def _ray_session(address: str | None, local_cpus: int):
     try:
         yield ray
     finally:
-        from vla_eval.policies.ray_actors import kill_policy_actors
-
-        kill_policy_actors(ray)  # on a shared cluster they would hold their GPUs after the run
         if own:
             ray.shutdown()
 

@@ -96,9 +96,6 @@ def _reassemble(parts: dict[int, ActionBatch], rows: dict[int, list[int]], n: in
     return ActionBatch(actions, **fields)
 
 
-_LIVE: list = []  # the policy actors this process started, killed by kill_policy_actors
-
-
 def make_ray_policies(ray, n_actors: int, name: str, suite: str, toggles_per_tag: Sequence[Toggles],
                       opts: OpenVLAOptions, gpu: bool) -> list[RayPolicy]:
     """``n_actors`` policy actors (one GPU each with ``gpu``, one CPU each otherwise); one
@@ -106,11 +103,11 @@ def make_ray_policies(ray, n_actors: int, name: str, suite: str, toggles_per_tag
     cls = ray.remote(num_gpus=1 if gpu else 0, num_cpus=0 if gpu else 1, max_restarts=1,
                      max_task_retries=1)(PolicyActor)
     actors = [cls.remote(name, suite, list(toggles_per_tag), opts) for _ in range(n_actors)]
-    _LIVE.extend(actors)
     try:
         info = ray.get(actors[0].describe.remote())
         ray.get([a.describe.remote() for a in actors[1:]])
     except ray.exceptions.RayTaskError as e:  # the actor's __init__ raised: show its own error
+        _kill(ray, actors)
         cause = getattr(e, "cause", None)
         if isinstance(cause, UsageError):
             raise UsageError(str(cause)) from None
@@ -119,9 +116,15 @@ def make_ray_policies(ray, n_actors: int, name: str, suite: str, toggles_per_tag
             for tag in range(len(toggles_per_tag))]
 
 
-def kill_policy_actors(ray) -> None:
-    while _LIVE:
+def release(ray, policies) -> None:
+    """Kill the policy actors behind ``policies`` (other policies are ignored): on a shared
+    cluster they would hold their GPUs after the run."""
+    _kill(ray, {id(a): a for p in policies if isinstance(p, RayPolicy) for a in p.actors}.values())
+
+
+def _kill(ray, actors) -> None:
+    for actor in actors:
         try:
-            ray.kill(_LIVE.pop(), no_restart=True)
+            ray.kill(actor, no_restart=True)
         except Exception:  # noqa: BLE001 - already gone
             pass
