@@ -15,6 +15,9 @@ PICK = {(3, 0), (7, 0)}  # (task, seed)
 def main(baseline_dir: str, faults_dir: str, dst: str) -> None:
     logs = [Path(baseline_dir) / "baseline.jsonl"] + sorted(Path(faults_dir).glob("*.jsonl"))
     Path(dst).mkdir(parents=True, exist_ok=True)
+    stale = [Path(dst) / p.name for p in logs if (Path(dst) / p.name).exists()]
+    if stale:  # JsonlWriter appends: an old file would end up holding every episode twice
+        sys.exit(f"{', '.join(map(str, stale))} exist: delete them first to regenerate")
     for path in logs:  # one file per run tag, as a run folder holds them
         log = read_jsonl(path)
         with JsonlWriter(Path(dst) / path.name) as w:
