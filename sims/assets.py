@@ -142,7 +142,7 @@ def write_libero_config() -> Path:
 
     cfg = cfg_dir / "config.yaml"
     if not cfg.exists() or yaml.safe_load(cfg.read_text()) != paths:
-        tmp = cfg.with_suffix(".tmp")
+        tmp = cfg.with_suffix(f".{os.getpid()}.tmp")  # parallel workers may write it at once
         tmp.write_text(yaml.safe_dump(paths))
         tmp.replace(cfg)
     return cfg

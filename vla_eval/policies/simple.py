@@ -82,6 +82,11 @@ class ScriptedExpert:
     def reset(self, slot: int = 0) -> None:
         self._plans[slot] = _Plan()
 
+    def phase(self, slot: int = 0) -> tuple[str, int]:
+        """(phase, steps spent in it) of a slot's plan: the demo recorder perturbs some phases only."""
+        plan = self._plans.setdefault(slot, _Plan())
+        return plan.phase, plan.ticks
+
     def act(self, obs: Sequence[Observation], slots: Sequence[int] | None = None) -> ActionBatch:
         slots = range(len(obs)) if slots is None else slots
         return ActionBatch(np.stack([self._act_one(o, self._plans.setdefault(s, _Plan())) for o, s in zip(obs, slots)]))

@@ -12,7 +12,7 @@ _positive = int_at_least(1)
 
 
 def register(sub) -> None:
-    from vla_eval.tinyvla.demos import DEFAULT_NOISE, demos_root
+    from vla_eval.tinyvla.demos import DEFAULT_BURSTS, DEFAULT_NOISE, demos_root
 
     c = sub.add_parser("collect-demos", help="scripted-expert demos on real LIBERO (sampled scenes, never the "
                                              "eval init states) as parquet; resumable")
@@ -22,6 +22,8 @@ def register(sub) -> None:
     c.add_argument("--frame-every", type=_positive, default=2,
                    help="render and keep every k-th step (default 2: rendering is most of a step's cost)")
     c.add_argument("--noise", type=float, default=DEFAULT_NOISE, help="DART noise std on executed xyz (default 0.2)")
+    c.add_argument("--bursts", type=float, default=DEFAULT_BURSTS,
+                   help=f"per-step chance of a perturbation burst in noisy episodes (default {DEFAULT_BURSTS}; 0: none)")
     c.add_argument("--workers", type=_positive, default=2, help="env processes (default 2)")
     c.add_argument("--out", type=Path, help=f"demo folder (default {demos_root()}/<suite>)")
     c.add_argument("--no-progress", action="store_true")
@@ -44,7 +46,10 @@ def cmd_collect(args) -> int:
 
     if not 0.0 <= args.noise <= 1.0:
         raise UsageError(f"--noise must be in [0, 1], got {args.noise}")
-    cfg = DemoConfig(suite=args.suite, per_task=args.per_task, noise=args.noise, workers=args.workers,
+    if not 0.0 <= args.bursts <= 1.0:
+        raise UsageError(f"--bursts must be in [0, 1], got {args.bursts}")
+    cfg = DemoConfig(suite=args.suite, per_task=args.per_task, noise=args.noise, burst_prob=args.bursts,
+                     workers=args.workers,
                      frame_every=args.frame_every,
                      out=args.out or demos_root() / args.suite)
     counts = collect(cfg, progress=not args.no_progress)

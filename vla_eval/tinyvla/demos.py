@@ -14,12 +14,21 @@ written atomically, so an interrupted collection resumes where it stopped:
         image bytes      the upright 256x256 agentview frame as JPEG (q95, 4:2:0): the bytes
                          the eval chain makes before its resize and crop
         action  7 float  the expert's action (the label; LIBERO convention, gripper -1 open)
-        executed 7 float what the env received (label + DART noise on xyz in noisy episodes)
+        executed 7 float what the env received: in noisy episodes the label + DART noise on
+                         xyz, and now and then a perturbation burst (below)
         eef_pos 3 float, gripper_qpos 2 float
     task<T>/scene<K>.failed    the expert failed that scene: skipped on resume
     collection.json            the config the folder was collected with
 
     pd.read_parquet(path)  # any shard is a plain DataFrame
+
+Perturbation bursts (noisy episodes only): Gaussian DART noise alone moves the arm ~0.5 cm
+off the expert's path (the P-controller pulls it back within a few steps), while the trained
+policy drifts by centimetres and then closes its gripper beside or above the object. So now
+and then the recorder executes a few steps of its own instead of the expert's (a push of
+2-10 cm sideways or up while approaching, descending or carrying, or a premature gripper
+close before the grasp) and keeps the expert's labels: the frames that follow show the
+states a drifting policy reaches, labelled with the way back.
 """
 from __future__ import annotations
 
@@ -36,6 +45,7 @@ from vla_eval.errors import UsageError, require
 
 SCENE_SEED_BASE = 100_000  # far from the stored init states' indices 0..49
 DEFAULT_NOISE = 0.2
+DEFAULT_BURSTS = 0.04
 
 
 def demos_root() -> Path:
@@ -49,6 +59,10 @@ class DemoConfig:
     per_task: int = 20  # successful episodes per task
     noise: float = DEFAULT_NOISE  # DART: std of Gaussian noise on the executed xyz action
     clean_every: int = 3  # every third episode runs without noise
+    burst_prob: float = DEFAULT_BURSTS  # per-step chance of starting a perturbation burst (noisy episodes)
+    burst_steps: tuple[int, int] = (3, 8)  # a burst lasts this many steps (inclusive range)
+    burst_speed: float = 0.8  # executed xyz action magnitude during a push (~1 cm per step)
+    grip_burst_share: float = 0.3  # share of bursts before the grasp that close the gripper instead
     max_steps: int = 280
     # Rendering is ~80% of a step's cost on CPU: rendering every 2nd step gives ~1.7x the
     # scenes for the same time, and neighbouring frames are near-duplicates anyway.
@@ -76,6 +90,43 @@ def _is_noop(action: np.ndarray, prev_grip: float | None) -> bool:
     return bool(np.linalg.norm(action[:6]) < 1e-4 and prev_grip is not None and action[6] == prev_grip)
 
 
+_PUSH_PHASES = ("approach", "descend", "lift", "carry")  # the expert recovers from a push in these
+_PRE_GRASP = ("approach", "descend")
+
+
+class Bursts:
+    """Perturbation bursts of one noisy episode: ``apply`` turns the expert's label into what
+    the env executes. A burst starts with ``burst_prob`` per step in a perturbable phase
+    (descend only in its first 25 steps, so the expert's descend timeout never closes the
+    gripper off target) and holds one executed command for its length."""
+
+    def __init__(self, cfg: DemoConfig, rng: np.random.Generator):
+        self.cfg, self.rng = cfg, rng
+        self.left, self.command = 0, None
+
+    def apply(self, executed: np.ndarray, phase: str, ticks: int) -> np.ndarray:
+        cfg, rng = self.cfg, self.rng
+        perturbable = phase in _PUSH_PHASES and not (phase == "descend" and ticks > 25)
+        if self.left == 0 and perturbable and rng.random() < cfg.burst_prob:
+            self.left = int(rng.integers(cfg.burst_steps[0], cfg.burst_steps[1] + 1))
+            if phase in _PRE_GRASP and rng.random() < cfg.grip_burst_share:
+                self.command = ("grip", None)
+            else:
+                d = np.array([*rng.normal(0.0, 1.0, 2), rng.uniform(-0.3, 0.6)])  # sideways, rather up than down
+                self.command = ("push", cfg.burst_speed * d / np.linalg.norm(d))
+        if self.left == 0 or not perturbable:
+            self.left = 0
+            return executed
+        self.left -= 1
+        kind, push = self.command
+        executed = executed.copy()
+        if kind == "grip":
+            executed[6] = 1.0  # close early (LIBERO convention: +1 closes)
+        else:
+            executed[:3] = push
+        return executed
+
+
 def record_episode(env, expert, cfg: DemoConfig, task: int, k: int) -> tuple[list[dict], bool]:
     """One expert episode in a sampled scene -> (rows, success)."""
     from vla_eval.policies.preprocess import jpeg_encode
@@ -85,11 +136,14 @@ def record_episode(env, expert, cfg: DemoConfig, task: int, k: int) -> tuple[lis
     obs = env.reset_sampled(cfg.scene_seed(task, k))
     expert.reset(0)
     noise, rows, prev_grip = cfg.noise_of(k), [], None
+    bursts = Bursts(cfg, rng) if noise > 0 and cfg.burst_prob > 0 else None
     for step in range(cfg.max_steps):
         label = expert.act([obs]).actions[0]
         executed = label.copy()
         if noise > 0:
             executed[:3] = np.clip(executed[:3] + rng.normal(0.0, noise, 3), -1.0, 1.0)
+        if bursts is not None:
+            executed = bursts.apply(executed, *expert.phase(0))
         if obs.agentview is not None and not _is_noop(label, prev_grip):
             rows.append({
                 "task_id": task, "scene": k, "step": step, "instruction": obs.instruction,
@@ -154,12 +208,16 @@ def _check_config(cfg: DemoConfig) -> None:
     suite_spec(cfg.suite)
     for t in cfg.tasks:
         check_task_id(cfg.suite, t)
-    if cfg.per_task < 1 or cfg.workers < 1 or cfg.frame_every < 1 or not 0 <= cfg.noise <= 1:
-        raise UsageError(f"--per-task, --workers and --frame-every must be at least 1 and --noise in [0, 1]; "
-                         f"got {cfg.per_task}, {cfg.workers}, {cfg.frame_every}, {cfg.noise}")
+    if (cfg.per_task < 1 or cfg.workers < 1 or cfg.frame_every < 1 or not 0 <= cfg.noise <= 1
+            or not 0 <= cfg.burst_prob <= 1):
+        raise UsageError(f"--per-task, --workers and --frame-every must be at least 1, --noise and --bursts in "
+                         f"[0, 1]; got {cfg.per_task}, {cfg.workers}, {cfg.frame_every}, {cfg.noise}, "
+                         f"{cfg.burst_prob}")
     meta = cfg.out / "collection.json"
     mine = {"suite": cfg.suite, "noise": cfg.noise, "clean_every": cfg.clean_every, "max_steps": cfg.max_steps,
-            "scene_seed_base": SCENE_SEED_BASE, "frame_every": cfg.frame_every, "format": 2}
+            "scene_seed_base": SCENE_SEED_BASE, "frame_every": cfg.frame_every, "burst_prob": cfg.burst_prob,
+            "burst_steps": list(cfg.burst_steps), "burst_speed": cfg.burst_speed,
+            "grip_burst_share": cfg.grip_burst_share, "format": 3}
     if meta.exists():
         theirs = json.loads(meta.read_text())
         diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
