@@ -59,18 +59,49 @@ def test_shipped_tiny_policy_runs_a_real_episode(tmp_path):
     assert np.abs(actions[:, :3]).max() > 0.05  # it moves
 
 
+def test_perturbation_bursts_only_where_the_expert_recovers():
+    """Bursts push or close early only in approach/descend/lift/carry, hold one command for
+    their length, and never touch the grasp, the release or a late descend."""
+    from vla_eval.tinyvla.demos import Bursts, DemoConfig
+
+    cfg = DemoConfig(burst_prob=1.0, burst_steps=(3, 5))
+    bursts = Bursts(cfg, np.random.default_rng(0))
+    label = np.array([0.1, -0.2, 0.3, 0, 0, 0, -1.0])
+    for phase, ticks in (("close", 0), ("lower", 3), ("release", 1), ("done", 0), ("descend", 26)):
+        assert np.array_equal(bursts.apply(label, phase, ticks), label)
+    lengths, kinds = [], set()
+    for _ in range(200):  # consecutive perturbed steps in a phase that allows them
+        n, first = 0, bursts.apply(label, "approach", 0)
+        while True:
+            n += 1
+            out = bursts.apply(label, "approach", 0)
+            if bursts.left == 0:
+                break
+            assert np.array_equal(out, first)  # one command for the whole burst
+        lengths.append(n + 1)
+        kinds.add("grip" if first[6] == 1.0 else "push")
+        if first[6] != 1.0:
+            assert np.isclose(np.linalg.norm(first[:3]), cfg.burst_speed)
+    assert set(lengths) <= {3, 4, 5} and kinds == {"grip", "push"}
+    bursts = Bursts(cfg, np.random.default_rng(1))
+    carried = [bursts.apply(label, "carry", 0) for _ in range(50)]
+    assert all(c[6] == -1.0 for c in carried)  # no premature closes after the grasp
+    assert np.array_equal(label, [0.1, -0.2, 0.3, 0, 0, 0, -1.0])  # the label itself is never changed
+
+
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
-    """One real expert demo (libero_object task 0, a sampled scene), collected twice: the second
-    call must find it and record nothing."""
+    """Two real expert demos (libero_object task 0, sampled scenes: scene 0 clean, the next a
+    noisy one with perturbation bursts), collected twice: the second call must find them and
+    record nothing."""
     pytest.importorskip("pandas")
     from vla_eval.tinyvla.demos import DemoConfig, collect
 
     out = tmp_path_factory.mktemp("demos") / "libero_object"
-    cfg = DemoConfig(tasks=(0,), per_task=1, workers=1, out=out)
-    assert collect(cfg, progress=False) == {0: 1}
+    cfg = DemoConfig(tasks=(0,), per_task=2, workers=1, out=out)
+    assert collect(cfg, progress=False) == {0: 2}
     before = sorted(p.name for p in (out / "task0").iterdir())
-    assert collect(cfg, progress=False) == {0: 1}  # resumed: nothing new
+    assert collect(cfg, progress=False) == {0: 2}  # resumed: nothing new
     assert sorted(p.name for p in (out / "task0").iterdir()) == before
     return out
 
@@ -81,8 +112,15 @@ def test_demo_shards_are_plain_parquet_with_upright_frames(demo_dir):
 
     from vla_eval.policies.preprocess import jpeg_decode
 
-    (shard,) = (demo_dir / "task0").glob("*.parquet")
-    df = pd.read_parquet(shard)
+    clean, noisy = sorted((demo_dir / "task0").glob("*.parquet"), key=lambda p: int(p.stem[5:]))
+    df = pd.read_parquet(clean)
+    assert np.array_equal(np.stack(df["action"].to_numpy()), np.stack(df["executed"].to_numpy()))
+    labels, executed = (np.stack(pd.read_parquet(noisy)[c].to_numpy()) for c in ("action", "executed"))
+    pushed = np.isclose(np.linalg.norm(executed[:, :3], axis=1), 0.8, atol=1e-4)  # a burst's fixed speed
+    closed_early = (executed[:, 6] == 1.0) & (labels[:, 6] == -1.0)
+    burst = pushed | closed_early
+    assert burst.any() and not np.allclose(executed[burst], labels[burst], atol=0.05)  # labels stay the expert's
+    assert np.abs(labels[:, :3]).max() <= 1.0 and set(np.unique(labels[:, 6])) <= {-1.0, 1.0}
     assert {"task_id", "scene", "step", "instruction", "image", "action", "executed"} <= set(df.columns)
     assert len(df) > 40 and df["instruction"].nunique() == 1
     assert (df["step"] % 2 == 0).all()  # frame_every=2: only rendered steps are kept
@@ -144,3 +182,11 @@ def test_tiny_policy_refuses_another_checkpoint():
     opts = resolve_options("tiny", "libero_object", model_options("tiny"))
     assert opts.native and opts.device == "cpu" and opts.dtype == "float32" and Path(opts.checkpoint).is_dir()
     assert model_options("tiny", device="cuda").device == "cuda"  # an explicit choice is kept
+
+
+def test_collect_demos_refuses_a_bad_burst_rate_and_writes_nothing(tmp_path):
+    out = tmp_path / "demos"
+    r = subprocess.run([sys.executable, "-m", "vla_eval.cli", "collect-demos", "--bursts", "1.5", "--out", str(out),
+                        "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--bursts" in r.stderr and "1.5" in r.stderr, r.stderr
+    assert not out.exists()

@@ -44,10 +44,6 @@ def register(sub) -> None:
 def cmd_collect(args) -> int:
     from vla_eval.tinyvla.demos import DemoConfig, collect, demos_root
 
-    if not 0.0 <= args.noise <= 1.0:
-        raise UsageError(f"--noise must be in [0, 1], got {args.noise}")
-    if not 0.0 <= args.bursts <= 1.0:
-        raise UsageError(f"--bursts must be in [0, 1], got {args.bursts}")
     cfg = DemoConfig(suite=args.suite, per_task=args.per_task, noise=args.noise, burst_prob=args.bursts,
                      workers=args.workers,
                      frame_every=args.frame_every,
