@@ -98,7 +98,7 @@ def demo_dir(tmp_path_factory):
     from vla_eval.tinyvla.demos import DemoConfig, collect
 
     out = tmp_path_factory.mktemp("demos") / "libero_object"
-    cfg = DemoConfig(tasks=(0,), per_task=2, workers=1, out=out)
+    cfg = DemoConfig(tasks=(0,), per_task=2, workers=1, burst_prob=0.04, out=out)
     assert collect(cfg, progress=False) == {0: 2}
     before = sorted(p.name for p in (out / "task0").iterdir())
     assert collect(cfg, progress=False) == {0: 2}  # resumed: nothing new

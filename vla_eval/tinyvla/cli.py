@@ -23,7 +23,8 @@ def register(sub) -> None:
                    help="render and keep every k-th step (default 2: rendering is most of a step's cost)")
     c.add_argument("--noise", type=float, default=DEFAULT_NOISE, help="DART noise std on executed xyz (default 0.2)")
     c.add_argument("--bursts", type=float, default=DEFAULT_BURSTS,
-                   help=f"per-step chance of a perturbation burst in noisy episodes (default {DEFAULT_BURSTS}; 0: none)")
+                   help="per-step chance of a perturbation burst (a push or an early gripper close, expert "
+                        f"labels kept) in noisy episodes (default {DEFAULT_BURSTS:g}: none; 0.04 was tried, see README)")
     c.add_argument("--workers", type=_positive, default=2, help="env processes (default 2)")
     c.add_argument("--out", type=Path, help=f"demo folder (default {demos_root()}/<suite>)")
     c.add_argument("--no-progress", action="store_true")

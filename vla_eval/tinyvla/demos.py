@@ -45,7 +45,7 @@ from vla_eval.errors import UsageError, require
 
 SCENE_SEED_BASE = 100_000  # far from the stored init states' indices 0..49
 DEFAULT_NOISE = 0.2
-DEFAULT_BURSTS = 0.04
+DEFAULT_BURSTS = 0.0  # measured: 0.04 did not help the tiny policy (README); off, so the shipped data reproduces
 
 
 def demos_root() -> Path:
@@ -215,9 +215,10 @@ def _check_config(cfg: DemoConfig) -> None:
                          f"{cfg.burst_prob}")
     meta = cfg.out / "collection.json"
     mine = {"suite": cfg.suite, "noise": cfg.noise, "clean_every": cfg.clean_every, "max_steps": cfg.max_steps,
-            "scene_seed_base": SCENE_SEED_BASE, "frame_every": cfg.frame_every, "burst_prob": cfg.burst_prob,
-            "burst_steps": list(cfg.burst_steps), "burst_speed": cfg.burst_speed,
-            "grip_burst_share": cfg.grip_burst_share, "format": 3}
+            "scene_seed_base": SCENE_SEED_BASE, "frame_every": cfg.frame_every, "format": 2}
+    if cfg.burst_prob > 0:  # without bursts the shards equal the earlier collections' (same rng draws)
+        mine.update(burst_prob=cfg.burst_prob, burst_steps=list(cfg.burst_steps), burst_speed=cfg.burst_speed,
+                    grip_burst_share=cfg.grip_burst_share)
     if meta.exists():
         theirs = json.loads(meta.read_text())
         diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
