@@ -89,6 +89,30 @@ def test_perturbation_bursts_only_where_the_expert_recovers():
     assert np.array_equal(label, [0.1, -0.2, 0.3, 0, 0, 0, -1.0])  # the label itself is never changed
 
 
+def test_finer_patch_grid_is_the_same_architecture_on_a_14x14_grid():
+    """``train-tiny --patch 8``: both featurizers see 196 patches (the shipped 14 px: 64), and the
+    config names ViT variants the checkpoint loader knows."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from vla_eval.policies.native.vit import VISION_ARCHS
+    from vla_eval.tinyvla.train import TrainConfig, build, hf_config, norm_stats_of
+
+    actions = np.concatenate([np.random.default_rng(0).uniform(-1, 1, (50, 3)), np.zeros((50, 3)),
+                              np.repeat([[-1.0], [1.0]], 25, axis=0)], axis=1)
+    stats = norm_stats_of(actions, 2)
+    grids = {}
+    for patch in (14, 8):
+        cfg = TrainConfig(demos=Path("d"), out=Path("o"), tokenizer=Path("t"), patch=patch)
+        ids = hf_config(cfg, stats)["timm_model_ids"]
+        assert all(VISION_ARCHS[i].patch_size == patch for i in ids)
+        model = build(cfg, stats)
+        grids[patch] = {v.num_patches for v in model.cfg.vision}
+        logits = model.action_token_logits(torch.zeros(2, 6, 112, 112), [[1, 512, 29901]] * 2,
+                                           torch.full((2, 7), 31900))
+        assert logits.shape == (2, 7, 32064) and torch.isfinite(logits).all()
+    assert grids == {14: {64}, 8: {196}}
+
+
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
     """Two real expert demos (libero_object task 0, sampled scenes: scene 0 clean, the next a

@@ -31,6 +31,7 @@ import numpy as np
 
 from vla_eval.errors import UsageError
 
+PATCH_SUFFIX = {14: "", 8: "-p8"}  # patch size -> the timm-id suffix of its ViT variants
 PROMPT = "default"  # the template the model is trained on; the bad-prompt drill rephrases it
 UNNORM_KEY = "libero_object_no_noops"
 
@@ -53,6 +54,7 @@ class TrainConfig:
     seed: int = 0
     llm_width: int = 96
     llm_layers: int = 3
+    patch: int = 14             # ViT patch size on the 112 px input: 14 (8x8 grid, shipped) or 8 (14x14)
 
 
 def text_config(cfg: TrainConfig) -> dict:
@@ -150,7 +152,8 @@ def hf_config(cfg: TrainConfig, norm_stats: dict) -> dict:
     from vla_eval.policies.native.layout import openvla_config
 
     return openvla_config(
-        ["vla-eval/tiny-dinov2-reg4-112", "vla-eval/tiny-siglip-112"], [112, 112], text_config(cfg),
+        [f"vla-eval/tiny-dinov2-reg4-112{PATCH_SUFFIX[cfg.patch]}", f"vla-eval/tiny-siglip-112{PATCH_SUFFIX[cfg.patch]}"],
+        [112, 112], text_config(cfg),
         {UNNORM_KEY: norm_stats, "bridge_orig": {"action": shipped_norm_stats("bridge_orig")["action"]}},
         vision_backbone_id="tiny-dinosiglip-112px", llm_backbone_id="tiny-llama2")
 

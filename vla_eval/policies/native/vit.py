@@ -72,6 +72,10 @@ VISION_ARCHS["vla-eval/tiny-dinov2-reg4-112"] = replace(
     img_size=112)
 VISION_ARCHS["vla-eval/tiny-siglip-112"] = replace(
     VISION_ARCHS["vit_so400m_patch14_siglip_224"], embed_dim=64, depth=3, num_heads=4, mlp_hidden=128, img_size=112)
+# The same with 8 px patches (a 14x14 grid, ~3x the tokens): an object of ~7 px then fills a
+# patch instead of half of one.
+for _name in ("vla-eval/tiny-dinov2-reg4-112", "vla-eval/tiny-siglip-112"):
+    VISION_ARCHS[f"{_name}-p8"] = replace(VISION_ARCHS[_name], patch_size=8)
 
 
 class PatchEmbed(nn.Module):
