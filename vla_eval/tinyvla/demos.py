@@ -102,7 +102,8 @@ class Bursts:
 
     def __init__(self, cfg: DemoConfig, rng: np.random.Generator):
         self.cfg, self.rng = cfg, rng
-        self.left, self.command = 0, None
+        self.left = 0
+        self.push: np.ndarray | None = None  # the burst's executed xyz; None: an early gripper close
 
     def apply(self, executed: np.ndarray, phase: str, ticks: int) -> np.ndarray:
         cfg, rng = self.cfg, self.rng
@@ -110,20 +111,19 @@ class Bursts:
         if self.left == 0 and perturbable and rng.random() < cfg.burst_prob:
             self.left = int(rng.integers(cfg.burst_steps[0], cfg.burst_steps[1] + 1))
             if phase in _PRE_GRASP and rng.random() < cfg.grip_burst_share:
-                self.command = ("grip", None)
+                self.push = None
             else:
                 d = np.array([*rng.normal(0.0, 1.0, 2), rng.uniform(-0.3, 0.6)])  # sideways, rather up than down
-                self.command = ("push", cfg.burst_speed * d / np.linalg.norm(d))
+                self.push = cfg.burst_speed * d / np.linalg.norm(d)
         if self.left == 0 or not perturbable:
             self.left = 0
             return executed
         self.left -= 1
-        kind, push = self.command
         executed = executed.copy()
-        if kind == "grip":
+        if self.push is None:
             executed[6] = 1.0  # close early (LIBERO convention: +1 closes)
         else:
-            executed[:3] = push
+            executed[:3] = self.push
         return executed
 
 

@@ -31,7 +31,6 @@ import numpy as np
 
 from vla_eval.errors import UsageError
 
-PATCH_SUFFIX = {14: "", 8: "-p8"}  # patch size -> the timm-id suffix of its ViT variants
 PROMPT = "default"  # the template the model is trained on; the bad-prompt drill rephrases it
 UNNORM_KEY = "libero_object_no_noops"
 
@@ -150,10 +149,10 @@ def hf_config(cfg: TrainConfig, norm_stats: dict) -> dict:
     """config.json in the released layout (the remote code's OpenVLAConfig fields)."""
     from vla_eval.policies.action_tokens import shipped_norm_stats
     from vla_eval.policies.native.layout import openvla_config
+    from vla_eval.policies.native.vit import tiny_112_ids
 
     return openvla_config(
-        [f"vla-eval/tiny-dinov2-reg4-112{PATCH_SUFFIX[cfg.patch]}", f"vla-eval/tiny-siglip-112{PATCH_SUFFIX[cfg.patch]}"],
-        [112, 112], text_config(cfg),
+        tiny_112_ids(cfg.patch), [112, 112], text_config(cfg),
         {UNNORM_KEY: norm_stats, "bridge_orig": {"action": shipped_norm_stats("bridge_orig")["action"]}},
         vision_backbone_id="tiny-dinosiglip-112px", llm_backbone_id="tiny-llama2")
 

@@ -74,8 +74,16 @@ VISION_ARCHS["vla-eval/tiny-siglip-112"] = replace(
     VISION_ARCHS["vit_so400m_patch14_siglip_224"], embed_dim=64, depth=3, num_heads=4, mlp_hidden=128, img_size=112)
 # The same with 8 px patches (a 14x14 grid, ~3x the tokens): an object of ~7 px then fills a
 # patch instead of half of one.
-for _name in ("vla-eval/tiny-dinov2-reg4-112", "vla-eval/tiny-siglip-112"):
-    VISION_ARCHS[f"{_name}-p8"] = replace(VISION_ARCHS[_name], patch_size=8)
+TINY_112_IDS = ("vla-eval/tiny-dinov2-reg4-112", "vla-eval/tiny-siglip-112")
+
+
+def tiny_112_ids(patch: int = 14) -> list[str]:
+    """The trained tiny model's two featurizer ids for a patch size (14: the shipped ones)."""
+    return [name if patch == 14 else f"{name}-p{patch}" for name in TINY_112_IDS]
+
+
+for _name, _name8 in zip(TINY_112_IDS, tiny_112_ids(8)):
+    VISION_ARCHS[_name8] = replace(VISION_ARCHS[_name], patch_size=8)
 
 
 class PatchEmbed(nn.Module):
