@@ -83,7 +83,7 @@ def task_instruction(suite: str, task_id: int) -> str:
     return _suite(suite).get_task(task_id).language
 
 
-def _to_observation(raw: dict, instruction: str) -> Observation:
+def _to_observation(raw: dict, instruction: str, gripper_ctrl: float | None = None) -> Observation:
     objects = {
         k: np.asarray(v, dtype=np.float64)
         for k, v in raw.items()
@@ -99,6 +99,9 @@ def _to_observation(raw: dict, instruction: str) -> Observation:
         agentview=raw.get("agentview_image"),
         wrist=raw.get("robot0_eye_in_hand_image"),
         objects=objects,
+        gripper_qvel=np.asarray(raw["robot0_gripper_qvel"], dtype=np.float64) if "robot0_gripper_qvel" in raw else None,
+        joint_vel=np.asarray(raw["robot0_joint_vel"], dtype=np.float64) if "robot0_joint_vel" in raw else None,
+        gripper_ctrl=gripper_ctrl,
     )
 
 
@@ -177,7 +180,7 @@ class LiberoEnv:
         raw = self._env.set_init_state(self._init_states[init_state_index])
         for _ in range(NUM_WAIT_STEPS):
             raw, _, _, _ = self._env.step(WAIT_ACTION.tolist())
-        return _to_observation(raw, self.instruction)
+        return self._observation(raw)
 
     def reset_sampled(self, scene_seed: int) -> Observation:
         """A freshly sampled scene (object placements drawn from the task's BDDL regions with
@@ -188,14 +191,22 @@ class LiberoEnv:
         raw = None
         for _ in range(NUM_WAIT_STEPS):
             raw, _, _, _ = self._env.step(WAIT_ACTION.tolist())
-        return _to_observation(raw, self.instruction)
+        return self._observation(raw)
 
     def step(self, action: np.ndarray) -> StepResult:
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (ACTION_DIM,):
             raise ValueError(f"action must have shape ({ACTION_DIM},), got {action.shape}")
         raw, reward, done, _ = self._env.step(action.tolist())
-        return StepResult(_to_observation(raw, self.instruction), float(reward), bool(done))
+        return StepResult(self._observation(raw), float(reward), bool(done))
+
+    def _observation(self, raw: dict) -> Observation:
+        # robosuite ramps the gripper's command by a fixed amount per step (PandaGripper.speed);
+        # where the ramp stands is state a stateless expert reads ("fully squeezed").
+        gripper = getattr(self._env.env.robots[0], "gripper", None)
+        ramp = getattr(gripper, "current_action", None)
+        ctrl = None if ramp is None or len(ramp) == 0 else float(-np.asarray(ramp)[0])
+        return _to_observation(raw, self.instruction, ctrl)
 
     def render_next(self, on: bool) -> None:
         """Render the cameras on the next ``step`` or not (physics only; the observation then

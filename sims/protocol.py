@@ -72,6 +72,10 @@ class Observation:
     # Privileged sim state (object poses), for state-based policies such as the scripted
     # expert: "<object>_pos" (3,) and "<object>_quat" (4,).
     objects: Mapping[str, np.ndarray] = field(default_factory=dict)
+    # Velocities (privileged too): a stateless expert reads "fingers still" and "arm stalled" from them.
+    gripper_qvel: np.ndarray | None = None  # (2,) finger joint velocities
+    joint_vel: np.ndarray | None = None  # (7,) arm joint velocities, rad/s
+    gripper_ctrl: float | None = None  # the simulator's ramped gripper command, -1 open .. +1 fully closed
 
 
 @dataclass(frozen=True)

@@ -193,7 +193,7 @@ BAD_ARGS = [
     (["sweep", "--max-steps", "0"], "--max-steps: must be at least 1"),
     (["sweep", "--max-steps", "-5"], "--max-steps: must be at least 1"),
     (["sweep", "--env-timeout", "0"], "--env-timeout: must be a finite number > 0"),
-    (["sweep", "--tasks", "1,x"], "--tasks takes comma-separated integers"),
+    (["sweep", "--tasks", "1,x"], "--tasks takes ids and ranges"),
     (["sweep", "--policy", "scripted", "--checkpoint", "x"], "--checkpoint configure an OpenVLA model"),
     (["sweep", "--policy", "scripted", "--dtype", "float32"], "--dtype configure an OpenVLA model"),
     (["sweep", "--policy", "zero", "--native"], "--backend configure an OpenVLA model"),

@@ -34,3 +34,24 @@ def float_between(low: float, high: float = math.inf, low_inclusive: bool = Fals
 
     parse.__name__ = "number"
     return parse
+
+
+def id_set(flag: str) -> Callable[[str], tuple[int, ...]]:
+    """'3,4' or '10-59' or '0-4,7' -> sorted unique non-negative ids; a repeat or a bad range is refused."""
+    def parse(text: str) -> tuple[int, ...]:
+        ids: list[int] = []
+        try:
+            for part in text.split(","):
+                lo, _, hi = part.partition("-")
+                a, b = int(lo), int(hi) if hi else int(lo)
+                if a < 0 or b < a:
+                    raise ValueError
+                ids.extend(range(a, b + 1))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes ids and ranges such as 3,4 or 10-59, got {text!r}") from None
+        if len(set(ids)) != len(ids):
+            raise argparse.ArgumentTypeError(f"{flag} lists an id twice: {text!r}")
+        return tuple(sorted(ids))
+
+    parse.__name__ = "id list"
+    return parse

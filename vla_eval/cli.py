@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from vla_eval import __version__
-from vla_eval.argtypes import float_between, int_at_least
+from vla_eval.argtypes import float_between, id_set, int_at_least
 from vla_eval.errors import DIST, MissingDependency, UsageError, install_hint
 
 DEFAULT_SUITE = "libero_object"
@@ -18,14 +18,7 @@ _positive_int = int_at_least(1)
 _positive_float = float_between(0.0)
 
 
-def _task_list(text: str) -> tuple[int, ...]:
-    try:
-        ids = tuple(int(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--tasks takes comma-separated integers, got {text!r}") from None
-    if len(set(ids)) != len(ids):
-        raise argparse.ArgumentTypeError(f"--tasks lists a task twice: {text!r}")
-    return ids
+_task_list = id_set("--tasks")
 
 
 def _add_run_args(p: argparse.ArgumentParser, seeds_default: int) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vla_eval.argtypes import int_at_least
+from vla_eval.argtypes import id_set, int_at_least
 
 from vla_eval.errors import UsageError
 
@@ -25,6 +25,11 @@ def register(sub) -> None:
     c.add_argument("--bursts", type=float, default=DEFAULT_BURSTS,
                    help="per-step chance of a perturbation burst (a push or an early gripper close, expert "
                         f"labels kept) in noisy episodes (default {DEFAULT_BURSTS:g}: none; 0.04 was tried, see README)")
+    c.add_argument("--tasks", type=id_set("--tasks"), default=tuple(range(10)),
+                   help="task ids, e.g. 0 or 0,3 or 0-9 (default 0-9)")
+    c.add_argument("--expert", choices=("scripted", "stateless"), default="scripted",
+                   help="scripted: the phase-machine expert (the shipped weights' data); stateless: the phase "
+                        "read off the state, the labeller DAgger uses (default scripted)")
     c.add_argument("--workers", type=_positive, default=2, help="env processes (default 2)")
     c.add_argument("--out", type=Path, help=f"demo folder (default {demos_root()}/<suite>)")
     c.add_argument("--no-progress", action="store_true")
@@ -43,12 +48,32 @@ def register(sub) -> None:
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(fn=cmd_train)
 
+    d = sub.add_parser("dagger", help="DAgger rounds for the tiny OpenVLA: roll out, label every state with the "
+                                      "stateless expert, aggregate, fine-tune; held-out success per round (resumable)",
+                       epilog="example: vla-eval dagger --demos runs/dagger-t0/demos --start runs/dagger-t0/base/checkpoint "
+                              "--tasks 0 --rounds 3 --out runs/dagger-t0")
+    d.add_argument("--demos", type=Path, required=True, help="expert demos (collect-demos --expert stateless)")
+    d.add_argument("--start", type=Path, required=True, help="round 0's checkpoint folder (train-tiny's export)")
+    d.add_argument("--out", type=Path, required=True, help="run folder (rounds, curve.csv)")
+    d.add_argument("--tasks", type=id_set("--tasks"), default=(0,), help="libero_object task ids (default 0)")
+    d.add_argument("--rounds", type=_positive, default=3, help="DAgger rounds after round 0 (default 3)")
+    d.add_argument("--rollouts", type=_positive, default=10, help="rollouts per task and round (default 10)")
+    d.add_argument("--beta", type=float, default=0.5, help="round 1's chance that the expert acts at a step (default 0.5)")
+    d.add_argument("--decay", type=float, default=0.5, help="beta of round R: beta * decay**(R-1) (default 0.5)")
+    d.add_argument("--train-steps", type=_positive, default=1500, help="fine-tune steps per round (default 1500)")
+    d.add_argument("--eval-seeds", type=_positive, default=5,
+                   help="held-out stored init states 0..N-1 per task, evaluated every round (default 5)")
+    d.add_argument("--workers", type=_positive, default=2, help="rollout processes (default 2)")
+    d.add_argument("--tokenizer", type=Path, help="Llama-2 tokenizer folder (default: the cached one)")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(fn=cmd_dagger)
+
 
 def cmd_collect(args) -> int:
     from vla_eval.tinyvla.demos import DemoConfig, collect, demos_root
 
-    cfg = DemoConfig(suite=args.suite, per_task=args.per_task, noise=args.noise, burst_prob=args.bursts,
-                     workers=args.workers,
+    cfg = DemoConfig(suite=args.suite, tasks=args.tasks, per_task=args.per_task, noise=args.noise,
+                     burst_prob=args.bursts, workers=args.workers, expert=args.expert,
                      frame_every=args.frame_every,
                      out=args.out or demos_root() / args.suite)
     counts = collect(cfg, progress=not args.no_progress)
@@ -76,4 +101,28 @@ def cmd_train(args) -> int:
     out = train(cfg, progress=not args.no_progress)
     print(f"checkpoint: {out}\n  use it: vla-eval sweep --policy openvla --checkpoint {out} "
           f"--device cpu --dtype float32")
+    return 0
+
+
+def cmd_dagger(args) -> int:
+    from vla_eval.errors import require
+    from vla_eval.policies.native import llama_tokenizer
+
+    require("torch", "drills", "vla-eval dagger")
+    require("pandas", "data", "vla-eval dagger")
+    from vla_eval.tinyvla.dagger import DaggerConfig, run
+
+    cfg = DaggerConfig(out=args.out, demos=args.demos, start=args.start, tokenizer=args.tokenizer or Path("."),
+                       tasks=args.tasks, rounds=args.rounds, rollouts_per_task=args.rollouts, beta0=args.beta,
+                       decay=args.decay, train_steps=args.train_steps, eval_seeds=tuple(range(args.eval_seeds)),
+                       workers=args.workers)
+    from vla_eval.tinyvla.dagger import check_config
+
+    check_config(cfg)  # bad values and folders before the tokenizer is installed or anything runs
+    if args.tokenizer is None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, tokenizer=llama_tokenizer.install())
+    curve = run(cfg, progress=not args.no_progress)
+    print(f"curve: {cfg.out / 'curve.csv'} ({len(curve)} rounds); checkpoint: {cfg.checkpoint(len(curve) - 1)}")
     return 0

@@ -68,6 +68,7 @@ class DemoConfig:
     # scenes for the same time, and neighbouring frames are near-duplicates anyway.
     frame_every: int = 2
     workers: int = 2
+    expert: str = "scripted"  # "stateless": the phase read off the state (the DAgger labeller)
     out: Path = field(default_factory=lambda: demos_root() / "libero_object")
 
     def scene_seed(self, task: int, k: int) -> int:
@@ -85,7 +86,7 @@ def successes(out: Path, task: int) -> int:
     return len(list(task_dir(out, task).glob("scene*.parquet")))
 
 
-def _is_noop(action: np.ndarray, prev_grip: float | None) -> bool:
+def is_noop(action: np.ndarray, prev_grip: float | None) -> bool:
     """OpenVLA's no-op filter: no motion and the gripper command unchanged."""
     return bool(np.linalg.norm(action[:6]) < 1e-4 and prev_grip is not None and action[6] == prev_grip)
 
@@ -127,10 +128,30 @@ class Bursts:
         return executed
 
 
-def record_episode(env, expert, cfg: DemoConfig, task: int, k: int) -> tuple[list[dict], bool]:
-    """One expert episode in a sampled scene -> (rows, success)."""
+EXPERTS = ("scripted", "stateless")
+
+
+def make_expert(name: str):
+    from vla_eval.policies.simple import ScriptedExpert, StatelessExpert
+
+    return {"scripted": ScriptedExpert, "stateless": StatelessExpert}[name]()
+
+
+def demo_row(obs, task: int, k: int, step: int, label: np.ndarray, executed: np.ndarray) -> dict:
+    """One kept step in the shard layout above."""
     from vla_eval.policies.preprocess import jpeg_encode
 
+    return {
+        "task_id": task, "scene": k, "step": step, "instruction": obs.instruction,
+        "image": jpeg_encode(obs.agentview[::-1, ::-1]),  # upright, as the training data
+        "action": label.astype(np.float32).tolist(), "executed": executed.astype(np.float32).tolist(),
+        "eef_pos": obs.eef_pos.astype(np.float32).tolist(),
+        "gripper_qpos": obs.gripper_qpos.astype(np.float32).tolist(),
+    }
+
+
+def record_episode(env, expert, cfg: DemoConfig, task: int, k: int) -> tuple[list[dict], bool]:
+    """One expert episode in a sampled scene -> (rows, success)."""
     rng = np.random.default_rng(cfg.scene_seed(task, k))
     env.render_next(True)
     obs = env.reset_sampled(cfg.scene_seed(task, k))
@@ -144,14 +165,8 @@ def record_episode(env, expert, cfg: DemoConfig, task: int, k: int) -> tuple[lis
             executed[:3] = np.clip(executed[:3] + rng.normal(0.0, noise, 3), -1.0, 1.0)
         if bursts is not None:
             executed = bursts.apply(executed, *expert.phase(0))
-        if obs.agentview is not None and not _is_noop(label, prev_grip):
-            rows.append({
-                "task_id": task, "scene": k, "step": step, "instruction": obs.instruction,
-                "image": jpeg_encode(obs.agentview[::-1, ::-1]),  # upright, as the training data
-                "action": label.astype(np.float32).tolist(), "executed": executed.astype(np.float32).tolist(),
-                "eef_pos": obs.eef_pos.astype(np.float32).tolist(),
-                "gripper_qpos": obs.gripper_qpos.astype(np.float32).tolist(),
-            })
+        if obs.agentview is not None and not is_noop(label, prev_grip):
+            rows.append(demo_row(obs, task, k, step, label, executed))
         prev_grip = label[6]
         env.render_next((step + 1) % cfg.frame_every == 0)
         result = env.step(executed)
@@ -174,11 +189,10 @@ def _worker(cfg: DemoConfig, tasks) -> None:
     the others move on)."""
     import queue
 
-    from vla_eval.policies.simple import ScriptedExpert
     from vla_eval.sims.libero_env import LiberoEnv, configure_gl
 
     configure_gl()
-    expert = ScriptedExpert()
+    expert = make_expert(cfg.expert)
     while True:
         try:
             task = tasks.get(timeout=2.0)
@@ -209,13 +223,17 @@ def _check_config(cfg: DemoConfig) -> None:
     for t in cfg.tasks:
         check_task_id(cfg.suite, t)
     if (cfg.per_task < 1 or cfg.workers < 1 or cfg.frame_every < 1 or not 0 <= cfg.noise <= 1
-            or not 0 <= cfg.burst_prob <= 1):
+            or not 0 <= cfg.burst_prob <= 1 or cfg.expert not in EXPERTS
+            or (cfg.expert != "scripted" and cfg.burst_prob > 0)):
         raise UsageError(f"--per-task, --workers and --frame-every must be at least 1, --noise and --bursts in "
-                         f"[0, 1]; got {cfg.per_task}, {cfg.workers}, {cfg.frame_every}, {cfg.noise}, "
-                         f"{cfg.burst_prob}")
+                         f"[0, 1], --expert one of {', '.join(EXPERTS)} (--bursts needs the scripted one); got "
+                         f"{cfg.per_task}, {cfg.workers}, {cfg.frame_every}, {cfg.noise}, {cfg.burst_prob}, "
+                         f"{cfg.expert}")
     meta = cfg.out / "collection.json"
     mine = {"suite": cfg.suite, "noise": cfg.noise, "clean_every": cfg.clean_every, "max_steps": cfg.max_steps,
             "scene_seed_base": SCENE_SEED_BASE, "frame_every": cfg.frame_every, "format": 2}
+    if cfg.expert != "scripted":
+        mine["expert"] = cfg.expert
     if cfg.burst_prob > 0:  # without bursts the shards equal the earlier collections' (same rng draws)
         mine.update(burst_prob=cfg.burst_prob, burst_steps=list(cfg.burst_steps), burst_speed=cfg.burst_speed,
                     grip_burst_share=cfg.grip_burst_share)

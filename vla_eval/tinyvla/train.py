@@ -26,6 +26,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -54,6 +55,8 @@ class TrainConfig:
     llm_width: int = 96
     llm_layers: int = 3
     patch: int = 14             # ViT patch size on the 112 px input: 14 (8x8 grid, shipped) or 8 (14x14)
+    extra_demos: tuple[Path, ...] = ()  # more shard folders of the same layout (DAgger rounds' rollouts)
+    init_from: Path | None = None  # start from this checkpoint's weights and keep its norm stats (fine-tuning)
 
 
 def text_config(cfg: TrainConfig) -> dict:
@@ -82,19 +85,22 @@ def shard_paths(demos: Path) -> list[Path]:
     return paths
 
 
-def load_demos(demos: Path, cache: Path, progress: bool = True) -> Demos:
-    """All shards, frames preprocessed once (cached as .npz next to the run, keyed by the shard list)."""
+def load_demos(demos: Path | Sequence[Path], cache: Path, progress: bool = True) -> Demos:
+    """All shards of one or more folders, frames preprocessed once (cached as .npz next to the
+    run, keyed by the shard list)."""
     import pandas as pd
 
     from vla_eval.policies.preprocess import jpeg_decode, lanczos_resize
 
-    paths = shard_paths(demos)
+    paths = [p for folder in ([demos] if isinstance(demos, Path) else demos) for p in shard_paths(folder)]
     key = hashlib.sha1("\n".join(f"{p}:{p.stat().st_size}" for p in paths).encode()).hexdigest()[:12]
     cached = cache / f"frames-{key}.npz"
     tables = []
     for i, p in enumerate(paths):
         try:
             df = pd.read_parquet(p, columns=["task_id", "instruction", "action"] + ([] if cached.exists() else ["image"]))
+            if len(df) == 0:
+                raise ValueError("no rows")
         except Exception as e:
             raise UsageError(f"demo shard {p} is unreadable ({e}); delete it and re-run vla-eval collect-demos, "
                              f"which records that scene again") from e
@@ -222,8 +228,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     torch.set_num_threads(cfg.threads)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    demos = load_demos(cfg.demos, cfg.out / "cache", progress)
-    stats = norm_stats_of(demos.actions, demos.n_episodes)
+    demos = load_demos([cfg.demos, *cfg.extra_demos], cfg.out / "cache", progress)
+    stats = norm_stats_of(demos.actions, demos.n_episodes) if cfg.init_from is None else _init_stats(cfg.init_from)
     tokens = normalized_to_tokens(normalize(libero_to_training_gripper(demos.actions), stats["action"]))  # (N, 7)
     tokenizer = load_tokenizer(cfg.tokenizer)
     prompts = {t: list(tokenizer(build_prompt(i, PROMPT)).input_ids) for t, i in demos.instructions.items()}
@@ -233,12 +239,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
           f"{len(prompts)} tasks")
 
     model = build(cfg, stats)
+    if cfg.init_from is not None:
+        from vla_eval.policies.native.checkpoint import iter_safetensors, load_state
+
+        load_state(model, iter_safetensors(cfg.init_from))
     small = shrink_frames(demos.frames, model.cfg.vision[0].img_size)  # (N, 118, 118, 3)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     state_path, start = cfg.out / "train_state.pt", 0
     if state_path.exists():  # resume
         state = torch.load(state_path, weights_only=False)
-        if state["config"] != _jsonable(cfg):
+        if state["config"] != _comparable(_jsonable(cfg), state["config"]):
             raise UsageError(f"{cfg.out} holds a run with another config; use another --out")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
@@ -284,6 +294,17 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     return export(model, cfg, stats, cfg.out / "checkpoint")
 
 
+def _init_stats(checkpoint: Path) -> dict:
+    """A fine-tune keeps its starting checkpoint's statistics: the same action maps to the same tokens."""
+    from vla_eval.policies.native.checkpoint import read_config
+
+    stats = read_config(checkpoint).get("norm_stats", {}).get(UNNORM_KEY)
+    if not isinstance(stats, dict) or "action" not in stats:
+        raise UsageError(f"{checkpoint}/config.json has no norm_stats[{UNNORM_KEY!r}]: not a tiny OpenVLA checkpoint "
+                         f"to fine-tune; train one with vla-eval train-tiny")
+    return stats
+
+
 def _validate(batch_loss, val_idx: np.ndarray, batch: int, model) -> tuple[float, float]:
     import torch
 
@@ -297,8 +318,18 @@ def _validate(batch_loss, val_idx: np.ndarray, batch: int, model) -> tuple[float
     return loss.item(), acc.item()
 
 
+# Fields added after runs were already on disk, with the value those runs had.
+_LATER_FIELDS = {"patch": 14, "extra_demos": [], "init_from": None}
+
+
+def _comparable(mine: dict, theirs: dict) -> dict:
+    """``mine`` without later fields that an older run lacks and that hold the value it had."""
+    return {k: v for k, v in mine.items() if k in theirs or _LATER_FIELDS.get(k, object()) != v}
+
+
 def _jsonable(cfg: TrainConfig) -> dict:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()
+    return {k: str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "extra_demos" else v
+            for k, v in asdict(cfg).items()
             if k not in ("demos", "out", "tokenizer", "threads", "ckpt_every", "log_every")}
 
 
