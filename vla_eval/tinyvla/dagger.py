@@ -31,7 +31,7 @@ import json
 import multiprocessing as mp
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +60,7 @@ class DaggerConfig:
     eval_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # stored init states: held out from every round
     workers: int = 2
     threads: int = 1                  # torch threads per rollout worker
-    extra: dict = field(default_factory=dict)  # nothing yet; keeps dagger.json's shape open
+    max_steps: int | None = None      # rollout and eval step cap; None: the suite's (280 for libero_object)
 
     def beta(self, r: int) -> float:
         return self.beta0 * self.decay ** (r - 1)
@@ -96,7 +96,8 @@ def check_config(cfg: DaggerConfig) -> None:
     shard_paths(cfg.demos)  # "no demonstration shards ... collect them first"
     meta = cfg.out / "dagger.json"
     mine = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-            for k, v in asdict(cfg).items() if k not in ("out", "tokenizer", "rounds", "workers", "threads")}
+            for k, v in asdict(cfg).items()
+            if k not in ("out", "tokenizer", "rounds", "workers", "threads") and not (k == "max_steps" and v is None)}
     if meta.exists():
         try:
             theirs = json.loads(meta.read_text())
@@ -158,7 +159,7 @@ def _rollout_worker(cfg: DaggerConfig, r: int, jobs) -> None:
     configure_gl()
     policy = make_policy("openvla", cfg.suite, openvla=OpenVLAOptions(
         checkpoint=str(cfg.checkpoint(r - 1)), device="cpu", dtype="float32"))
-    expert, max_steps, envs = StatelessExpert(), suite_spec(cfg.suite).max_steps, {}
+    expert, max_steps, envs = StatelessExpert(), cfg.max_steps or suite_spec(cfg.suite).max_steps, {}
     try:
         while True:
             try:
@@ -256,7 +257,7 @@ def evaluate(cfg: DaggerConfig, r: int, progress: bool = True) -> tuple[int, int
     if seeds != tuple(range(len(seeds))):
         raise UsageError(f"--eval-seeds must be 0..N-1 for now (a sweep runs seeds 0..N-1); got {seeds}")
     sc = SweepConfig(suite=cfg.suite, task_ids=cfg.tasks, seeds=len(seeds), policy="openvla",
-                     checkpoint=str(cfg.checkpoint(r)), hard_reset=False)
+                     checkpoint=str(cfg.checkpoint(r)), hard_reset=False, max_steps=cfg.max_steps)
     result = run_sweep(sc, cfg.round_dir(r) / "eval", workers=min(2, cfg.workers),
                        openvla=OpenVLAOptions(checkpoint=str(cfg.checkpoint(r)), device="cpu", dtype="float32"),
                        progress=progress, videos="none")
