@@ -227,3 +227,63 @@ def test_resume_refuses_flags_that_would_change_the_run(tmp_path):
     assert r.returncode == 2 and "drop --seeds" in r.stderr
     r = cli("sweep", "--resume", s0, "--no-flip")
     assert r.returncode == 2 and "drop --no-flip" in r.stderr
+
+
+def _break(folder, name, how):
+    path = folder / name
+    if how == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "garbage":
+        path.write_bytes(b"\x93\x11garbage" * 100)
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "header":
+        path.write_bytes(path.read_bytes()[:4])
+    elif how == "delete":
+        path.unlink()
+    else:
+        path.write_text(how)
+
+
+BROKEN_CHECKPOINTS = [
+    ("model.safetensors", "truncate", "truncated:"),
+    ("model.safetensors", "garbage", "model.safetensors"),
+    ("model.safetensors", "empty", "truncated: 0 bytes"),
+    ("model.safetensors", "header", "truncated: 4 bytes"),
+    ("config.json", "{not json", "config.json: not readable JSON"),
+    ("config.json", "[1, 2]", "config.json: holds a JSON list"),
+    ("config.json", '{"text_config": 3, "timm_model_ids": []}', "'text_config' is int"),
+    ("tokenizer.json", "delete", "has no tokenizer"),
+    ("tokenizer.json", '{"model": 5}', "tokenizer.json"),
+    ("preprocessor_config.json", "{oops", "preprocessor_config.json: not readable JSON"),
+]
+
+
+@pytest.mark.parametrize("name, how, message", BROKEN_CHECKPOINTS)
+def test_a_broken_checkpoint_is_named_before_any_tensor_is_read(tmp_path, name, how, message):
+    import shutil
+
+    from vla_eval.configs import shipped_checkpoint
+    from vla_eval.errors import UsageError
+    from vla_eval.policies.factory import OpenVLAOptions
+    from vla_eval.policies.openvla import load_backend
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(shipped_checkpoint("tiny", "libero_object"), ckpt)
+    _break(ckpt, name, how)
+    with pytest.raises(UsageError) as e:
+        load_backend("libero_object", OpenVLAOptions(checkpoint=str(ckpt), device="cpu", dtype="float32"))
+    assert message in str(e.value) and str(ckpt) in str(e.value)
+
+
+def test_bench_policy_on_a_truncated_checkpoint_is_one_line(tmp_path):
+    import shutil
+
+    from vla_eval.configs import shipped_checkpoint
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(shipped_checkpoint("tiny", "libero_object"), ckpt)
+    _break(ckpt, "model.safetensors", "truncate")
+    r = subprocess.run([sys.executable, "-m", "vla_eval.cli", "bench-policy", "--checkpoint", str(ckpt),
+                        "--device", "cpu", "--batches", "1"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "truncated:" in r.stderr, r.stderr

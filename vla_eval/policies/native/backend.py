@@ -99,18 +99,22 @@ def check_processor_config(cfg: dict, image_sizes: list[int], path) -> None:
 
 
 def load_native_backend(checkpoint: str, opts) -> NativeBackend:
-    import json
-
     from vla_eval.policies.native.checkpoint import load_native
     from vla_eval.policies.native.llama_tokenizer import load_tokenizer
 
     ckpt_dir = resolve_checkpoint_dir(checkpoint, opts.revision)
     model, report = load_native(ckpt_dir, opts.device, opts.dtype, opts.attn_implementation)
-    tokenizer = load_tokenizer(ckpt_dir)  # tokenizer.json as written: the ids transformers 4.40.1 gives
+    try:
+        tokenizer = load_tokenizer(ckpt_dir)  # tokenizer.json as written: the ids transformers 4.40.1 gives
+    except Exception as e:  # parsed JSON that the tokenizers library still refuses
+        raise UsageError(f"broken checkpoint file {ckpt_dir / 'tokenizer.json'}: the tokenizer does not load "
+                         f"({type(e).__name__}: {str(e)[:160]}); re-download the checkpoint") from e
     means = stds = None
     pre = ckpt_dir / "preprocessor_config.json"
     if pre.exists():
-        cfg = json.loads(pre.read_text())
+        from vla_eval.policies.native.validate import read_json_object
+
+        cfg = read_json_object(pre)
         check_processor_config(cfg, [v.img_size for v in model.cfg.vision], pre)
         means, stds = cfg.get("means"), cfg.get("stds")
     backend = NativeBackend(model, tokenizer, means, stds)

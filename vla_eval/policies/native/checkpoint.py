@@ -142,16 +142,18 @@ def build_model(cfg: NativeConfig, device: str = "cpu", dtype: str = "bfloat16",
 
 
 def read_config(ckpt_dir: Path) -> dict:
-    path = ckpt_dir / "config.json"
-    if not path.exists():
-        raise UsageError(f"{ckpt_dir} has no config.json (not a Hugging Face OpenVLA checkpoint folder)")
-    return json.loads(path.read_text())
+    from vla_eval.policies.native.validate import check_config
+
+    return check_config(Path(ckpt_dir) / "config.json")
 
 
 def load_native(ckpt_dir: str | Path, device: str = "cpu", dtype: str = "bfloat16",
                 attn_implementation: str = "sdpa") -> tuple[NativeOpenVLA, LoadReport]:
+    from vla_eval.policies.native.validate import check_checkpoint_dir
+
     ckpt_dir = Path(ckpt_dir)
-    model = build_model(NativeConfig.from_hf(read_config(ckpt_dir)), device, dtype, attn_implementation)
+    config = check_checkpoint_dir(ckpt_dir)  # every file, before any tensor is read
+    model = build_model(NativeConfig.from_hf(config), device, dtype, attn_implementation)
     report = load_state(model, iter_safetensors(ckpt_dir, device=str(model.device)))
     return model, report
 
