@@ -12,11 +12,11 @@ from typing import Mapping, Protocol
 import numpy as np
 
 from vla_eval.errors import UsageError, bad_choice
+from vla_eval.records import ACTION_DIM  # noqa: F401  (re-exported: the env checks actions against it)
 
 NUM_WAIT_STEPS = 10
 # Zero motion, gripper open (-1 = open in LIBERO's convention). Objects settle meanwhile.
 WAIT_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
-ACTION_DIM = 7
 N_INIT_STATES = 50  # stored initial states per task
 RESOLUTION = 256  # agentview and wrist renders, as in the published eval
 CAMERAS = ("agentview", "robot0_eye_in_hand")

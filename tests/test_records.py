@@ -67,3 +67,40 @@ def test_malformed_line_in_the_middle_names_file_and_line(tmp_path):
     path.write_text(to_json(_step()) + "\nnot json\n" + to_json(_episode()) + "\n")
     with pytest.raises(UsageError, match=r"baseline\.jsonl:2: malformed JSON line"):
         read_jsonl(path)
+
+
+@pytest.mark.parametrize("field, text", [
+    ("wall_s", "Infinity"), ("wall_s", "-1"), ("steps", "1" + "0" * 400), ("first_close_step", "10000000000"),
+])
+def test_values_that_cannot_be_true_are_refused_in_episodes(tmp_path, field, text):
+    d = json.loads(to_json(_episode()))
+    d[field] = "@"
+    line = json.dumps(d).replace('"@"', text)
+    path = tmp_path / "log.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(UsageError, match=rf"log.jsonl:1: {field}="):
+        read_jsonl(path)
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: {**d, "reward": float("nan")},
+    lambda d: {**d, "action": [0.0, 0.1, 0.2]},
+    lambda d: {**d, "action": [float("inf")] + [0.0] * 6},
+])
+def test_values_that_cannot_be_true_are_refused_in_steps(tmp_path, change):
+    from dataclasses import asdict
+
+    path = tmp_path / "log.jsonl"
+    path.write_text(json.dumps(change(asdict(_step())), allow_nan=True) + "\n" + to_json(_episode()) + "\n")
+    with pytest.raises(UsageError, match=r"log.jsonl:1: (reward|action)="):
+        read_jsonl(path)
+
+
+def test_a_line_nested_past_the_stack_or_too_long_is_one_error(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n" + to_json(_episode()) + "\n")
+    with pytest.raises(UsageError, match="deep.jsonl:1: malformed JSON line"):
+        read_jsonl(path)
+    path.write_text('{"kind": "' + "x" * (2 << 20) + '"}\n')
+    with pytest.raises(UsageError, match="deep.jsonl:1: a line over"):
+        read_jsonl(path)

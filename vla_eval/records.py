@@ -14,6 +14,7 @@ most the episode in flight and never duplicates or corrupts one:
 from __future__ import annotations
 
 import json
+import math
 import os
 import uuid
 from dataclasses import asdict, dataclass, field, fields
@@ -92,12 +93,21 @@ _KINDS = {"step": StepRecord, "episode": EpisodeRecord}
 OUTCOMES = ("success", "failure", "error")
 
 
+ACTION_DIM = 7  # LIBERO's action: xyz, rpy, gripper (sims.protocol uses this one)
+MAX_STEPS = 100_000  # far above any suite's step limit (520)
+MAX_INT = 2**53  # a JSON integer beyond this is no count or id, and may not even convert to a float
+MAX_LINE = 1 << 20  # bytes: a record line is ~1 kB; a longer one is refused before it is parsed
+
+
 def _int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, int) and not isinstance(v, bool) and -MAX_INT <= v <= MAX_INT
 
 
 def _num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite number: Infinity and NaN, which json reads, are refused."""
+    if isinstance(v, float):
+        return math.isfinite(v)
+    return _int(v)
 
 
 def _opt(check):
@@ -113,16 +123,18 @@ _FIELD_CHECKS = {
     "seed": (lambda v: _int(v) and 0 <= v < 1000, "an integer 0..999"),
     "init_state": (lambda v: _int(v) and 0 <= v < 1000, "an integer 0..999"),
     "attempt": (lambda v: isinstance(v, str) and 0 < len(v) <= 64, "an attempt id"),
-    "step": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
-    "steps": (lambda v: _int(v) and v >= 0, "an integer >= 0"),
-    "action": (lambda v: isinstance(v, (list, tuple)) and len(v) <= 64 and all(_num(x) for x in v), "a list of numbers"),
-    "img_mean": (_opt(_num), "null or a number"),
-    "reward": (_num, "a number"),
+    "step": (lambda v: _int(v) and 0 <= v < MAX_STEPS, f"an integer 0..{MAX_STEPS - 1}"),
+    "steps": (lambda v: _int(v) and 0 <= v <= MAX_STEPS, f"an integer 0..{MAX_STEPS}"),
+    "action": (lambda v: isinstance(v, (list, tuple)) and len(v) == ACTION_DIM and all(_num(x) for x in v),
+               f"a list of {ACTION_DIM} finite numbers"),
+    "img_mean": (_opt(_num), "null or a finite number"),
+    "reward": (_num, "a finite number"),
     "done": (lambda v: isinstance(v, bool), "true or false"),
-    "policy_s": (_num, "a number"), "sim_s": (_num, "a number"), "wall_s": (_num, "a number"),
+    "policy_s": (lambda v: _num(v) and v >= 0, "seconds >= 0"), "sim_s": (lambda v: _num(v) and v >= 0, "seconds >= 0"),
+    "wall_s": (lambda v: _num(v) and v >= 0, "seconds >= 0"),
     "alerts": (lambda v: isinstance(v, (list, tuple)) and all(isinstance(a, str) for a in v), "a list of strings"),
     "outcome": (lambda v: v in OUTCOMES, f"one of {', '.join(OUTCOMES)}"),
-    "first_close_step": (_opt(lambda v: _int(v) and v >= 0), "null or an integer >= 0"),
+    "first_close_step": (_opt(lambda v: _int(v) and 0 <= v < MAX_STEPS), f"null or an integer 0..{MAX_STEPS - 1}"),
     "instruction": (lambda v: isinstance(v, str), "a string"),
     "error": (_opt(lambda v: isinstance(v, str)), "null or a string"),
     "token_prob": (_opt(lambda v: _num(v) and 0 <= v <= 1), "null or a probability"),
@@ -200,7 +212,7 @@ def _cut_torn_tail(path: Path) -> None:
         try:
             from_dict(json.loads(data[start:].decode("utf-8")))
             f.write(b"\n")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             f.seek(0)
             f.truncate(start)
 
@@ -222,7 +234,9 @@ class RunLog:
 def iter_lines(path: Path) -> Iterator[tuple[int, dict | None, str]]:
     """Yield (line number, parsed value or None if malformed, raw text)."""
     with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
+        for n, raw in enumerate(iter(lambda: f.readline(MAX_LINE + 1), b""), 1):
+            if len(raw) > MAX_LINE:
+                raise UsageError(f"{path}:{n}: a line over {MAX_LINE} bytes; is this a vla-eval JSONL log?")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
@@ -230,9 +244,10 @@ def iter_lines(path: Path) -> Iterator[tuple[int, dict | None, str]]:
             if not line.strip():
                 continue
             try:
-                yield n, json.loads(line), line
-            except json.JSONDecodeError:
-                yield n, None, line
+                value = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):  # RecursionError: brackets nested past the stack
+                value = None
+            yield n, value, line
 
 
 def read_jsonl(path: Path) -> RunLog:
