@@ -100,9 +100,21 @@ def print_predicate_table(rows) -> None:
               f"{lat:>9}")
 
 
+def _read_log(path):
+    """A log inside a run folder is checked against its manifest (a foreign record is an error)."""
+    from pathlib import Path
+
+    from vla_eval.records import read_jsonl
+    from vla_eval.sweep import MANIFEST, read_tag
+
+    path = Path(path)
+    if (path.parent / MANIFEST).is_file() and path.suffix == ".jsonl":
+        return read_tag(path.parent, path.stem)
+    return read_jsonl(path)
+
+
 def run(args) -> int:
     from vla_eval.errors import UsageError
-    from vla_eval.records import read_jsonl
 
     if args.calibrate is not None:  # checked before anything is read or written
         if any(args.calibrate.resolve() == p.resolve() for p in args.logs):
@@ -111,7 +123,7 @@ def run(args) -> int:
             raise UsageError(f"--calibrate {args.calibrate} exists; choose a new file or pass --force to replace it")
         if args.thresholds:
             raise UsageError("--calibrate fits new thresholds; it cannot be combined with --thresholds")
-    logs = [read_jsonl(p) for p in args.logs]
+    logs = [_read_log(p) for p in args.logs]
     th = Thresholds.load(args.thresholds) if args.thresholds else Thresholds()
     if args.calib_seeds is not None and not args.calibrate:
         raise UsageError("--calib-seeds chooses the calibration runs of --calibrate; give --calibrate OUT.json too")

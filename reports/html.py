@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vla_eval.errors import UsageError, require
-from vla_eval.records import RunLog, read_jsonl
+from vla_eval.records import RunLog
 from vla_eval.reports.plots import action_trace_plot, gripper_timing_histogram
 from vla_eval.reports.stats import comparability, per_task, published_number, rate_of, verdict
 from vla_eval.sims.protocol import suite_spec
@@ -22,7 +22,9 @@ VIDEO_BUDGET_BYTES = 8 * 2**20  # embedded videos stop here; the rest stay in vi
 
 
 def _logs(run_dir: Path, tags) -> dict[str, RunLog]:
-    logs = {tag: read_jsonl(run_dir / f"{tag}.jsonl") for tag in tags if (run_dir / f"{tag}.jsonl").exists()}
+    from vla_eval.sweep import read_tag
+
+    logs = {tag: log for tag in tags if (log := read_tag(run_dir, tag)) is not None}
     if not any(log.episodes for log in logs.values()):
         raise UsageError(f"{run_dir} holds no episode records yet (looked for {', '.join(f'{t}.jsonl' for t in tags)})")
     return logs
@@ -68,7 +70,9 @@ def _banners(cfg: dict, manifest: dict, logs: dict[str, RunLog]) -> list[dict]:
     if isinstance(merged, dict) and merged.get("partial"):
         out.append({"kind": "partial-merge", "title": "Partial merge",
                     "text": f"merged {len(merged.get('shards', []))} of {merged.get('of')} shards "
-                            f"({', '.join(map(str, merged.get('shards', [])))})."})
+                            f"({', '.join(map(str, merged.get('shards', [])))})"
+                            + (f"; {merged['missing_episodes']} episodes missing from them"
+                               if isinstance(merged.get("missing_episodes"), int) else "") + "."})
     return out
 
 

@@ -116,8 +116,41 @@ def test_overlapping_shards_are_refused_and_leave_nothing(tmp_path):
     s0 = make_shard(tmp_path / "s0", 0, 2, seeds=[0, 1])
     s1 = make_shard(tmp_path / "s1", 1, 2, seeds=[1, 3])
     r = cli("merge", tmp_path / "out", s0, s1)
-    assert r.returncode == 2 and "seed 1 is in both" in r.stderr
+    assert r.returncode == 2 and "seed 1 is not in this shard's slice (0/2)" in r.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_a_shard_with_missing_episodes_is_refused_unless_partial_and_then_recorded(tmp_path):
+    s0, s1 = make_shard(tmp_path / "s0", 0, 2), make_shard(tmp_path / "s1", 1, 2)
+    (s1 / "baseline.jsonl").unlink()  # an unfinished or damaged shard
+    with pytest.raises(UsageError, match="2 of the shard's 2 episodes are missing"):
+        merge_runs(tmp_path / "out", [s0, s1])
+    assert not (tmp_path / "out").exists()
+    merge_runs(tmp_path / "out", [s0, s1], allow_partial=True)
+    merged = json.loads((tmp_path / "out" / "manifest.json").read_text())["merged"]
+    assert merged["partial"] is True and merged["missing_episodes"] == 2
+
+
+@pytest.mark.parametrize("record, message", [
+    (lambda: _episode(seed=3, attempt="x"), "task 0 seed 3 is outside this run"),
+    (lambda: EpisodeRecord("baseline", "libero_goal", 0, 0, 0, "x", "success", 2, 1, 1.0, 0.1, 0.5, "pick"),
+     "an episode of suite 'libero_goal'"),
+    (lambda: EpisodeRecord("no_flip", "libero_object", 0, 0, 0, "x", "success", 2, 1, 1.0, 0.1, 0.5, "pick"),
+     "a record of run 'no_flip' in the 'baseline' log"),
+])
+def test_a_record_that_does_not_belong_is_never_counted_or_taken_as_done(tmp_path, record, message):
+    from vla_eval.sweep import committed
+
+    run = tmp_path / "run"
+    _check_or_write_manifest(run, SweepConfig(suite="libero_object", task_ids=(0,), seeds=2, policy="scripted",
+                                              cameras=False))
+    with JsonlWriter(run / "baseline.jsonl") as w:
+        w.write(record())
+    with pytest.raises(UsageError, match=f"baseline.jsonl:1: {message}"):
+        committed(run, "baseline")  # what a resume reads
+    for command in (("report", run), ("monitor", run / "baseline.jsonl")):
+        r = cli(*command)
+        assert r.returncode == 2 and message.split("'")[0] in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 # -- records ----------------------------------------------------------------------------------

@@ -250,7 +250,34 @@ def iter_lines(path: Path) -> Iterator[tuple[int, dict | None, str]]:
             yield n, value, line
 
 
-def read_jsonl(path: Path) -> RunLog:
+@dataclass(frozen=True)
+class RunScope:
+    """What records of one run's JSONL may hold: its suite, its tag, its tasks and seeds."""
+
+    suite: str
+    tag: str
+    task_ids: frozenset[int]
+    seeds: frozenset[int]
+
+    def problem(self, rec: StepRecord | EpisodeRecord) -> str | None:
+        if rec.run_tag != self.tag:
+            return f"a record of run {rec.run_tag!r} in the {self.tag!r} log"
+        if isinstance(rec, EpisodeRecord) and rec.suite != self.suite:
+            return f"an episode of suite {rec.suite!r} in a {self.suite} run"
+        if rec.task_id not in self.task_ids or rec.seed not in self.seeds:
+            return (f"task {rec.task_id} seed {rec.seed} is outside this run (tasks {_ids(self.task_ids)}, "
+                    f"seeds {_ids(self.seeds)})")
+        return None
+
+
+def _ids(ids: frozenset[int]) -> str:
+    s = sorted(ids)
+    return f"{s[0]}-{s[-1]}" if len(s) > 2 and s == list(range(s[0], s[-1] + 1)) else ",".join(map(str, s))
+
+
+def read_jsonl(path: Path, scope: RunScope | None = None) -> RunLog:
+    """A log's committed records; with ``scope``, a record that does not belong to the run is a
+    file:line error (never counted, never taken as done by a resume)."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"no such log file: {path}")
@@ -268,6 +295,10 @@ def read_jsonl(path: Path) -> RunLog:
             rec = from_dict(d)
         except ValueError as e:
             raise UsageError(f"{path}:{n}: {e}") from e
+        problem = scope.problem(rec) if scope is not None else None
+        if problem:
+            raise UsageError(f"{path}:{n}: {problem}; this record does not belong here (was the file copied "
+                             f"from another run?)")
         (log.episodes if isinstance(rec, EpisodeRecord) else raw_steps).append(rec)
     # An episode may have been retried after an error; the last committed attempt wins.
     by_key: dict[tuple[int, int], EpisodeRecord] = {}

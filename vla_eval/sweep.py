@@ -21,7 +21,7 @@ from typing import Sequence
 from vla_eval.errors import DIST, UsageError
 from vla_eval.sims.protocol import N_INIT_STATES, SUITES
 from vla_eval.policies.factory import DRILLS, PIXEL_POLICIES, POLICIES, OpenVLAOptions, Toggles, make_policies, resolve_options
-from vla_eval.records import EpisodeRecord, JsonlWriter, read_jsonl
+from vla_eval.records import EpisodeRecord, JsonlWriter, RunLog, RunScope, read_jsonl
 from vla_eval.rundir import run_lock
 from vla_eval.runner import RunConfig, make_jobs, run_episodes, slot_groups
 
@@ -41,6 +41,10 @@ class SweepConfig:
     checkpoint: str | None = None
     revision: str | None = None
     shard: str | None = None  # "i/K": this run does jobs i, i+K, i+2K, ...
+
+    def scope(self, tag: str) -> RunScope:
+        """What this run's ``<tag>.jsonl`` may hold."""
+        return RunScope(self.suite, tag, frozenset(self.task_ids), frozenset(range(self.seeds)))
 
     def identity(self) -> dict:
         """What must match for two runs to be resumed or merged as one."""
@@ -174,11 +178,22 @@ class SweepResult:
     wall_s: float = 0.0
 
 
-def committed(run_dir: Path, tag: str, retry_errors: bool = False) -> list[EpisodeRecord]:
+def read_tag(run_dir: Path, tag: str, cfg: SweepConfig | None = None) -> RunLog | None:
+    """A run folder's ``<tag>.jsonl`` checked against its manifest (None if there is no such log)."""
     path = Path(run_dir) / f"{tag}.jsonl"
     if not path.exists():
+        return None
+    cfg = cfg or config_from_manifest(run_dir)
+    if tag not in cfg.tags:
+        raise UsageError(f"{path}: tag {tag!r} is not one of this run's ({', '.join(cfg.tags)})")
+    return read_jsonl(path, cfg.scope(tag))
+
+
+def committed(run_dir: Path, tag: str, retry_errors: bool = False) -> list[EpisodeRecord]:
+    path = Path(run_dir) / f"{tag}.jsonl"
+    log = read_tag(run_dir, tag)
+    if log is None:
         return []
-    log = read_jsonl(path)
     if log.torn_tail:
         print(f"note: {path}: dropped a torn final line (a run was killed mid-write)", file=sys.stderr)
     return [e for e in log.episodes if not (retry_errors and e.outcome == "error")]
@@ -349,6 +364,9 @@ def merge_runs(out_dir: Path, shard_dirs: Sequence[Path], allow_partial: bool = 
             diff = [k for k, v in other.identity().items() if ref.identity()[k] != v]
             raise UsageError(f"cannot merge {d} with {shard_dirs[0]}: configs differ in {', '.join(diff)}")
     coverage = _shard_coverage(shard_dirs, configs, allow_partial)
+    missing = _check_shard_episodes(shard_dirs, configs, allow_partial)
+    if missing:
+        coverage = {**coverage, "partial": True, "missing_episodes": missing}
     out_dir = Path(out_dir)
     if out_dir.exists():
         raise UsageError(f"{out_dir} already exists; merge into a new folder")
@@ -392,15 +410,39 @@ def _shard_coverage(shard_dirs: Sequence[Path], configs: Sequence[SweepConfig], 
     return {"shards": [f"{i}/{k}" for i in sorted(seen)], "of": k, "partial": bool(missing)}
 
 
+def _check_shard_episodes(shard_dirs: Sequence[Path], configs: Sequence[SweepConfig], allow_partial: bool) -> int:
+    """Every shard's logs hold only its own slice's episodes; a slice with missing episodes (an
+    unfinished, truncated or deleted log) is refused unless ``allow_partial``. Returns how many
+    episodes are missing in all."""
+    missing = 0
+    for d, cfg in zip(shard_dirs, configs):
+        i, k = parse_shard(cfg.shard)
+        mine = {(j.task_id, j.seed) for j in make_jobs(cfg.suite, cfg.task_ids, range(cfg.seeds))[i::k]}
+        for tag in cfg.tags:
+            path = Path(d) / f"{tag}.jsonl"
+            log = read_tag(d, tag, cfg)
+            have = {(e.task_id, e.seed) for e in log.episodes} if log else set()
+            outside = sorted(have - mine)
+            if outside:
+                raise UsageError(f"{path}: episode task {outside[0][0]} seed {outside[0][1]} is not in this shard's "
+                                 f"slice ({cfg.shard or 'the whole run'}); it does not belong here")
+            lacking = len(mine - have)
+            if lacking and not allow_partial:
+                raise UsageError(f"{path}: {lacking} of the shard's {len(mine)} episodes are missing (an unfinished "
+                                 f"or damaged shard): finish it (re-run its sweep command) or pass --allow-partial")
+            if lacking:
+                print(f"warning: {path} lacks {lacking} of its {len(mine)} episodes; the merged run is partial",
+                      file=sys.stderr)
+            missing += lacking
+    return missing
+
+
 def _merge_tag(out_dir: Path, tag: str, shard_dirs: Sequence[Path]) -> int:
     seen: dict[tuple[int, int], Path] = {}
     with JsonlWriter(out_dir / f"{tag}.jsonl") as w:
         for d in shard_dirs:
-            path = Path(d) / f"{tag}.jsonl"
-            if not path.exists():
-                continue
-            log = read_jsonl(path)
-            for ep in log.episodes:
+            log = read_tag(d, tag)
+            for ep in (log.episodes if log else []):
                 key = (ep.task_id, ep.seed)
                 if key in seen:
                     raise UsageError(f"episode task {key[0]} seed {key[1]} is in both {seen[key]} and {d}")
