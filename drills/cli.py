@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from vla_eval.argtypes import int_at_least
+from vla_eval.argtypes import int_at_least, out_dir
 
 
 def register(sub) -> None:
@@ -22,8 +22,8 @@ def register(sub) -> None:
     p.add_argument("--check", metavar="NAME", help="check: one of the seven checks (default: all)")
     p.add_argument("--epochs", type=int_at_least(1), help="bakeoff: epochs (default 10; the chapter uses 50)")
     p.add_argument("--fault", help="one fault only (faults drill)")
-    p.add_argument("--out", type=Path, default=Path("runs/small"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=out_dir, default=Path("runs/small"))
+    p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--threads", type=int_at_least(1), default=2, help="torch CPU threads")
     p.set_defaults(fn=run)
 

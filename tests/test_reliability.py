@@ -243,7 +243,26 @@ BAD_ARGS = [
     (["bench-monitor", "--steps", "0"], "--steps: must be at least 100"),
     (["small", "baseline", "--threads", "0"], "--threads: must be at least 1"),
     (["collect-demos", "--per-task", "0"], "--per-task: must be at least 1"),
+    (["bench-sim", "--steps", "0"], "--steps: must be at least 1"),
+    (["bench-sim", "--workers", "-1"], "--workers: must be at least 1"),
+    (["small", "baseline", "--seed", "-1"], "--seed: must be at least 0"),
+    (["run", "--suite", "libero_nope", "--task", "0"], "unknown suite 'libero_nope'"),  # before the missing GPU
+    (["run", "--task", "12"], "task id 12 out of range"),
+    (["run", "--seed", "50"], "--seed 50 has no stored init state"),
 ]
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--policy", "zero", "--log", "{f}/x.jsonl"], ["small", "baseline", "--out", "{f}"],
+    ["merge", "{f}/out", "{f}"], ["sweep", "--policy", "zero", "--out", "{f}/run"],
+    ["train-tiny", "--out", "{f}"], ["dagger", "--demos", "d", "--start", "s", "--out", "{f}/x"],
+])
+def test_an_output_path_at_or_under_a_file_is_refused_before_any_work(tmp_path, argv):
+    blocker = tmp_path / "afile"
+    blocker.write_text("mine")
+    r = cli(*[a.replace("{f}", str(blocker)) for a in argv], cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and str(blocker) in r.stderr, r.stderr
+    assert sorted(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "mine"
 
 
 @pytest.mark.parametrize("argv,message", BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])

@@ -55,3 +55,38 @@ def id_set(flag: str) -> Callable[[str], tuple[int, ...]]:
 
     parse.__name__ = "id list"
     return parse
+
+
+def _blocking_file(path):
+    """The path itself or the nearest existing ancestor, if that is not a folder."""
+    from pathlib import Path
+
+    p = Path(path)
+    for candidate in (p, *p.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def out_dir(text: str):
+    """A folder to write into: refused at parse time if it, or a folder above it, is a file."""
+    from pathlib import Path
+
+    blocker = _blocking_file(text)
+    if blocker is not None:
+        what = "is a file" if str(blocker) == str(Path(text)) else f"lies under the file {blocker}"
+        raise argparse.ArgumentTypeError(f"{text} {what}; give a folder path")
+    return Path(text)
+
+
+def out_file(text: str):
+    """A file to write: refused at parse time if it is a folder or lies under a file."""
+    from pathlib import Path
+
+    p = Path(text)
+    if p.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file path, e.g. {p / 'episode.jsonl'}")
+    blocker = _blocking_file(p.parent)
+    if blocker is not None:
+        raise argparse.ArgumentTypeError(f"{text} lies under the file {blocker}; give a path in a folder")
+    return p

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from vla_eval import __version__
-from vla_eval.argtypes import float_between, id_set, int_at_least
+from vla_eval.argtypes import float_between, id_set, int_at_least, out_dir, out_file
 from vla_eval.errors import DIST, MissingDependency, UsageError, install_hint
 
 DEFAULT_SUITE = "libero_object"
@@ -58,7 +58,7 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: int) -> None:
     p.add_argument("--policy-actors", type=_non_negative, metavar="N",
                    help="with --ray: the policy in N Ray actors, each batching the observations of its env "
                         "actors (default: one per cluster GPU for a CUDA model; 0 for CPU: the policy in this process)")
-    p.add_argument("--out", type=Path, help="run folder (default: runs/<policy>-<suite>-<tasks>-<tags>)")
+    p.add_argument("--out", type=out_dir, help="run folder (default: runs/<policy>-<suite>-<tasks>-<tags>)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
     p.add_argument("--monitor", action="store_true", help="attach the runtime monitor; alerts go to the logs and report")
@@ -233,7 +233,11 @@ def cmd_drill(args) -> int:
 def cmd_run(args) -> int:
     """``vla-eval run``: one episode (seed -> init state), any toggles, no resume bookkeeping."""
     from vla_eval.api import run_episode
+    from vla_eval.sims.protocol import N_INIT_STATES, check_task_id
 
+    check_task_id(args.suite, args.task)  # suite and task before any device or model check
+    if not 0 <= args.seed < N_INIT_STATES:
+        raise UsageError(f"--seed {args.seed} has no stored init state; valid: 0..{N_INIT_STATES - 1}")
     if (args.batch or 1) > 1 or args.overlap or args.workers or args.ray or args.policy_actors is not None:
         raise UsageError("vla-eval run is one episode in this process: --batch, --overlap, --workers, --ray and "
                          "--policy-actors apply to sweep and drill")
@@ -335,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="one episode with any toggles")
     _add_run_args(r, seeds_default=1)
     r.add_argument("--seed", type=_non_negative, default=0, help="seed = init state index (0..49)")
-    r.add_argument("--log", type=Path, help="write the step and episode records here (JSONL)")
+    r.add_argument("--log", type=out_file, help="write the step and episode records here (JSONL)")
     r.add_argument("--no-flip", action="store_true")
     r.add_argument("--bad-prompt", action="store_true")
     r.add_argument("--bad-unnorm", action="store_true")
@@ -346,16 +350,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(fn=cmd_report)
 
     m = sub.add_parser("merge", help="join the shard folders of one sweep")
-    m.add_argument("out", type=Path)
+    m.add_argument("out", type=out_dir)
     m.add_argument("shards", type=Path, nargs="+")
     m.add_argument("--allow-partial", action="store_true", help="merge an incomplete shard set (marked partial)")
     m.set_defaults(fn=cmd_merge)
 
     b = sub.add_parser("bench-sim", help="LIBERO env costs on this machine: create, reset, physics vs rendering, workers")
     b.add_argument("--suite", default=DEFAULT_SUITE)
-    b.add_argument("--task", type=int, default=0)
-    b.add_argument("--steps", type=int, default=40)
-    b.add_argument("--workers", type=int, default=2, help="measure 1..N workers")
+    b.add_argument("--task", type=_non_negative, default=0)
+    b.add_argument("--steps", type=_positive_int, default=40)
+    b.add_argument("--workers", type=_positive_int, default=2, help="measure 1..N workers")
     b.add_argument("--no-cameras", action="store_true", help="workers run physics only")
     b.set_defaults(fn=cmd_bench_sim)
 
@@ -363,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "on LIBERO libero_object + report")
     dm.add_argument("--seeds", type=_seed_count, default=1, help="seeds per task and run tag (default 1)")
     dm.add_argument("--tasks", default=DEMO_TASKS, help=f"task ids (default {DEMO_TASKS})")
-    dm.add_argument("--out", type=Path, default=Path("runs/demo"))
+    dm.add_argument("--out", type=out_dir, default=Path("runs/demo"))
     dm.set_defaults(fn=cmd_demo)
 
     for name, module, extra in (("monitor", "vla_eval.monitors.cli", None), ("small", "vla_eval.drills.cli", "drills"),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vla_eval.argtypes import id_set, int_at_least
+from vla_eval.argtypes import id_set, int_at_least, out_dir
 
 from vla_eval.errors import UsageError
 
@@ -31,13 +31,13 @@ def register(sub) -> None:
                    help="scripted: the phase-machine expert (the shipped weights' data); stateless: the phase "
                         "read off the state, the labeller DAgger uses (default scripted)")
     c.add_argument("--workers", type=_positive, default=2, help="env processes (default 2)")
-    c.add_argument("--out", type=Path, help=f"demo folder (default {demos_root()}/<suite>)")
+    c.add_argument("--out", type=out_dir, help=f"demo folder (default {demos_root()}/<suite>)")
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(fn=cmd_collect)
 
     t = sub.add_parser("train-tiny", help="train the tiny OpenVLA on collected demos (CPU, resumable)")
     t.add_argument("--demos", type=Path, help=f"demo folder (default {demos_root()}/libero_object)")
-    t.add_argument("--out", type=Path, default=Path("runs/train-tiny"), help="run folder (default runs/train-tiny)")
+    t.add_argument("--out", type=out_dir, default=Path("runs/train-tiny"), help="run folder (default runs/train-tiny)")
     t.add_argument("--steps", type=_positive, default=None, help="optimizer steps (default: TrainConfig's)")
     t.add_argument("--batch", type=_positive, default=None)
     t.add_argument("--patch", type=int, choices=(14, 8), default=14,
@@ -54,7 +54,7 @@ def register(sub) -> None:
                               "--tasks 0 --rounds 3 --out runs/dagger-t0")
     d.add_argument("--demos", type=Path, required=True, help="expert demos (collect-demos --expert stateless)")
     d.add_argument("--start", type=Path, required=True, help="round 0's checkpoint folder (train-tiny's export)")
-    d.add_argument("--out", type=Path, required=True, help="run folder (rounds, curve.csv)")
+    d.add_argument("--out", type=out_dir, required=True, help="run folder (rounds, curve.csv)")
     d.add_argument("--tasks", type=id_set("--tasks"), default=(0,), help="libero_object task ids (default 0)")
     d.add_argument("--rounds", type=_positive, default=3, help="DAgger rounds after round 0 (default 3)")
     d.add_argument("--rollouts", type=_positive, default=10, help="rollouts per task and round (default 10)")
