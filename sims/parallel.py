@@ -70,8 +70,9 @@ class WorkerError:
 
 
 def _worker_main(conn) -> None:
-    from vla_eval.sims.stopping import ignore_interrupts_in_worker
+    from vla_eval.sims.stopping import die_with_parent, ignore_interrupts_in_worker
 
+    die_with_parent()
     ignore_interrupts_in_worker()  # the parent decides when to stop; no tracebacks from workers
     holder = EnvHolder()
     while True:

@@ -55,3 +55,27 @@ def stop_on_signals():
 
 def ignore_interrupts_in_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """In a worker process: the kernel sends it SIGKILL when its parent dies (Linux), so a
+    SIGKILLed sweep leaves no env worker behind, not even one still importing its simulator.
+    Elsewhere a no-op (the workers still leave once their pipe to the parent closes)."""
+    import ctypes
+    import multiprocessing
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:  # the parent died before the call
+        os._exit(0)

@@ -1,6 +1,7 @@
 """Env workers: stepping together, and surviving a worker that raises or dies."""
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,3 +139,49 @@ def test_a_policy_that_raises_ends_its_episode_as_an_error_and_the_sweep_goes_on
     assert "Traceback" in by_seed[1].error
     assert by_seed[0].outcome == "success" and by_seed[2].outcome == "success"
     assert len(read_jsonl(path).episodes) == 3
+
+
+def _sleep_as_a_worker():
+    import time
+
+    from vla_eval.sims.stopping import die_with_parent
+
+    die_with_parent()
+    time.sleep(60)  # a worker still importing its simulator
+
+
+PARENT = """
+import multiprocessing as mp, sys, time
+sys.path.insert(0, {tests!r})
+from test_parallel import _sleep_as_a_worker
+if __name__ == "__main__":
+    p = mp.get_context("spawn").Process(target=_sleep_as_a_worker, daemon=True)
+    p.start()
+    print(p.pid, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_worker_dies_with_its_sigkilled_parent_within_two_seconds(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(PARENT.format(tests=str(Path(__file__).parent)))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    time.sleep(1.0)  # the child has called die_with_parent
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline and Path(f"/proc/{child}").exists() and "Z" not in _state(child):
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child}").exists() or "Z" in _state(child), "the worker outlived its parent"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]
+    except OSError:
+        return "Z"

@@ -1,5 +1,6 @@
 """Record schema round trip and the crash-safety rules of the JSONL files."""
 import json
+import os
 
 import pytest
 
@@ -104,3 +105,26 @@ def test_a_line_nested_past_the_stack_or_too_long_is_one_error(tmp_path):
     path.write_text('{"kind": "' + "x" * (2 << 20) + '"}\n')
     with pytest.raises(UsageError, match="deep.jsonl:1: a line over"):
         read_jsonl(path)
+
+
+def test_the_writer_creates_the_file_with_its_first_line_and_undoes_a_failed_line(tmp_path, monkeypatch):
+    from vla_eval.records import JsonlWriter
+
+    path = tmp_path / "ep.jsonl"
+    with JsonlWriter(path):
+        pass
+    assert not path.exists()  # nothing written: no file
+    with JsonlWriter(path) as w:
+        w.write(_step())
+        good = path.read_bytes()
+        real_fsync = os.fsync
+        monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+        with pytest.raises(OSError):
+            w.write(_episode())
+        monkeypatch.setattr(os, "fsync", real_fsync)
+    assert path.read_bytes() == good  # the failed line is gone, the earlier one kept
+    fresh = tmp_path / "fresh.jsonl"
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(OSError), JsonlWriter(fresh) as w:
+        w.write(_episode())
+    assert not fresh.exists()  # a file it created for a line that failed is removed

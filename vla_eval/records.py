@@ -173,22 +173,52 @@ def from_dict(d: dict) -> StepRecord | EpisodeRecord:
 
 
 class JsonlWriter:
-    """Appends records to one JSONL file, flushing each; fsyncs episode lines."""
+    """Appends records to one JSONL file, flushing each; fsyncs episode lines.
+
+    All or nothing per line: the file is created with its first complete line (a writer that
+    never writes leaves no file), and a line that cannot be written whole (disk full) is cut
+    off again before the error propagates, so the file never ends in a torn line."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        _cut_torn_tail(self.path)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._f, self._created = None, False
+        if self.path.exists():
+            _cut_torn_tail(self.path)
 
     def write(self, record: StepRecord | EpisodeRecord) -> None:
-        self._f.write(to_json(record) + "\n")
-        self._f.flush()
-        if isinstance(record, EpisodeRecord):
-            os.fsync(self._f.fileno())
+        line = (to_json(record) + "\n").encode("utf-8")
+        if self._f is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._created = not self.path.exists()
+            self._f = open(self.path, "ab")
+        start = self._f.seek(0, os.SEEK_END)
+        try:
+            self._f.write(line)
+            self._f.flush()
+            if isinstance(record, EpisodeRecord):
+                os.fsync(self._f.fileno())
+        except OSError:
+            self._undo(start)
+            raise
+
+    def _undo(self, start: int) -> None:
+        """Drop what a failed write left (buffered bytes included); remove a file it created."""
+        f, self._f = self._f, None
+        try:
+            f.close()
+        except OSError:
+            pass
+        try:
+            os.truncate(self.path, start)
+            if start == 0 and self._created:
+                self.path.unlink()
+        except OSError:
+            pass
 
     def close(self) -> None:
-        self._f.close()
+        if self._f is not None:
+            self._f.close()
+            self._f = None
 
     def __enter__(self):
         return self

@@ -155,6 +155,9 @@ def _rollout_worker(cfg: DaggerConfig, r: int, jobs) -> None:
     from vla_eval.sims.protocol import suite_spec
     from vla_eval.tinyvla.demos import _write_atomic, demo_row
 
+    from vla_eval.sims.stopping import die_with_parent
+
+    die_with_parent()
     torch.set_num_threads(cfg.threads)
     configure_gl()
     policy = make_policy("openvla", cfg.suite, openvla=OpenVLAOptions(

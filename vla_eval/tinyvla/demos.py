@@ -191,6 +191,9 @@ def _worker(cfg: DemoConfig, tasks) -> None:
 
     from vla_eval.sims.libero_env import LiberoEnv, configure_gl
 
+    from vla_eval.sims.stopping import die_with_parent
+
+    die_with_parent()
     configure_gl()
     expert = make_expert(cfg.expert)
     while True:
