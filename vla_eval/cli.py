@@ -421,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vla-eval: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a further signal while we report is not a crash
+            signal.signal(sig, signal.SIG_IGN)
         signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
         print(f"\nstopped ({signal.Signals(signum).name}): committed episodes are kept; re-run the same command "
               f"to resume", file=sys.stderr)
@@ -436,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _os_error(e: OSError) -> int:
