@@ -148,6 +148,7 @@ def context(run_dir: Path) -> dict:
             for tag, log in logs.items() for r in [rate_of(e.outcome for e in log.episodes)]]}
     videos, video_note = _videos(run_dir, logs)
     prov = manifest.get("provenance", {})
+    prov = prov if isinstance(prov, dict) else {"provenance": f"(not an object: {type(prov).__name__})"}
     monitor = _monitor(cfg, logs) if drill else None
     return {
         "run_name": run_dir.name, "policy": cfg["policy"], "suite": cfg["suite"], "main_tag": main_tag,

@@ -339,3 +339,46 @@ def test_bench_policy_on_a_truncated_checkpoint_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "vla_eval.cli", "bench-policy", "--checkpoint", str(ckpt),
                         "--device", "cpu", "--batches", "1"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "truncated:" in r.stderr, r.stderr
+
+
+def test_a_demo_folder_with_a_broken_or_missing_collection_json_is_refused(tmp_path):
+    from vla_eval.tinyvla.demos import DemoConfig, _check_config
+
+    cfg = DemoConfig(tasks=(0,), out=tmp_path / "demos")
+    _check_config(cfg)
+    (cfg.out / "collection.json").write_text("[1, 2")
+    with pytest.raises(UsageError, match="collection.json is unreadable"):
+        _check_config(cfg)
+    (cfg.out / "collection.json").unlink()
+    (cfg.out / "task0").mkdir()
+    (cfg.out / "task0" / "scene0.parquet").write_bytes(b"x")
+    with pytest.raises(UsageError, match="no collection.json"):
+        _check_config(cfg)
+
+
+def test_train_tiny_names_a_shard_with_corrupt_jpeg_bytes(tmp_path):
+    import pandas as pd
+
+    from vla_eval.tinyvla.train import load_demos
+
+    (tmp_path / "task0").mkdir()
+    rows = [{"task_id": 0, "scene": 0, "step": 0, "instruction": "pick", "image": b"\xff\xd8 not a jpeg",
+             "action": [0.0] * 7}]
+    pd.DataFrame(rows).to_parquet(tmp_path / "task0" / "scene0.parquet")
+    with pytest.raises(UsageError, match="scene0.parquet: frame 0 is not a decodable JPEG"):
+        load_demos(tmp_path, tmp_path / "cache", progress=False)
+    pd.DataFrame(rows[:0]).to_parquet(tmp_path / "task0" / "scene0.parquet")
+    with pytest.raises(UsageError, match="scene0.parquet is unreadable"):
+        load_demos(tmp_path, tmp_path / "cache", progress=False)
+
+
+def test_a_manifest_with_odd_provenance_or_deep_nesting_is_handled(tmp_path):
+    run = make_shard(tmp_path / "s0", 0, 1)
+    m = json.loads((run / "manifest.json").read_text())
+    m["provenance"] = [1, 2]
+    (run / "manifest.json").write_text(json.dumps(m))
+    r = cli("report", run)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    (run / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    r = cli("report", run)
+    assert r.returncode == 2 and "not a readable manifest" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -101,8 +101,8 @@ def load_manifest(run_dir: Path) -> dict:
         raise UsageError(f"{run_dir} is not a vla-eval run folder (no {MANIFEST})")
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{path}: not a readable manifest ({e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise UsageError(f"{path}: not a readable manifest ({type(e).__name__}: {str(e)[:100]})") from None
     if not isinstance(d, dict) or not isinstance(d.get("config"), dict):
         raise UsageError(f"{path}: a manifest is a JSON object with a 'config' object")
     return d

@@ -229,7 +229,8 @@ def rollout_summary(cfg: DaggerConfig, r: int) -> dict:
         try:
             df = pd.read_parquet(path, columns=["success", "actor"])
         except Exception as e:
-            raise UsageError(f"rollout shard {path} is unreadable ({e}); delete it and re-run the same command, "
+            why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            raise UsageError(f"rollout shard {path} is unreadable ({why}); delete it and re-run the same command, "
                              f"which rolls that scene out again") from e
         n, frames = n + 1, frames + len(df)
         ok += bool(len(df) and df["success"].iloc[0])

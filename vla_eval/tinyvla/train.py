@@ -102,7 +102,8 @@ def load_demos(demos: Path | Sequence[Path], cache: Path, progress: bool = True)
             if len(df) == 0:
                 raise ValueError("no rows")
         except Exception as e:
-            raise UsageError(f"demo shard {p} is unreadable ({e}); delete it and re-run vla-eval collect-demos, "
+            why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            raise UsageError(f"demo shard {p} is unreadable ({why}); delete it and re-run vla-eval collect-demos, "
                              f"which records that scene again") from e
         df["episode"] = i
         tables.append(df)
@@ -113,10 +114,16 @@ def load_demos(demos: Path | Sequence[Path], cache: Path, progress: bool = True)
         from concurrent.futures import ThreadPoolExecutor
         from tqdm import tqdm
 
+        def frame(i: int) -> np.ndarray:
+            try:
+                return lanczos_resize(jpeg_decode(df["image"].iat[i]))
+            except Exception as e:  # corrupt JPEG bytes: name the shard, not a decoder traceback
+                raise UsageError(f"demo shard {paths[df['episode'].iat[i]]}: frame {i} is not a decodable JPEG "
+                                 f"({e}); delete the shard and re-run the collection, which records it again") from e
+
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # JPEG and BLAS release the GIL
-            frames = np.stack(list(tqdm(pool.map(lambda b: lanczos_resize(jpeg_decode(b)), df["image"]),
-                                        total=len(df), desc="preprocess", unit="frame",
-                                        disable=not progress)))
+            frames = np.stack(list(tqdm(pool.map(frame, range(len(df))), total=len(df), desc="preprocess",
+                                        unit="frame", disable=not progress)))
         cache.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".tmp.npz")
         np.savez(tmp, frames=frames)
