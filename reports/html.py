@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vla_eval.errors import UsageError, require
+from vla_eval.argtypes import format_ids
 from vla_eval.records import RunLog
 from vla_eval.reports.plots import action_trace_plot, gripper_timing_histogram
 from vla_eval.reports.stats import comparability, per_task, published_number, rate_of, verdict
@@ -59,7 +60,7 @@ def _banners(cfg: dict, manifest: dict, logs: dict[str, RunLog]) -> list[dict]:
     from vla_eval.sweep import parse_shard
 
     i, k = parse_shard(cfg["shard"])
-    expected = len(range(i, len(cfg["task_ids"]) * cfg["seeds"], k))
+    expected = len(range(i, len(cfg["task_ids"]) * len(cfg["seeds"]), k))
     for tag in cfg["tags"]:
         have = len(logs[tag].episodes) if tag in logs else 0
         if have < expected:
@@ -152,7 +153,7 @@ def context(run_dir: Path) -> dict:
     monitor = _monitor(cfg, logs) if drill else None
     return {
         "run_name": run_dir.name, "policy": cfg["policy"], "suite": cfg["suite"], "main_tag": main_tag,
-        "task_ids": cfg["task_ids"], "seeds": cfg["seeds"], "banners": _banners(cfg, manifest, logs),
+        "task_ids": cfg["task_ids"], "seeds": f"{len(cfg['seeds'])} ({format_ids(cfg['seeds'])})", "banners": _banners(cfg, manifest, logs),
         "headline": {"pct": _pct(rate.p), "se": _pct(rate.se), "text": str(rate), "errors": rate.errors} if rate.n else None,
         "verdict": {"level": v.level, "css": v.level.replace("/", ""), "text": v.text},
         "published": f"{published:.1f}%" if published is not None and not reasons else None,

@@ -90,3 +90,29 @@ def out_file(text: str):
     if blocker is not None:
         raise argparse.ArgumentTypeError(f"{text} lies under the file {blocker}; give a path in a folder")
     return p
+
+
+def seed_set(text: str) -> tuple[int, ...]:
+    """--seeds: a plain count N means seeds 0..N-1 (seed i -> stored init state i); ids and ranges
+    ('10-59', '3,4', '0-4,7') name the seeds themselves."""
+    if text.strip().isdigit():
+        n = int(text)
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+        return tuple(range(n))
+    return id_set("--seeds")(text)
+
+
+seed_set.__name__ = "seed count or ids"
+
+
+def format_ids(ids) -> str:
+    """(0, 1, 2, 3) -> '0-3'; (3, 4) -> '3,4'; (0, 1, 2, 7, 8, 9) -> '0-2,7-9': what seed_set reads back."""
+    s, parts, i = sorted(ids), [], 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and s[j + 1] == s[j] + 1:
+            j += 1
+        parts.append(f"{s[i]}-{s[j]}" if j - i >= 2 else ",".join(map(str, s[i:j + 1])))
+        i = j + 1
+    return ",".join(parts)

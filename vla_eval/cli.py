@@ -6,13 +6,12 @@ import sys
 from pathlib import Path
 
 from vla_eval import __version__
-from vla_eval.argtypes import float_between, id_set, int_at_least, out_dir, out_file
+from vla_eval.argtypes import float_between, format_ids, id_set, int_at_least, out_dir, out_file, seed_set
 from vla_eval.errors import DIST, MissingDependency, UsageError, install_hint
 
 DEFAULT_SUITE = "libero_object"
 
 
-_seed_count = int_at_least(1)
 _non_negative = int_at_least(0)
 _positive_int = int_at_least(1)
 _positive_float = float_between(0.0)
@@ -21,7 +20,7 @@ _positive_float = float_between(0.0)
 _task_list = id_set("--tasks")
 
 
-def _add_run_args(p: argparse.ArgumentParser, seeds_default: int) -> None:
+def _add_run_args(p: argparse.ArgumentParser, seeds_default: str) -> None:
     from vla_eval.policies.factory import BACKENDS, POLICIES
 
     p.add_argument("--suite", default=DEFAULT_SUITE, help="libero_spatial|libero_object|libero_goal|libero_10|libero_90, "
@@ -30,7 +29,9 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: int) -> None:
     tasks.add_argument("--task", type=int, default=0, help="task id within the suite (default 0)")
     tasks.add_argument("--all-tasks", action="store_true", help="every task of the suite")
     tasks.add_argument("--tasks", type=_task_list, help="comma-separated task ids, e.g. 0,3,5")
-    p.add_argument("--seeds", type=_seed_count, default=seeds_default, help="episodes per task; seed i -> init state i")
+    p.add_argument("--seeds", type=seed_set, default=seeds_default,
+                   help=f"a count N (seeds 0..N-1) or seed ids such as 10-59 or 3,4; seed i -> stored init state i "
+                        f"(default {seeds_default})")
     p.add_argument("--policy", default="openvla", choices=POLICIES)
     p.add_argument("--checkpoint", help="HF id or local path (default: openvla/openvla-7b-finetuned-<suite>)")
     p.add_argument("--revision", help="pin the checkpoint's revision (commit hash)")
@@ -244,7 +245,7 @@ def cmd_run(args) -> int:
     if args.all_tasks or args.tasks:
         raise UsageError("vla-eval run is one episode: pick its task with --task N (--tasks/--all-tasks apply to "
                          "sweep and drill)")
-    extra = [flag for flag, used in (("--seeds", args.seeds != 1), ("--out", args.out is not None),
+    extra = [flag for flag, used in (("--seeds", args.seeds != (0,)), ("--out", args.out is not None),
                                      ("--env-timeout", args.env_timeout is not None), ("--no-report", args.no_report),
                                      ("--videos", args.videos != "default"))
              if used]
@@ -311,7 +312,7 @@ def cmd_demo(args) -> int:
     """The CPU default main job: the shipped tiny OpenVLA on real LIBERO (pixels in, tokens out),
     its baseline next to the three silent failures, two env workers, then the report."""
     argv = ["drill", "--policy", "tiny", "--suite", "libero_object", "--tasks", args.tasks,
-            "--seeds", str(args.seeds), "--batch", "2", "--out", str(args.out)]
+            "--seeds", format_ids(args.seeds), "--batch", "2", "--out", str(args.out)]
     return main(argv)
 
 
@@ -321,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("sweep", help="N seeds per task, resumable; per-step JSONL and an HTML report")
-    _add_run_args(s, seeds_default=50)
+    _add_run_args(s, seeds_default="50")
     s.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
     s.add_argument("--retry-errors", action="store_true", help="on resume, redo episodes that ended in an env error")
     s.add_argument("--shard", help="i/K: run a deterministic 1/K slice (join with `vla-eval merge`)")
@@ -330,14 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_sweep)
 
     d = sub.add_parser("drill", help="baseline next to the silent failures (all three by default)")
-    _add_run_args(d, seeds_default=1)
+    _add_run_args(d, seeds_default="1")
     d.add_argument("--no-flip", action="store_true", help="image not rotated 180 degrees")
     d.add_argument("--bad-prompt", action="store_true", help="prompt template rephrased")
     d.add_argument("--bad-unnorm", action="store_true", help="unnorm_key=bridge_orig")
     d.set_defaults(fn=cmd_drill)
 
     r = sub.add_parser("run", help="one episode with any toggles")
-    _add_run_args(r, seeds_default=1)
+    _add_run_args(r, seeds_default="1")
     r.add_argument("--seed", type=_non_negative, default=0, help="seed = init state index (0..49)")
     r.add_argument("--log", type=out_file, help="write the step and episode records here (JSONL)")
     r.add_argument("--no-flip", action="store_true")
@@ -365,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="CPU main job: the tiny OpenVLA's drill (baseline + 3 silent failures) "
                                      "on LIBERO libero_object + report")
-    dm.add_argument("--seeds", type=_seed_count, default=1, help="seeds per task and run tag (default 1)")
+    dm.add_argument("--seeds", type=seed_set, default="1", help="a seed count or ids per task and run tag (default 1)")
     dm.add_argument("--tasks", default=DEMO_TASKS, help=f"task ids (default {DEMO_TASKS})")
     dm.add_argument("--out", type=out_dir, default=Path("runs/demo"))
     dm.set_defaults(fn=cmd_demo)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from vla_eval.argtypes import format_ids
 from vla_eval.errors import UsageError
 
 SCHEMA_VERSION = 2  # 2 added optional StepRecord.token_prob and EpisodeRecord.reset_s; 1 still reads
@@ -295,14 +296,9 @@ class RunScope:
         if isinstance(rec, EpisodeRecord) and rec.suite != self.suite:
             return f"an episode of suite {rec.suite!r} in a {self.suite} run"
         if rec.task_id not in self.task_ids or rec.seed not in self.seeds:
-            return (f"task {rec.task_id} seed {rec.seed} is outside this run (tasks {_ids(self.task_ids)}, "
-                    f"seeds {_ids(self.seeds)})")
+            return (f"task {rec.task_id} seed {rec.seed} is outside this run (tasks {format_ids(self.task_ids)}, "
+                    f"seeds {format_ids(self.seeds)})")
         return None
-
-
-def _ids(ids: frozenset[int]) -> str:
-    s = sorted(ids)
-    return f"{s[0]}-{s[-1]}" if len(s) > 2 and s == list(range(s[0], s[-1] + 1)) else ",".join(map(str, s))
 
 
 def read_jsonl(path: Path, scope: RunScope | None = None) -> RunLog:

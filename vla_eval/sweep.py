@@ -32,7 +32,7 @@ MANIFEST = "manifest.json"
 class SweepConfig:
     suite: str
     task_ids: tuple[int, ...]
-    seeds: int
+    seeds: tuple[int, ...]  # seed i -> stored init state i; an int N means 0..N-1
     policy: str
     tags: tuple[str, ...] = ("baseline",)
     cameras: bool = True
@@ -42,9 +42,17 @@ class SweepConfig:
     revision: str | None = None
     shard: str | None = None  # "i/K": this run does jobs i, i+K, i+2K, ...
 
+    def __post_init__(self):
+        seeds = tuple(range(self.seeds)) if isinstance(self.seeds, int) else tuple(sorted(self.seeds))
+        bad = [s for s in seeds if not (isinstance(s, int) and 0 <= s < N_INIT_STATES)]
+        if not seeds or bad or len(set(seeds)) != len(seeds):
+            what = f"seed {bad[0]} has no stored init state" if bad else "a seed set must be non-empty and unique"
+            raise UsageError(f"--seeds: {what}; valid: 0..{N_INIT_STATES - 1} (a count N, or ids such as 10-59 or 3,4)")
+        object.__setattr__(self, "seeds", seeds)
+
     def scope(self, tag: str) -> RunScope:
         """What this run's ``<tag>.jsonl`` may hold."""
-        return RunScope(self.suite, tag, frozenset(self.task_ids), frozenset(range(self.seeds)))
+        return RunScope(self.suite, tag, frozenset(self.task_ids), frozenset(self.seeds))
 
     def identity(self) -> dict:
         """What must match for two runs to be resumed or merged as one."""
@@ -116,7 +124,10 @@ def _is_int(v) -> bool:
 _CONFIG_CHECKS = {
     "suite": (lambda v: isinstance(v, str) and v in SUITES, f"one of {', '.join(SUITES)}"),
     "task_ids": (lambda v: isinstance(v, list) and v and all(_is_int(t) and 0 <= t < 90 for t in v), "task ids"),
-    "seeds": (lambda v: _is_int(v) and 1 <= v <= N_INIT_STATES, f"an integer 1..{N_INIT_STATES}"),
+    "seeds": (lambda v: (_is_int(v) and 1 <= v <= N_INIT_STATES)  # a count: manifests before seed sets
+              or (isinstance(v, list) and v and all(_is_int(s) and 0 <= s < N_INIT_STATES for s in v)
+                  and len(set(v)) == len(v)),
+              f"a list of distinct seeds 0..{N_INIT_STATES - 1} (or a count 1..{N_INIT_STATES})"),
     "policy": (lambda v: isinstance(v, str) and v in POLICIES, f"one of {', '.join(POLICIES)}"),
     "tags": (lambda v: isinstance(v, list) and v and all(isinstance(t, str) and t in DRILLS for t in v),
              f"a list of {', '.join(DRILLS)}"),
@@ -144,7 +155,8 @@ def config_from_manifest(run_dir: Path) -> SweepConfig:
         if not ok(c[key]):
             raise UsageError(f"{where}: config {key}={c[key]!r} is invalid; valid: {valid}")
     parse_shard(c["shard"])
-    return SweepConfig(**{**c, "task_ids": tuple(c["task_ids"]), "tags": tuple(c["tags"])})
+    seeds = tuple(range(c["seeds"])) if _is_int(c["seeds"]) else tuple(c["seeds"])
+    return SweepConfig(**{**c, "task_ids": tuple(c["task_ids"]), "tags": tuple(c["tags"]), "seeds": seeds})
 
 
 def _check_or_write_manifest(run_dir: Path, cfg: SweepConfig, model_options: dict | None = None,
@@ -152,6 +164,8 @@ def _check_or_write_manifest(run_dir: Path, cfg: SweepConfig, model_options: dic
     path = run_dir / MANIFEST
     if path.exists():
         old = json.loads(path.read_text())["config"]
+        if _is_int(old.get("seeds")):  # a manifest from before seed sets: a count N is seeds 0..N-1
+            old = {**old, "seeds": list(range(old["seeds"]))}
         diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if old.get(k) != _jsonish(v)}
         if diff:
             lines = "; ".join(f"{k}: folder has {a!r}, command asks {b!r}" for k, (a, b) in diff.items())
@@ -221,8 +235,6 @@ def run_sweep(
     from vla_eval.videos import parse_policy
 
     parse_policy(videos)
-    if cfg.seeds < 1:
-        raise UsageError(f"--seeds must be at least 1, got {cfg.seeds}")
     slot_groups(max(workers, 1), overlap)  # refuse a bad --overlap before loading any model
     if ray_address is not None and workers < 1:
         raise UsageError("--ray runs the envs as Ray actors: give their number with --workers N (or --batch N)")
@@ -231,7 +243,7 @@ def run_sweep(
                          f"0 (the policy in this process) or more")
     i, k = parse_shard(cfg.shard)
     tags = [(tag, toggles_for(tag)) for tag in cfg.tags]
-    all_jobs = make_jobs(cfg.suite, cfg.task_ids, range(cfg.seeds))[i::k]
+    all_jobs = make_jobs(cfg.suite, cfg.task_ids, cfg.seeds)[i::k]
     openvla = replace(openvla, batch=max(1, workers))  # the model is called with one row per env
     if cfg.policy in PIXEL_POLICIES:
         openvla = resolve_options(cfg.policy, cfg.suite, openvla)
@@ -417,7 +429,7 @@ def _check_shard_episodes(shard_dirs: Sequence[Path], configs: Sequence[SweepCon
     missing = 0
     for d, cfg in zip(shard_dirs, configs):
         i, k = parse_shard(cfg.shard)
-        mine = {(j.task_id, j.seed) for j in make_jobs(cfg.suite, cfg.task_ids, range(cfg.seeds))[i::k]}
+        mine = {(j.task_id, j.seed) for j in make_jobs(cfg.suite, cfg.task_ids, cfg.seeds)[i::k]}
         for tag in cfg.tags:
             path = Path(d) / f"{tag}.jsonl"
             log = read_tag(d, tag, cfg)

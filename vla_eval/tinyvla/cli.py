@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vla_eval.argtypes import id_set, int_at_least, out_dir
+from vla_eval.argtypes import id_set, int_at_least, out_dir, seed_set
 
 from vla_eval.errors import UsageError
 
@@ -61,8 +61,9 @@ def register(sub) -> None:
     d.add_argument("--beta", type=float, default=0.5, help="round 1's chance that the expert acts at a step (default 0.5)")
     d.add_argument("--decay", type=float, default=0.5, help="beta of round R: beta * decay**(R-1) (default 0.5)")
     d.add_argument("--train-steps", type=_positive, default=1500, help="fine-tune steps per round (default 1500)")
-    d.add_argument("--eval-seeds", type=_positive, default=5,
-                   help="held-out stored init states 0..N-1 per task, evaluated every round (default 5)")
+    d.add_argument("--eval-seeds", type=seed_set, default="5",
+                   help="held-out stored init states per task, evaluated every round: a count N (0..N-1) or ids "
+                        "such as 10-19 (default 5)")
     d.add_argument("--workers", type=_positive, default=2, help="rollout processes (default 2)")
     d.add_argument("--tokenizer", type=Path, help="Llama-2 tokenizer folder (default: the cached one)")
     d.add_argument("--no-progress", action="store_true")
@@ -114,7 +115,7 @@ def cmd_dagger(args) -> int:
 
     cfg = DaggerConfig(out=args.out, demos=args.demos, start=args.start, tokenizer=args.tokenizer or Path("."),
                        tasks=args.tasks, rounds=args.rounds, rollouts_per_task=args.rollouts, beta0=args.beta,
-                       decay=args.decay, train_steps=args.train_steps, eval_seeds=tuple(range(args.eval_seeds)),
+                       decay=args.decay, train_steps=args.train_steps, eval_seeds=args.eval_seeds,
                        workers=args.workers)
     from vla_eval.tinyvla.dagger import check_config
 

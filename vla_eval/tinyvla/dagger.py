@@ -257,10 +257,7 @@ def evaluate(cfg: DaggerConfig, r: int, progress: bool = True) -> tuple[int, int
     from vla_eval.policies.factory import OpenVLAOptions
     from vla_eval.sweep import SweepConfig, run_sweep
 
-    seeds = cfg.eval_seeds
-    if seeds != tuple(range(len(seeds))):
-        raise UsageError(f"--eval-seeds must be 0..N-1 for now (a sweep runs seeds 0..N-1); got {seeds}")
-    sc = SweepConfig(suite=cfg.suite, task_ids=cfg.tasks, seeds=len(seeds), policy="openvla",
+    sc = SweepConfig(suite=cfg.suite, task_ids=cfg.tasks, seeds=cfg.eval_seeds, policy="openvla",
                      checkpoint=str(cfg.checkpoint(r)), hard_reset=False, max_steps=cfg.max_steps)
     result = run_sweep(sc, cfg.round_dir(r) / "eval", workers=min(2, cfg.workers),
                        openvla=OpenVLAOptions(checkpoint=str(cfg.checkpoint(r)), device="cpu", dtype="float32"),

@@ -14,11 +14,14 @@ Only the standard library: the check runs before torch or safetensors touch the 
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
 from vla_eval.errors import UsageError
 
+DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
 REFETCH = "re-download the checkpoint (or re-export it) into an empty folder"
 # config.json fields the native backend reads, and their JSON types
@@ -75,24 +78,30 @@ def check_safetensors(path: Path) -> dict[str, list[int]]:
         raise _broken(path, "its header is not JSON (garbage or not a safetensors file)") from None
     if not isinstance(header, dict):
         raise _broken(path, "its header is not a JSON object")
-    shapes, end = {}, 0
+    shapes, spans = {}, []
     for name, entry in header.items():
         if name == "__metadata__":
             continue
         try:
             begin, stop = entry["data_offsets"]
             shape = [int(d) for d in entry["shape"]]
-            ok = isinstance(entry["dtype"], str) and 0 <= begin <= stop and min(shape, default=0) >= 0
+            width = DTYPE_BYTES[entry["dtype"]]
+            ok = 0 <= begin <= stop and min(shape, default=0) >= 0 and stop - begin == width * math.prod(shape)
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:
             raise _broken(path, f"tensor {name!r} has a malformed header entry")
-        shapes[name], end = shape, max(end, stop)
-    want = 8 + n + end
-    if size < want:
-        raise _broken(path, f"truncated: {size} of {want} bytes")
+        shapes[name] = shape
+        spans.append((begin, stop))
     if not shapes:
         raise _broken(path, "holds no tensors")
+    spans.sort()
+    if spans[0][0] != 0 or any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
+        raise _broken(path, "its tensors' byte ranges overlap or leave gaps (a damaged header)")
+    want = 8 + n + spans[-1][1]
+    if size != want:
+        raise _broken(path, f"truncated: {size} of {want} bytes" if size < want else
+                      f"{size} bytes where its header describes {want} (bytes added or the header damaged)")
     return shapes
 
 
