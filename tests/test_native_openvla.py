@@ -178,7 +178,9 @@ def test_checkpoint_keys_roundtrip_and_mismatches_are_listed(ckpt, tmp_path):
 
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "config.json").write_text((ckpt / "config.json").read_text())
+    for f in ckpt.iterdir():  # a complete folder: only the weights differ
+        if f.is_file() and f.name != "model.safetensors":
+            (broken / f.name).write_bytes(f.read_bytes())
     bad = dict(state)
     del bad["projector.fc2.bias"]
     bad["projector.fc9.weight"] = torch.zeros(2, 2)

@@ -73,7 +73,7 @@ def test_resume_with_another_config_is_refused(resumed_run):
     out, _, _ = resumed_run
     before = (out / "baseline.jsonl").read_text()
     bad = subprocess.run(SWEEP + ["--seeds", "5", "--out", str(out)], capture_output=True, text=True)
-    assert bad.returncode == 2 and "seeds: folder has 4, command asks 5" in bad.stderr
+    assert bad.returncode == 2 and "seeds: folder has 0-3, command asks 0-4" in bad.stderr
     assert (out / "baseline.jsonl").read_text() == before
 
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
+from vla_eval.argtypes import format_ids
 from vla_eval.errors import DIST, UsageError
 from vla_eval.sims.protocol import N_INIT_STATES, SUITES
 from vla_eval.policies.factory import DRILLS, PIXEL_POLICIES, POLICIES, OpenVLAOptions, Toggles, make_policies, resolve_options
@@ -159,6 +160,13 @@ def config_from_manifest(run_dir: Path) -> SweepConfig:
     return SweepConfig(**{**c, "task_ids": tuple(c["task_ids"]), "tags": tuple(c["tags"]), "seeds": seeds})
 
 
+def _shown(key: str, value) -> str:
+    """A config value as the user typed it: seed sets in the --seeds syntax ('0-3'), the rest as repr."""
+    if key == "seeds" and isinstance(value, (list, tuple)):
+        return format_ids(value)
+    return repr(value)
+
+
 def _check_or_write_manifest(run_dir: Path, cfg: SweepConfig, model_options: dict | None = None,
                              merged: dict | None = None) -> None:
     path = run_dir / MANIFEST
@@ -168,7 +176,8 @@ def _check_or_write_manifest(run_dir: Path, cfg: SweepConfig, model_options: dic
             old = {**old, "seeds": list(range(old["seeds"]))}
         diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if old.get(k) != _jsonish(v)}
         if diff:
-            lines = "; ".join(f"{k}: folder has {a!r}, command asks {b!r}" for k, (a, b) in diff.items())
+            lines = "; ".join(f"{k}: folder has {_shown(k, a)}, command asks {_shown(k, b)}"
+                              for k, (a, b) in diff.items())
             raise UsageError(f"{run_dir} holds a run with another config ({lines}). Use another --out folder.")
         return
     run_dir.mkdir(parents=True, exist_ok=True)
