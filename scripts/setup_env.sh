@@ -11,8 +11,7 @@ VENV=${VENV:-.venv}
 STAMP="$VENV/.setup-stamp"
 # The stamp records what the environment was built from; any change rebuilds it.
 want=$(cat pyproject.toml constraints.txt scripts/setup_env.sh | sha256sum | cut -c1-16)
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -m vla_eval.sims.assets check >/dev/null 2>&1 \
-   && "$VENV/bin/python" -m vla_eval.policies.native.llama_tokenizer check >/dev/null 2>&1 \
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/vla-eval" setup --check --pins >/dev/null 2>&1 \
    && { [ "${WITH_BROWSER:-0}" = 0 ] || command -v chromium >/dev/null; }; then
   exit 0
 fi
@@ -41,8 +40,8 @@ pip install -q -c constraints.txt -e ".[sim,report,drills,openvla,data,ray,test]
 pip install -q -c constraints.txt --no-deps libero==0.1.1
 "$VENV/bin/python" -c "import torch, robosuite, mujoco; assert mujoco.__version__ == '3.3.2', mujoco.__version__" \
   || { echo "setup: core imports failed (see above)"; exit 1; }
-"$VENV/bin/python" -m vla_eval.sims.assets install
-# Llama-2's tokenizer (from the llama-cpp-python sdist on PyPI) into the cache: training and the tests.
-"$VENV/bin/python" -m vla_eval.policies.native.llama_tokenizer install 2> >(grep -v "is ignored: it is neither" >&2)
+# LIBERO assets and config, Llama-2's tokenizer, and (--pins) OpenVLA's transformers/tokenizers pins in a
+# side folder for the compatibility tests: all into the cache.
+"$VENV/bin/vla-eval" setup --pins 2> >(grep -v "is ignored: it is neither" >&2)
 echo "$want" > "$STAMP"
 echo "setup: environment ready in $VENV"

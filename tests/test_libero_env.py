@@ -74,7 +74,7 @@ def test_missing_assets_message_names_the_fix(monkeypatch, tmp_path):
     import vla_eval.sims.assets as assets
 
     monkeypatch.setattr(assets, "libero_package_dir", lambda: tmp_path)
-    with pytest.raises(assets.SetupError, match="python -m vla_eval.sims.assets install"):
+    with pytest.raises(assets.SetupError, match="vla-eval setup"):
         assets.check_assets()
 
 

@@ -376,7 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("bench-policy", "vla_eval.policies.native.bench", "openvla"),
                                 ("check-backend", "vla_eval.policies.check_backend", "openvla"),
                                 ("collect-demos", "vla_eval.tinyvla.cli", "data"),
-                                ("compare", "vla_eval.reports.compare", "report")):
+                                ("compare", "vla_eval.reports.compare", "report"),
+                                ("setup", "vla_eval.setup", None)):
         _lazy(sub, name, module, extra)
     return p
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from vla_eval.policies.native.vit import ViTConfig
+from vla_eval.policies.native.llama_tokenizer import portable_merges, rewrite_portable
 
 VIT_PREFIXES = ("vision_backbone.featurizer.", "vision_backbone.fused_featurizer.")
 AUTO_MAP = {"AutoConfig": "configuration_prismatic.OpenVLAConfig",
@@ -101,10 +102,12 @@ def write_tokenizer(out_dir: Path, source: Path | None = None, tokenizer=None) -
         if not any(t["content"] == "<PAD>" for t in tok["added_tokens"]):
             tok["added_tokens"].append({"id": 32000, "content": "<PAD>", "single_word": False, "lstrip": False,
                                         "rstrip": False, "normalized": False, "special": True})
-        (out_dir / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False, indent=2), encoding="utf-8")
+        (out_dir / "tokenizer.json").write_text(json.dumps(portable_merges(tok), ensure_ascii=False, indent=2),
+                                                encoding="utf-8")
         cfg = tokenizer_config()
     else:
         tokenizer.save_pretrained(str(out_dir))
+        rewrite_portable(out_dir / "tokenizer.json")
         cfg = {**tokenizer_config(), "pad_token": None, "legacy": True}  # no <PAD> in a character vocabulary
         for name in ("tokenizer_config.json", "special_tokens_map.json"):
             (out_dir / name).unlink(missing_ok=True)

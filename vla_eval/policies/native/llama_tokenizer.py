@@ -47,8 +47,10 @@ def is_installed(folder: Path | None = None) -> bool:
     path = (folder or tokenizer_dir()) / "tokenizer.json"
     if not path.exists():
         return False
-    try:  # an install from before the normaliser fix is redone
-        return json.loads(path.read_text(encoding="utf-8")).get("normalizer") == LEGACY_NORMALIZER
+    try:  # an install from before the normaliser or the merges fix is redone
+        tok = json.loads(path.read_text(encoding="utf-8"))
+        merges = tok.get("model", {}).get("merges") or [""]
+        return tok.get("normalizer") == LEGACY_NORMALIZER and isinstance(merges[0], str)
     except (OSError, ValueError):
         return False
 
@@ -111,12 +113,32 @@ def _portable_config(folder: Path) -> None:
     path.write_text(json.dumps(cfg, indent=1))
 
 
+def portable_merges(tok: dict) -> dict:
+    """BPE merges as ``"a b"`` strings, the form every tokenizers version reads: >= 0.20 saves
+    ``["a", "b"]`` pairs, which 0.19.1 (OpenVLA's pin) refuses ("data did not match any variant
+    of untagged enum ModelWrapper"). Safe for Llama's pieces, which hold no space (checked)."""
+    model = tok.get("model") or {}
+    merges = model.get("merges")
+    if merges and not isinstance(merges[0], str):
+        if any(" " in part for pair in merges for part in pair):
+            raise ValueError("a BPE merge contains a space: it cannot be written as 'a b'")
+        model["merges"] = [" ".join(pair) for pair in merges]
+    return tok
+
+
+def rewrite_portable(path: Path) -> None:
+    """``portable_merges`` applied to a saved tokenizer.json in place."""
+    tok = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps(portable_merges(tok), ensure_ascii=False, indent=2), encoding="utf-8")
+
+
 def _legacy_pipeline(path: Path) -> None:
     """Write Llama-2's released pipeline into tokenizer.json: the SentencePiece normaliser,
-    no pre-tokenizer (transformers 5 saves a Metaspace that drops the prefix before a space)."""
+    no pre-tokenizer (transformers 5 saves a Metaspace that drops the prefix before a space),
+    merges in the portable form."""
     tok = json.loads(path.read_text(encoding="utf-8"))
     tok["normalizer"], tok["pre_tokenizer"] = LEGACY_NORMALIZER, None
-    path.write_text(json.dumps(tok, ensure_ascii=False, indent=2), encoding="utf-8")
+    path.write_text(json.dumps(portable_merges(tok), ensure_ascii=False, indent=2), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

