@@ -6,11 +6,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vla_eval.faults import FAULTS, RUN_TAGS
 from vla_eval.monitors.predicates import PREDICATES, Thresholds, Verdict
 from vla_eval.monitors.stream import classify, evaluate
 
-FAULT_TAGS = ("baseline",) + PREDICATES
+FAULT_TAGS = ("baseline",) + PREDICATES  # the run tags a predicate is meant to match
 COLUMNS = PREDICATES + ("none",)
+
+
+def expected_predicate(tag: str) -> str | None:
+    """The predicate the fault table says catches this run tag's fault (None: not the monitor's)."""
+    fault = FAULTS.get(tag)
+    layer = fault.caught_by if fault else ""
+    return layer.split(":", 1)[1] if layer.startswith("monitor:") else None
 
 
 @dataclass(frozen=True)
@@ -25,7 +33,8 @@ class Scored:
     @property
     def matches(self) -> bool:
         """A fault's run matches exactly its own predicate; a baseline run matches none."""
-        return self.got == (frozenset() if self.tag == "baseline" else frozenset({self.tag}))
+        want = expected_predicate(self.tag)
+        return self.got == (frozenset({want}) if want else frozenset())
 
 
 def score(episodes, th: Thresholds) -> list[Scored]:
@@ -38,11 +47,12 @@ def score(episodes, th: Thresholds) -> list[Scored]:
 
 
 def confusion(rows: list[Scored]) -> dict[str, dict[str, int]]:
-    table = {t: {c: 0 for c in COLUMNS} for t in FAULT_TAGS}
+    """Run tag x predicate counts: the baseline, then the faults in the fault table's order."""
+    table = {t: {c: 0 for c in COLUMNS} for t in RUN_TAGS}
     for r in rows:
-        if r.tag in table:
-            for g in r.got or {"none"}:
-                table[r.tag][g] += 1
+        counts = table.setdefault(r.tag, {c: 0 for c in COLUMNS})  # a combined tag (a+b) after the table's
+        for g in r.got or {"none"}:
+            counts[g] += 1
     return {t: c for t, c in table.items() if sum(c.values())}
 
 

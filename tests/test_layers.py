@@ -18,7 +18,7 @@ PACKAGES = {"vla_eval": "vla_eval", "monitors": "vla_eval.monitors", "sims": "vl
 # The longest matching prefix decides a module's layer.
 LAYERS = {
     "vla_eval": 6,  # the package root re-exports run_episode/load_run lazily: a facade on top
-    "vla_eval.errors": 0, "vla_eval.configs": 0,                       # shared errors and data
+    "vla_eval.errors": 0, "vla_eval.configs": 0, "vla_eval.faults": 0,  # shared errors, data, the fault table
     "vla_eval.argtypes": 0, "vla_eval.rundir": 1,                      # CLI value types; run-folder lock
     "vla_eval.records": 1, "vla_eval.monitors": 1,                     # shared types; numpy-only monitor
     "vla_eval.sims": 2,                                               # simulators
@@ -27,7 +27,7 @@ LAYERS = {
     "vla_eval.tinyvla": 4, "vla_eval.videos": 4,                                            # demos and training of the tiny policy
     "vla_eval.reports": 5, "vla_eval.drills": 5,                       # reports over runs; CPU drills
     "vla_eval.tinyvla.dagger": 5,                                     # rounds of rollouts, training and sweeps
-    "vla_eval.cli": 6, "vla_eval.monitors.cli": 6, "vla_eval.drills.cli": 6, "vla_eval.tinyvla.cli": 6,  # command lines on top
+    "vla_eval.cli": 6, "vla_eval.setup": 6, "vla_eval.monitors.cli": 6, "vla_eval.drills.cli": 6, "vla_eval.tinyvla.cli": 6,  # command lines on top
 }
 
 

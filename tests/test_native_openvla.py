@@ -237,25 +237,53 @@ def test_bad_dtype_and_device_requests(device, dtype, message):
 
 def test_native_policy_toggles_reach_the_model(backend, monkeypatch):
     """The policy (preprocessing + prompts + post-processing) over the real native backend."""
-    from vla_eval.policies.factory import DRILLS, OpenVLAOptions, make_policies
+    from vla_eval.faults import RUN_TAGS, toggles_for
+    from vla_eval.policies.factory import OpenVLAOptions, make_policies
     from vla_eval.policies.native import backend as backend_mod
     from vla_eval.preflight import image_sensitivity
     from vla_eval.sims.protocol import Observation
 
     monkeypatch.setattr(backend_mod, "load_native_backend", lambda checkpoint, opts: backend)
-    tags = list(DRILLS)
-    policies = make_policies("openvla", "libero_object", [DRILLS[t] for t in tags],
+    tags = list(RUN_TAGS)  # the baseline and every fault of the table
+    policies = make_policies("openvla", "libero_object", [toggles_for(t) for t in tags],
                              OpenVLAOptions(checkpoint="tiny", device="cpu", native=True))
-    assert [p.unnorm_key for p in policies] == ["libero_object_no_noops"] * 3 + ["bridge_orig"]
+    assert {p.toggles.tag for p in policies} == set(tags)
+    assert {t: p.unnorm_key for t, p in zip(tags, policies) if p.unnorm_key != "libero_object_no_noops"} == {
+        "bad_unnorm": "bridge_orig"}
     assert len({id(p.backend) for p in policies}) == 1  # the weights are loaded once per sweep
-    frame = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    # A smooth frame with structure at every scale, so resize filters, crops and JPEG all differ.
+    yy, xx = np.mgrid[0:256, 0:256] / 256.0
+    frame = np.stack([128 + 120 * np.sin(2 * np.pi * (k + 1) * (xx + 2 * yy)) for k in range(3)], -1)
+    frame = np.clip(frame + rng.normal(0, 20, frame.shape), 0, 255).astype(np.uint8)
     obs = [Observation("Pick up the soup", np.zeros(3), np.array([0, 0, 0, 1.0]), np.zeros(2), agentview=frame)] * 2
-    acts = {t: p.act(obs, [0, 1]).actions for t, p in zip(tags, policies)}
+    batches = {t: p.act(obs, [0, 1]) for t, p in zip(tags, policies)}
+    acts = {t: b.actions for t, b in batches.items()}
     for t in tags:
-        assert acts[t].shape == (2, 7) and set(np.abs(acts[t][:, 6])) == {1.0}
+        assert acts[t].shape == (2, 7)
         np.testing.assert_array_equal(acts[t][0], acts[t][1])  # same input, same row
-        if t != "baseline":
-            assert not np.array_equal(acts[t], acts["baseline"]), t
+        if t != "gripper_no_binarize":
+            assert set(np.abs(acts[t][:, 6])) == {1.0}, t
+        if t in ("baseline", "unnorm_gripper"):  # the latter shows on a close only: checked below
+            continue
+        # Each fault reaches the model's inputs or outputs: the image, the prompt/confidence, or the action.
+        changed = (not np.array_equal(acts[t], acts["baseline"])
+                   or not np.array_equal(batches[t].token_prob, batches["baseline"].token_prob)
+                   or not np.array_equal(batches[t].img_mean, batches["baseline"].img_mean))
+        assert changed, t
+    np.testing.assert_array_equal(acts["gripper_no_invert"][:, 6], -acts["baseline"][:, 6])
+    np.testing.assert_array_equal(acts["gripper_no_invert"][:, :6], acts["baseline"][:, :6])
+    assert batches["blind"].img_mean[0] == 128
+    # The gripper's bin for "close" (0 in the training convention): left as is by the released mask,
+    # unnormalised to 0.5 by a decoder that ignores the mask, which LIBERO then reads as neither.
+    from vla_eval.policies.action_tokens import normalized_to_tokens
+
+    close = normalized_to_tokens(np.zeros((1, 7)), backend.model.cfg.action_vocab_size)  # every dim's bin at 0
+    key = "libero_object_no_noops"
+    released = backend.model.tokens_to_actions(close, key)[0, 6]
+    ignored = backend.model.tokens_to_actions(close, key, unnorm_mask=False)[0, 6]
+    assert abs(released) < 0.01 and abs(ignored - 0.5) < 0.01
     assert image_sensitivity(policies[0]) > 0
 
 

@@ -63,7 +63,7 @@ def test_every_stage_is_bit_exact_with_tensorflow(frames, tf_ref, stage):
         elif stage == "cropped":
             ours = center_crop_resize(tf_ref["resized"][i])
         else:
-            ours = preprocess_libero_image(raw, flip_image=True)
+            ours = preprocess_libero_image(raw)
         ref = tf_ref["cropped" if stage == "chain" else stage][i]
         assert ours.shape == ref.shape and int((ours != ref).sum()) == 0, f"frame {i}: {stage} differs"
 
@@ -93,10 +93,10 @@ def test_lanczos_resize_without_jpeg_is_smooth_and_preserves_mean(frames):
 
 def test_flip_is_a_180_degree_rotation(frames):
     raw = frames[0]
-    a = preprocess_libero_image(raw, flip_image=True, center_crop=False)
+    a = preprocess_libero_image(raw, center_crop=False)
     b = lanczos_resize(jpeg_round_trip(np.ascontiguousarray(raw[::-1, ::-1])))
     np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, preprocess_libero_image(raw, flip_image=False, center_crop=False))
+    assert not np.array_equal(a, preprocess_libero_image(raw, flip="none", center_crop=False))
 
 
 def test_prompt_templates():

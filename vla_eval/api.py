@@ -1,5 +1,5 @@
-"""Python entry points for notebooks: ``run_episode`` (one rollout with any of the three
-toggles) and ``load_run`` (a run folder as pandas DataFrames, committed attempts only)."""
+"""Python entry points for notebooks: ``run_episode`` (one rollout, baseline or any faults of
+``vla_eval.faults``) and ``load_run`` (a run folder as pandas DataFrames, committed attempts only)."""
 from __future__ import annotations
 
 import tempfile
@@ -26,15 +26,24 @@ def run_episode(
     model: OpenVLAOptions | None = None,
     progress: bool = False,
     return_steps: bool = False,
+    fault: str | None = None,
 ):
     """One episode: seed -> init state, RNGs seeded from it; step records go to ``log_path``.
 
     ``unnorm_key=None`` uses the suite's key (``libero_object`` -> ``libero_object_no_noops``
     if the checkpoint only has that), as the published eval does. ``model``: OpenVLA options
     (``factory.model_options``); default: the policy's own (``tiny``: shipped checkpoint, CPU).
-    Returns the ``EpisodeRecord``, or ``(episode, steps)`` with ``return_steps=True``.
+    ``fault``: a fault name of ``vla_eval.faults.FAULTS`` (or names joined by ``+``), applied on
+    top of the three keyword toggles. Returns the ``EpisodeRecord``, or ``(episode, steps)``
+    with ``return_steps=True``.
     """
-    toggles = Toggles(flip_image, prompt_template, unnorm_key)
+    from dataclasses import replace
+
+    from vla_eval.sweep import toggles_for
+
+    toggles = replace(toggles_for(fault) if fault else Toggles(), **{
+        k: v for k, v in (("flip", "rotate" if flip_image else "none"), ("prompt_template", prompt_template),
+                          ("unnorm_key", unnorm_key)) if v != getattr(Toggles(), k)})
     pol = make_policy(policy, suite, toggles, model or model_options(policy))
     jobs = make_jobs(suite, [task_id], [seed])
     cameras = pol.uses_images if cameras is None else cameras  # default: render only for pixel policies

@@ -8,6 +8,7 @@ from pathlib import Path
 from vla_eval import __version__
 from vla_eval.argtypes import float_between, format_ids, id_set, int_at_least, out_dir, out_file, seed_set
 from vla_eval.errors import DIST, MissingDependency, UsageError, install_hint
+from vla_eval.faults import CHAPTER_FAULTS, FAULTS, parse_faults
 
 DEFAULT_SUITE = "libero_object"
 
@@ -99,7 +100,7 @@ def _default_out(cfg, kind: str) -> Path:
 
 # Flags that define a run (and so must match a folder being resumed).
 _RUN_SHAPING = ("suite", "task", "all_tasks", "tasks", "seeds", "policy", "checkpoint", "revision", "cameras",
-                "fast_reset", "max_steps", "shard", "no_flip", "bad_prompt", "bad_unnorm")
+                "fast_reset", "max_steps", "shard", "fault") + tuple(f.flag[2:].replace("-", "_") for f in FAULTS.values() if f.flag)
 
 
 def _execute(args, tags: tuple[str, ...], kind: str) -> int:
@@ -214,11 +215,28 @@ def _write_report(run_dir: Path) -> None:
     print(f"report: {write_report(run_dir)}")
 
 
-FAULT_FLAGS = ("no_flip", "bad_prompt", "bad_unnorm")
+def _fault_type(text: str) -> tuple[str, ...]:
+    try:
+        return parse_faults(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_fault_args(p, what: str) -> None:
+    """``--fault NAME[,NAME]`` (or ``all``) from the fault table; the chapter's three also keep their flags."""
+    p.add_argument("--fault", type=_fault_type, action="append", metavar="NAME",
+                   help=f"{what}: {', '.join(FAULTS)}; several separated by commas, 'all' for every one, "
+                        "a+b for both in one run")
+    for f in FAULTS.values():
+        if f.flag:
+            p.add_argument(f.flag, action="store_true", help=f"= --fault {f.name}: {f.help}")
 
 
 def _chosen_faults(args) -> list[str]:
-    return [t for t in FAULT_FLAGS if getattr(args, t)]
+    chosen = [name for name, f in FAULTS.items() if f.flag and getattr(args, f.flag[2:].replace("-", "_"))]
+    for group in args.fault or ():
+        chosen += [t for t in group if t not in chosen]
+    return chosen
 
 
 def cmd_sweep(args) -> int:
@@ -227,8 +245,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_drill(args) -> int:
-    """A drill runs the baseline next to the chosen faults (all three by default)."""
-    return _execute(args, tuple(["baseline"] + (_chosen_faults(args) or list(FAULT_FLAGS))), "drill")
+    """A drill runs the baseline next to the chosen faults (the chapter's three by default)."""
+    return _execute(args, tuple(["baseline"] + (_chosen_faults(args) or list(CHAPTER_FAULTS))), "drill")
 
 
 def cmd_run(args) -> int:
@@ -254,10 +272,10 @@ def cmd_run(args) -> int:
                          "(use --seed N and --log FILE)")
     if args.log is not None:
         _check_log_target(args.log)
+    chosen = _chosen_faults(args)
     ep = run_episode(
         policy=args.policy, suite=args.suite, task_id=args.task, seed=args.seed,
-        flip_image=not args.no_flip, prompt_template="rephrased" if args.bad_prompt else "default",
-        unnorm_key="bridge_orig" if args.bad_unnorm else None, max_steps=args.max_steps,
+        fault="+".join(chosen) or None, max_steps=args.max_steps,
         cameras=_cameras(args), hard_reset=not args.fast_reset, log_path=args.log,
         model=_model_options(args), progress=not args.no_progress,
     )
@@ -326,24 +344,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
     s.add_argument("--retry-errors", action="store_true", help="on resume, redo episodes that ended in an env error")
     s.add_argument("--shard", help="i/K: run a deterministic 1/K slice (join with `vla-eval merge`)")
-    for flag in ("--no-flip", "--bad-prompt", "--bad-unnorm"):
-        s.add_argument(flag, action="store_true", help="run with this fault instead of the baseline")
+    _add_fault_args(s, "run this fault instead of the baseline")
     s.set_defaults(fn=cmd_sweep)
 
-    d = sub.add_parser("drill", help="baseline next to the silent failures (all three by default)")
+    d = sub.add_parser("drill", help="baseline next to the silent failures (the chapter's three by default; "
+                                     "--fault all for the whole fault table)")
     _add_run_args(d, seeds_default="1")
-    d.add_argument("--no-flip", action="store_true", help="image not rotated 180 degrees")
-    d.add_argument("--bad-prompt", action="store_true", help="prompt template rephrased")
-    d.add_argument("--bad-unnorm", action="store_true", help="unnorm_key=bridge_orig")
+    _add_fault_args(d, "run next to the baseline")
     d.set_defaults(fn=cmd_drill)
 
     r = sub.add_parser("run", help="one episode with any toggles")
     _add_run_args(r, seeds_default="1")
     r.add_argument("--seed", type=_non_negative, default=0, help="seed = init state index (0..49)")
     r.add_argument("--log", type=out_file, help="write the step and episode records here (JSONL)")
-    r.add_argument("--no-flip", action="store_true")
-    r.add_argument("--bad-prompt", action="store_true")
-    r.add_argument("--bad-unnorm", action="store_true")
+    _add_fault_args(r, "inject into this episode (several: joined into one run)")
     r.set_defaults(fn=cmd_run)
 
     rep = sub.add_parser("report", help="(re)write the HTML report of a run folder")

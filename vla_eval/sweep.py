@@ -21,7 +21,9 @@ from typing import Sequence
 from vla_eval.argtypes import format_ids
 from vla_eval.errors import DIST, UsageError
 from vla_eval.sims.protocol import N_INIT_STATES, SUITES
-from vla_eval.policies.factory import DRILLS, PIXEL_POLICIES, POLICIES, OpenVLAOptions, Toggles, make_policies, resolve_options
+from vla_eval.faults import RUN_TAGS, is_run_tag
+from vla_eval.faults import toggles_for as _fault_toggles
+from vla_eval.policies.factory import PIXEL_POLICIES, POLICIES, OpenVLAOptions, Toggles, make_policies, resolve_options
 from vla_eval.records import EpisodeRecord, JsonlWriter, RunLog, RunScope, read_jsonl
 from vla_eval.rundir import run_lock
 from vla_eval.runner import RunConfig, make_jobs, run_episodes, slot_groups
@@ -75,9 +77,11 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
 
 
 def toggles_for(tag: str) -> Toggles:
-    if tag in DRILLS:
-        return DRILLS[tag]
-    raise UsageError(f"unknown run tag {tag!r}; valid: {', '.join(DRILLS)}")
+    try:
+        return _fault_toggles(tag)
+    except KeyError as e:
+        raise UsageError(f"unknown run tag {tag!r} (fault {e.args[0]!r}); valid: {', '.join(RUN_TAGS)}, or fault "
+                         "names joined by +") from None
 
 
 def provenance() -> dict:
@@ -130,8 +134,8 @@ _CONFIG_CHECKS = {
                   and len(set(v)) == len(v)),
               f"a list of distinct seeds 0..{N_INIT_STATES - 1} (or a count 1..{N_INIT_STATES})"),
     "policy": (lambda v: isinstance(v, str) and v in POLICIES, f"one of {', '.join(POLICIES)}"),
-    "tags": (lambda v: isinstance(v, list) and v and all(isinstance(t, str) and t in DRILLS for t in v),
-             f"a list of {', '.join(DRILLS)}"),
+    "tags": (lambda v: isinstance(v, list) and v and all(isinstance(t, str) and is_run_tag(t) for t in v),
+             f"a list of {', '.join(RUN_TAGS)} (or fault names joined by +)"),
     "cameras": (lambda v: isinstance(v, bool), "true or false"),
     "hard_reset": (lambda v: isinstance(v, bool), "true or false"),
     "max_steps": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),

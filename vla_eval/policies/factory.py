@@ -5,37 +5,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from vla_eval.errors import UsageError, bad_choice
+from vla_eval.faults import Toggles  # noqa: F401  (re-exported: policies are built per Toggles)
 
 POLICIES = ("openvla", "tiny", "scripted", "zero")
 PIXEL_POLICIES = ("openvla", "tiny")  # the others run with cameras off unless asked
-
-
-@dataclass(frozen=True)
-class Toggles:
-    """The three knobs whose silent misuse the drills reproduce."""
-
-    flip_image: bool = True
-    prompt_template: str = "default"
-    unnorm_key: str | None = None  # None: the suite's own key (with the _no_noops fallback)
-
-    @property
-    def tag(self) -> str:
-        parts = []
-        if not self.flip_image:
-            parts.append("no_flip")
-        if self.prompt_template != "default":
-            parts.append("bad_prompt" if self.prompt_template == "rephrased" else f"prompt_{self.prompt_template}")
-        if self.unnorm_key is not None:
-            parts.append("bad_unnorm" if self.unnorm_key == "bridge_orig" else f"unnorm_{self.unnorm_key}")
-        return "+".join(parts) or "baseline"
-
-
-DRILLS: dict[str, Toggles] = {
-    "baseline": Toggles(),
-    "no_flip": Toggles(flip_image=False),
-    "bad_prompt": Toggles(prompt_template="rephrased"),
-    "bad_unnorm": Toggles(unnorm_key="bridge_orig"),
-}
 
 
 @dataclass(frozen=True)

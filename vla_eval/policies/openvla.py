@@ -36,6 +36,11 @@ class OpenVLAPolicy:
     def __init__(self, backend, toggles, unnorm_key: str):
         self.backend, self.toggles, self.unnorm_key = backend, toggles, unnorm_key
         build_prompt("", toggles.prompt_template)  # unknown template: fail now, not mid-episode
+        decoding = decoding_options(toggles)
+        if decoding and not hasattr(backend, "predict_with_confidence"):
+            raise UsageError(f"fault {toggles.tag!r} changes the model's decoding ({', '.join(decoding)}), which only "
+                             "the native backend exposes; drop --backend remote-code")
+        self.decoding = decoding
 
     def reset(self, slot: int = 0) -> None:
         pass  # stateless: every step is one forward pass
@@ -44,8 +49,10 @@ class OpenVLAPolicy:
         """What the model receives for one observation: (224x224x3 image, prompt)."""
         if o.agentview is None:
             raise UsageError("OpenVLA needs camera images; run with cameras on")
-        return preprocess_libero_image(o.agentview, self.toggles.flip_image), build_prompt(
-            o.instruction, self.toggles.prompt_template)
+        t = self.toggles
+        image = (np.full((224, 224, 3), 128, np.uint8) if t.blind else
+                 preprocess_libero_image(o.agentview, t.flip, t.center_crop, t.jpeg, t.resize))
+        return image, build_prompt(o.instruction, t.prompt_template)
 
     def act(self, obs: Sequence[Observation], slots=None) -> ActionBatch:
         # JPEG/resize release the GIL: threads spread a batch's 14 ms/frame over the cores.
@@ -53,10 +60,24 @@ class OpenVLAPolicy:
         images, prompts = zip(*inputs)
         token_prob = None
         if hasattr(self.backend, "predict_with_confidence"):  # native: confidence comes with the actions
-            raw, token_prob = self.backend.predict_with_confidence(list(images), list(prompts), self.unnorm_key)
+            raw, token_prob = self.backend.predict_with_confidence(list(images), list(prompts), self.unnorm_key,
+                                                                   **self.decoding)
         else:
             raw = self.backend.predict(list(images), list(prompts), self.unnorm_key)
-        return ActionBatch(postprocess_gripper(np.asarray(raw)), np.array([im.mean() for im in images]), token_prob)
+        return ActionBatch(postprocess_gripper(np.asarray(raw), self.toggles.gripper),
+                           np.array([im.mean() for im in images]), token_prob)
+
+
+def decoding_options(toggles) -> dict:
+    """The decoding knobs a fault changes, as keyword arguments of the native ``predict_action``."""
+    out = {}
+    if not toggles.empty_token:
+        out["empty_token"] = False
+    if toggles.decode_vocab is not None:
+        out["vocab_size"] = toggles.decode_vocab
+    if not toggles.unnorm_mask:
+        out["unnorm_mask"] = False
+    return out
 
 
 @functools.lru_cache(maxsize=1)

@@ -182,18 +182,31 @@ def center_crop_resize(img: np.ndarray, crop_area: float = CROP_AREA, size: int 
     return np.clip(out * _F(255.5), 0, 255).astype(np.uint8)
 
 
-def preprocess_libero_image(raw: np.ndarray, flip_image: bool = True, center_crop: bool = True) -> np.ndarray:
-    """(256, 256, 3) raw agentview frame -> (224, 224, 3) uint8 image for the processor."""
-    img = raw[::-1, ::-1] if flip_image else raw
-    img = lanczos_resize(jpeg_round_trip(np.ascontiguousarray(img)))
+def bicubic_resize(img: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """PIL's bicubic resize: what a loop written without TensorFlow tends to use (a fault)."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((size, size), Image.BICUBIC))
+
+
+def preprocess_libero_image(raw: np.ndarray, flip: str = "rotate", center_crop: bool = True, jpeg: bool = True,
+                            resize: str = "lanczos3") -> np.ndarray:
+    """(256, 256, 3) raw agentview frame -> (224, 224, 3) uint8 image for the processor.
+    The defaults are the published chain; the other values reproduce faults (``vla_eval.faults``)."""
+    img = {"rotate": raw[::-1, ::-1], "none": raw, "mirror": raw[::-1]}[flip]
+    img = np.ascontiguousarray(img)
+    img = jpeg_round_trip(img) if jpeg else img
+    img = lanczos_resize(img) if resize == "lanczos3" else bicubic_resize(img)
     return center_crop_resize(img) if center_crop else img
 
 
-def postprocess_gripper(actions: np.ndarray) -> np.ndarray:
+def postprocess_gripper(actions: np.ndarray, mode: str = "binarize_invert") -> np.ndarray:
     """OpenVLA outputs the gripper in [0, 1] (0 = close, 1 = open in its training data);
     LIBERO wants -1 = open, +1 = close. As the published eval: map to [-1, 1], binarise
-    with sign, then invert. Works on (7,) or (B, 7)."""
+    with sign, then invert. ``no_binarize`` / ``no_invert`` skip a step (faults). (7,) or (B, 7)."""
     a = np.array(actions, dtype=np.float64, copy=True)
     g = 2.0 * a[..., 6] - 1.0
-    a[..., 6] = -np.sign(g)
+    if mode != "no_binarize":
+        g = np.sign(g)
+    a[..., 6] = g if mode == "no_invert" else -g
     return a

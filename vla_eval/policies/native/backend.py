@@ -42,10 +42,11 @@ class NativeBackend:
     def predict(self, images: list[np.ndarray], prompts: list[str], unnorm_key: str) -> np.ndarray:
         return self.model.predict_action(self.pixel_values(images), self.prompt_ids(prompts), unnorm_key)
 
-    def predict_with_confidence(self, images: list[np.ndarray], prompts: list[str], unnorm_key: str):
-        """-> ((B, 7) actions, (B,) mean chosen-token probability)."""
+    def predict_with_confidence(self, images: list[np.ndarray], prompts: list[str], unnorm_key: str, **decoding):
+        """-> ((B, 7) actions, (B,) mean chosen-token probability). ``decoding``: the fault knobs
+        of ``NativeOpenVLA.predict_action`` (empty_token, vocab_size, unnorm_mask)."""
         return self.model.predict_action(self.pixel_values(images), self.prompt_ids(prompts), unnorm_key,
-                                         return_token_prob=True)
+                                         return_token_prob=True, **decoding)
 
     def largest_batch_that_fits(self, want: int, instruction: str = "pick up the object " * 8) -> int:
         """On CUDA, run ``want`` dummy observations once; on out-of-memory halve until one fits,

@@ -127,10 +127,11 @@ class NativeOpenVLA(nn.Module):
         return len(self.cfg.norm_stats[unnorm_key]["action"]["q01"])
 
     # -- prefill inputs -------------------------------------------------------------------
-    def build_prefill(self, pixels: torch.Tensor, prompt_ids: list[list[int]]):
+    def build_prefill(self, pixels: torch.Tensor, prompt_ids: list[list[int]], empty_token: bool = True):
         """Embeddings, attention mask and position ids of ``[BOS][patches][prompt][29871]`` rows,
-        left-padded to one length. ``prompt_ids[i]`` starts with BOS (the tokenizer adds it)."""
-        ids = [list(p) if p[-1] == EMPTY_TOKEN else list(p) + [EMPTY_TOKEN] for p in prompt_ids]
+        left-padded to one length. ``prompt_ids[i]`` starts with BOS (the tokenizer adds it).
+        ``empty_token=False`` leaves 29871 off (a fault of hand-written loops)."""
+        ids = [list(p) if p[-1] == EMPTY_TOKEN or not empty_token else list(p) + [EMPTY_TOKEN] for p in prompt_ids]
         patches = self.projector(self.vision_backbone(pixels.to(self.device, self.dtype)))  # (B, P, d)
         embed = self.language_model.get_input_embeddings()
         b, p, d = patches.shape
@@ -167,10 +168,10 @@ class NativeOpenVLA(nn.Module):
 
     @torch.inference_mode()
     def generate_action_tokens(self, pixels: torch.Tensor, prompt_ids: list[list[int]], n_tokens: int = 7,
-                               return_logits: bool = False):
+                               return_logits: bool = False, empty_token: bool = True):
         """Greedy decode of exactly ``n_tokens`` per row with a KV cache -> (B, n_tokens) ids
         (and the (B, n_tokens, vocab) float logits if asked). No early stop: a bin per dim."""
-        embeds, mask, positions = self.build_prefill(pixels, prompt_ids)
+        embeds, mask, positions = self.build_prefill(pixels, prompt_ids, empty_token)
         llm = self.language_model.model
         out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
         logits = [self._last_logits(out)]
@@ -199,20 +200,28 @@ class NativeOpenVLA(nn.Module):
             rows.append(out[0, -n_tokens:])
         return torch.stack(rows)
 
-    def tokens_to_actions(self, tokens: np.ndarray, unnorm_key: str) -> np.ndarray:
+    def tokens_to_actions(self, tokens: np.ndarray, unnorm_key: str, vocab_size: int | None = None,
+                          unnorm_mask: bool = True) -> np.ndarray:
         """(B, 7) token ids -> (B, 7) unnormalised actions (gripper still in [0, 1])."""
-        normalized = tokens_to_normalized(tokens, self.cfg.action_vocab_size, self.cfg.n_action_bins)
-        return unnormalize(normalized, self.cfg.norm_stats[unnorm_key]["action"])
+        normalized = tokens_to_normalized(tokens, vocab_size or self.cfg.action_vocab_size, self.cfg.n_action_bins)
+        stats = self.cfg.norm_stats[unnorm_key]["action"]
+        if not unnorm_mask:
+            stats = {k: v for k, v in stats.items() if k != "mask"}
+        return unnormalize(normalized, stats)
 
     def predict_action(self, pixels: torch.Tensor, prompt_ids: list[list[int]], unnorm_key: str,
-                       return_token_prob: bool = False):
+                       return_token_prob: bool = False, empty_token: bool = True, vocab_size: int | None = None,
+                       unnorm_mask: bool = True):
         """Batched ``predict_action``: (B, 6, H, W) pixels + B token lists -> (B, 7) actions, and
         with ``return_token_prob`` the (B,) mean probability of the chosen tokens (greedy, so the
-        max probability per step): the model's confidence, free since the logits exist anyway."""
+        max probability per step): the model's confidence, free since the logits exist anyway.
+        ``empty_token``, ``vocab_size``, ``unnorm_mask``: the released defaults; other values
+        reproduce decoding faults (``vla_eval.faults``)."""
         if unnorm_key not in self.cfg.norm_stats:
             raise bad_choice("unnorm_key", unnorm_key, sorted(self.cfg.norm_stats))
-        tokens, logits = self.generate_action_tokens(pixels, prompt_ids, self.action_dim(unnorm_key), return_logits=True)
-        actions = self.tokens_to_actions(tokens.cpu().numpy(), unnorm_key)
+        tokens, logits = self.generate_action_tokens(pixels, prompt_ids, self.action_dim(unnorm_key),
+                                                     return_logits=True, empty_token=empty_token)
+        actions = self.tokens_to_actions(tokens.cpu().numpy(), unnorm_key, vocab_size, unnorm_mask)
         if not return_token_prob:
             return actions
         prob = torch.softmax(logits, dim=-1).gather(-1, tokens[..., None])[..., 0].mean(-1)  # (B,)

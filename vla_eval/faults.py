@@ -1,0 +1,145 @@
+"""The fault table: every silent failure of an OpenVLA loop the toolkit can reproduce.
+
+A fault is data: its name (the run tag and JSONL file name), the loop knobs it changes
+(``Toggles``), a one-line help, where users meet it, and the layer expected to catch it.
+The CLI (``--fault NAME`` and the chapter's three flags), the policy factory, the drill,
+the monitors' scoring and the report all read this table; adding a fault is one entry here
+plus, where the loop has no knob for it yet, that knob in ``policies/openvla.py``.
+
+Pure Python on purpose: the monitors (numpy only) import it inside a robot loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+FLIPS = ("rotate", "none", "mirror")
+RESIZES = ("lanczos3", "bicubic")
+GRIPPER_MODES = ("binarize_invert", "no_binarize", "no_invert")
+
+
+@dataclass(frozen=True)
+class Toggles:
+    """The knobs of one OpenVLA LIBERO loop; the defaults are the published eval."""
+
+    flip: str = "rotate"              # rotate: img[::-1, ::-1]; none; mirror: img[::-1] only
+    jpeg: bool = True                 # JPEG round trip (the RLDS training frames were JPEG)
+    resize: str = "lanczos3"          # TF's antialiased Lanczos-3 to 224; bicubic: PIL's
+    center_crop: bool = True          # the 0.9-area centre crop, resized back to 224
+    blind: bool = False               # the model is fed a blank grey frame instead of the image
+    prompt_template: str = "default"  # policies/preprocess.PROMPT_TEMPLATES
+    empty_token: bool = True          # 29871 ("▁") appended after the prompt, as predict_action does
+    decode_vocab: int | None = None   # token -> bin vocabulary; None: the checkpoint's (32000)
+    unnorm_key: str | None = None     # None: the suite's own key (with the _no_noops fallback)
+    unnorm_mask: bool = True          # False: the gripper is unnormalised too
+    gripper: str = "binarize_invert"  # GRIPPER_MODES: LIBERO's -1 open / +1 close from [0, 1]
+
+    def __post_init__(self):
+        for name, value, valid in (("flip", self.flip, FLIPS), ("resize", self.resize, RESIZES),
+                                   ("gripper", self.gripper, GRIPPER_MODES)):
+            if value not in valid:
+                raise ValueError(f"{name} {value!r}; valid: {', '.join(valid)}")
+
+    @property
+    def flip_image(self) -> bool:
+        return self.flip == "rotate"
+
+    def changed(self) -> dict:
+        """The knobs that differ from the published loop."""
+        default = Toggles()
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)}
+
+    @property
+    def tag(self) -> str:
+        """The fault name(s) these toggles reproduce, ``baseline`` for none; other knob values
+        are spelled out (``flip=none+jpeg=False``) so two different loops never share a tag."""
+        changed = self.changed()
+        names = []
+        for fault in FAULTS.values():
+            want = fault.toggles.changed()
+            if want and all(changed.get(k, object()) == v for k, v in want.items()):
+                names.append(fault.name)
+                for k in want:
+                    changed.pop(k, None)
+        names += [f"{k}={v}" for k, v in changed.items()]
+        return "+".join(names) or "baseline"
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    toggles: Toggles
+    help: str
+    seen_in: str        # where users meet it
+    caught_by: str      # the layer expected to catch it: preflight, monitor:<predicate>, diagnose
+    flag: str | None = None  # the chapter's three keep their own CLI flags (--no-flip, ...)
+    native_only: bool = False  # injectable in the native backend's decoding only
+
+
+_T = Toggles
+FAULTS: dict[str, Fault] = {f.name: f for f in (
+    Fault("no_flip", _T(flip="none"), "image not rotated 180 degrees (raw MuJoCo frames are upside down)",
+          "the chapter's first silent failure", "monitor:no_flip", flag="--no-flip"),
+    Fault("bad_prompt", _T(prompt_template="rephrased"), "prompt template rephrased",
+          "the chapter's second silent failure", "monitor:bad_prompt", flag="--bad-prompt"),
+    Fault("bad_unnorm", _T(unnorm_key="bridge_orig"), "unnorm_key=bridge_orig (another dataset's statistics)",
+          "the chapter's third silent failure", "monitor:bad_unnorm", flag="--bad-unnorm"),
+    Fault("mirror_flip", _T(flip="mirror"), "img[::-1] only: upright but left-right mirrored",
+          "a flip bug fixed in a peer harness for another policy", "preflight"),
+    Fault("no_crop", _T(center_crop=False), "the 0.9-area centre crop skipped",
+          "listed among the causes of a 71.0 -> 76.2 reproduction gap", "diagnose"),
+    Fault("no_jpeg", _T(jpeg=False), "no JPEG round trip before the resize",
+          "the RLDS frames were JPEG; a loop on raw frames skips it", "diagnose"),
+    Fault("bicubic_resize", _T(resize="bicubic"), "PIL bicubic resize instead of TF's Lanczos-3",
+          "a loop written without TensorFlow", "diagnose"),
+    Fault("blind", _T(blind=True), "the model sees a blank image (OpenVLA's remote code on transformers >= 4.50)",
+          "openvla#346", "preflight"),
+    Fault("no_empty_token", _T(empty_token=False), "token 29871 not appended after the prompt",
+          "a hand-written generate loop", "preflight", native_only=True),
+    Fault("vocab_32064", _T(decode_vocab=32064), "tokens mapped to bins with the padded vocabulary 32064 "
+          "(every bin shifts by 64)", "a decoder reading vocab_size from config.json", "preflight",
+          native_only=True),
+    Fault("unnorm_gripper", _T(unnorm_mask=False), "the unnorm mask ignored: the gripper unnormalised too",
+          "a re-implemented unnormalise", "preflight", native_only=True),
+    Fault("gripper_no_binarize", _T(gripper="no_binarize"), "the gripper not binarised (sign) after [0,1] -> [-1,1]",
+          "a loop that skips OpenVLA's gripper post-processing", "preflight"),
+    Fault("gripper_no_invert", _T(gripper="no_invert"), "the gripper not inverted (open and close swapped)",
+          "a loop that skips OpenVLA's gripper post-processing", "preflight"),
+)}
+BASELINE = "baseline"
+RUN_TAGS = (BASELINE,) + tuple(FAULTS)
+CHAPTER_FAULTS = tuple(name for name, f in FAULTS.items() if f.flag)
+
+
+def toggles_for(tag: str) -> Toggles:
+    """A run tag's toggles: ``baseline``, a fault name, or fault names joined by ``+``."""
+    if tag == BASELINE:
+        return Toggles()
+    out = Toggles()
+    for name in tag.split("+"):
+        if name not in FAULTS:
+            raise KeyError(name)
+        out = replace(out, **FAULTS[name].toggles.changed())
+    return out
+
+
+def is_run_tag(tag: str) -> bool:
+    try:
+        toggles_for(tag)
+        return True
+    except KeyError:
+        return False
+
+
+def parse_faults(text: str) -> tuple[str, ...]:
+    """``--fault`` value: ``all``, or names separated by commas (``no_crop,no_jpeg``); each name
+    may join several faults with ``+`` into one run. Raises ValueError naming the bad one."""
+    if text.strip() == "all":
+        return tuple(FAULTS)
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise ValueError("an empty fault list")
+    for tag in names:
+        for name in tag.split("+"):
+            if name not in FAULTS:
+                raise ValueError(f"unknown fault {name!r}; valid: all, {', '.join(FAULTS)}")
+    return names
