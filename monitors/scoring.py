@@ -17,8 +17,8 @@ COLUMNS = PREDICATES + ("none",)
 def expected_predicate(tag: str) -> str | None:
     """The predicate the fault table says catches this run tag's fault (None: not the monitor's)."""
     fault = FAULTS.get(tag)
-    layer = fault.caught_by if fault else ""
-    return layer.split(":", 1)[1] if layer.startswith("monitor:") else None
+    layers = fault.caught_by if fault else ()
+    return next((layer.split(":", 1)[1] for layer in layers if layer.startswith("monitor:")), None)
 
 
 @dataclass(frozen=True)

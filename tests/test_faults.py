@@ -15,7 +15,8 @@ def test_every_fault_changes_the_loop_and_names_its_own_tag():
     assert len(FAULTS) >= 11 and CHAPTER_FAULTS == ("no_flip", "bad_prompt", "bad_unnorm")
     for name, fault in FAULTS.items():
         assert fault.toggles != Toggles() and fault.toggles.tag == name == toggles_for(name).tag
-        assert fault.caught_by.split(":")[0] in ("preflight", "monitor", "diagnose")
+        assert fault.caught_by and all(layer.split(":")[0] in ("preflight", "monitor", "diagnose")
+                                       for layer in fault.caught_by)
     assert len({f.toggles for f in FAULTS.values()}) == len(FAULTS)  # no two faults are the same loop
     assert Toggles().tag == "baseline" and toggles_for("baseline") == Toggles()
 
@@ -90,3 +91,37 @@ def test_run_tags_are_valid_manifest_tags():
 
     cfg = SweepConfig("libero_object", (0,), 1, "tiny", tags=RUN_TAGS)
     assert [sweep_toggles(t).tag for t in cfg.tags] == list(RUN_TAGS)
+
+
+@pytest.fixture(scope="module")
+def tiny_policies():
+    """The shipped tiny OpenVLA (native backend, CPU) once per run tag: the baseline and every fault."""
+    from vla_eval.policies.factory import make_policies, model_options
+
+    return dict(zip(RUN_TAGS, make_policies("tiny", "libero_object", [toggles_for(t) for t in RUN_TAGS],
+                                            model_options("tiny"))))
+
+
+def test_preflight_passes_the_baseline_and_catches_every_fault_it_claims(tiny_policies):
+    from vla_eval.preflight import check_policy, preflight
+
+    assert check_policy(tiny_policies["baseline"], "libero_object") == []
+    preflight(tiny_policies["baseline"], native=True, suite="libero_object")  # does not raise
+    for tag, fault in FAULTS.items():
+        found = {f.check for f in check_policy(tiny_policies[tag], "libero_object")}
+        claimed = {layer.split(":", 1)[1] for layer in fault.caught_by if layer.startswith("preflight:")}
+        assert claimed and claimed <= found, (tag, claimed, found)
+
+
+def test_preflight_names_the_image_variant_and_stops_a_broken_baseline(tiny_policies):
+    from vla_eval.errors import UsageError
+    from vla_eval.preflight import check_policy, preflight
+
+    said = {tag: " ".join(f.message for f in check_policy(tiny_policies[tag], "libero_object"))
+            for tag in ("no_flip", "mirror_flip", "no_crop", "no_jpeg", "bicubic_resize", "blind", "vocab_32064")}
+    for tag, words in (("no_flip", "not rotated"), ("mirror_flip", "mirrored"), ("no_crop", "centre crop"),
+                       ("no_jpeg", "JPEG"), ("bicubic_resize", "bicubic"), ("blind", "blank frame"),
+                       ("vocab_32064", "every bin shifts by 64")):
+        assert words in said[tag], (tag, said[tag])
+    with pytest.raises(UsageError, match="pre-flight: gripper"):
+        preflight(tiny_policies["gripper_no_invert"], native=True, suite="libero_object")

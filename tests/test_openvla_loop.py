@@ -14,7 +14,7 @@ from vla_eval.errors import UsageError
 from vla_eval.policies.action_tokens import (
     bin_centres, resolve_unnorm_key, tokens_to_normalized, unnormalize,
 )
-from vla_eval.policies.factory import DRILLS
+from vla_eval.faults import Toggles, toggles_for
 from vla_eval.policies.openvla import OpenVLAPolicy, RemoteCodeBackend, prepare_unnorm_key
 from vla_eval.policies.preprocess import (
     build_prompt, center_crop_resize, jpeg_decode, jpeg_encode, jpeg_round_trip, lanczos_resize, postprocess_gripper,
@@ -168,7 +168,7 @@ def test_each_toggle_changes_exactly_its_input(frames, tag):
     seen = {}
     for name in ("baseline", tag):
         model = RecordingModel()
-        toggles = DRILLS[name]
+        toggles = toggles_for(name)
         key = prepare_unnorm_key({"libero_object_no_noops": {}}, "libero_object", toggles.unnorm_key)
         policy = OpenVLAPolicy(RemoteCodeBackend(model, fake_processor), toggles, key)
         out = policy.act([_obs(frames[0]), _obs(frames[1])], [0, 1])  # two slots in one call
@@ -196,8 +196,8 @@ def test_preflight_catches_a_policy_blind_to_its_image():
         def predict_action(self, pixel_values, prompt, unnorm_key, do_sample):
             return np.array([pixel_values.mean() / 255] * 6 + [1.0])
 
-    blind = OpenVLAPolicy(RemoteCodeBackend(Blind(), fake_processor), DRILLS["baseline"], "k")
-    sees = OpenVLAPolicy(RemoteCodeBackend(Sees(), fake_processor), DRILLS["baseline"], "k")
+    blind = OpenVLAPolicy(RemoteCodeBackend(Blind(), fake_processor), Toggles(), "k")
+    sees = OpenVLAPolicy(RemoteCodeBackend(Sees(), fake_processor), Toggles(), "k")
     assert image_sensitivity(sees) > 0.5
     with pytest.raises(UsageError, match="identical actions"):
         preflight(blind)

@@ -70,7 +70,7 @@ class Fault:
     toggles: Toggles
     help: str
     seen_in: str        # where users meet it
-    caught_by: str      # the layer expected to catch it: preflight, monitor:<predicate>, diagnose
+    caught_by: tuple[str, ...]  # the layers meant to catch it: preflight:<check>, monitor:<predicate>, diagnose
     flag: str | None = None  # the chapter's three keep their own CLI flags (--no-flip, ...)
     native_only: bool = False  # injectable in the native backend's decoding only
 
@@ -78,32 +78,32 @@ class Fault:
 _T = Toggles
 FAULTS: dict[str, Fault] = {f.name: f for f in (
     Fault("no_flip", _T(flip="none"), "image not rotated 180 degrees (raw MuJoCo frames are upside down)",
-          "the chapter's first silent failure", "monitor:no_flip", flag="--no-flip"),
+          "the chapter's first silent failure", ("preflight:image", "monitor:no_flip"), flag="--no-flip"),
     Fault("bad_prompt", _T(prompt_template="rephrased"), "prompt template rephrased",
-          "the chapter's second silent failure", "monitor:bad_prompt", flag="--bad-prompt"),
+          "the chapter's second silent failure", ("preflight:prompt", "monitor:bad_prompt"), flag="--bad-prompt"),
     Fault("bad_unnorm", _T(unnorm_key="bridge_orig"), "unnorm_key=bridge_orig (another dataset's statistics)",
-          "the chapter's third silent failure", "monitor:bad_unnorm", flag="--bad-unnorm"),
+          "the chapter's third silent failure", ("preflight:unnorm key", "monitor:bad_unnorm"), flag="--bad-unnorm"),
     Fault("mirror_flip", _T(flip="mirror"), "img[::-1] only: upright but left-right mirrored",
-          "a flip bug fixed in a peer harness for another policy", "preflight"),
+          "a flip bug fixed in a peer harness for another policy", ("preflight:image", "diagnose")),
     Fault("no_crop", _T(center_crop=False), "the 0.9-area centre crop skipped",
-          "listed among the causes of a 71.0 -> 76.2 reproduction gap", "diagnose"),
+          "listed among the causes of a 71.0 -> 76.2 reproduction gap", ("preflight:image", "diagnose")),
     Fault("no_jpeg", _T(jpeg=False), "no JPEG round trip before the resize",
-          "the RLDS frames were JPEG; a loop on raw frames skips it", "diagnose"),
+          "the RLDS frames were JPEG; a loop on raw frames skips it", ("preflight:image", "diagnose")),
     Fault("bicubic_resize", _T(resize="bicubic"), "PIL bicubic resize instead of TF's Lanczos-3",
-          "a loop written without TensorFlow", "diagnose"),
+          "a loop written without TensorFlow", ("preflight:image", "diagnose")),
     Fault("blind", _T(blind=True), "the model sees a blank image (OpenVLA's remote code on transformers >= 4.50)",
-          "openvla#346", "preflight"),
+          "openvla#346", ("preflight:image", "preflight:blind", "diagnose")),
     Fault("no_empty_token", _T(empty_token=False), "token 29871 not appended after the prompt",
-          "a hand-written generate loop", "preflight", native_only=True),
+          "a hand-written generate loop", ("preflight:decoding", "diagnose"), native_only=True),
     Fault("vocab_32064", _T(decode_vocab=32064), "tokens mapped to bins with the padded vocabulary 32064 "
-          "(every bin shifts by 64)", "a decoder reading vocab_size from config.json", "preflight",
+          "(every bin shifts by 64)", "a decoder reading vocab_size from config.json", ("preflight:decoding", "diagnose"),
           native_only=True),
     Fault("unnorm_gripper", _T(unnorm_mask=False), "the unnorm mask ignored: the gripper unnormalised too",
-          "a re-implemented unnormalise", "preflight", native_only=True),
+          "a re-implemented unnormalise", ("preflight:decoding", "diagnose"), native_only=True),
     Fault("gripper_no_binarize", _T(gripper="no_binarize"), "the gripper not binarised (sign) after [0,1] -> [-1,1]",
-          "a loop that skips OpenVLA's gripper post-processing", "preflight"),
+          "a loop that skips OpenVLA's gripper post-processing", ("preflight:gripper", "diagnose")),
     Fault("gripper_no_invert", _T(gripper="no_invert"), "the gripper not inverted (open and close swapped)",
-          "a loop that skips OpenVLA's gripper post-processing", "preflight"),
+          "a loop that skips OpenVLA's gripper post-processing", ("preflight:gripper", "diagnose")),
 )}
 BASELINE = "baseline"
 RUN_TAGS = (BASELINE,) + tuple(FAULTS)

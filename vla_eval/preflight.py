@@ -1,17 +1,38 @@
-"""Pre-flight checks before a sweep or drill: catch a broken stack before the first episode.
+"""Pre-flight checks before a sweep or drill: catch a broken loop before the first episode.
 
-* the unnorm key exists (resolved when the OpenVLA policy loads; an error lists the keys);
-* a black and a white image give different actions: stacks that silently drop the image
-  (e.g. OpenVLA's remote code on transformers >= 4.50) act the same on both;
-* warnings for versions known to misbehave.
+Each check probes the policy object the run will use, never its configuration alone:
+
+* image      the image the model receives for a probe frame equals the published chain's
+             (rotate 180, JPEG, Lanczos-3, 0.9 centre crop); a difference is named by the
+             variant it matches (not rotated, mirrored, no crop, no JPEG, bicubic, blank);
+* blind      a black and a white frame give different actions (stacks that drop the image,
+             e.g. OpenVLA's remote code on transformers >= 4.50, act the same on both);
+* prompt     the prompt is the published template for the instruction;
+* decoding   the token -> bin vocabulary is the checkpoint's (vocab_size - padding), the
+             prompt ids end with 29871, the unnorm mask of the checkpoint is applied;
+* gripper    on probe outputs 0 / 1 / 0.7 the post-processing gives +1 close, -1 open, -1;
+* unnorm key the suite's own key; a warning for versions known to misbehave.
+
+A run's baseline stops on any error; a fault the user injected on purpose is reported
+(``pre-flight on no_crop: ...``) and runs, so the drill shows what each layer sees.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import metadata
 
 import numpy as np
 
 from vla_eval.sims.protocol import Observation
+
+INSTRUCTION = "pick up the alphabet soup and place it in the basket"
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    message: str
+    fatal: bool = True  # False: a warning that never stops a run
 
 
 def _version(pkg: str) -> tuple[int, ...] | None:
@@ -41,23 +62,136 @@ def version_warnings(policy_name: str, native: bool = False) -> list[str]:
     return out
 
 
-def image_sensitivity(policy, instruction: str = "pick up the alphabet soup and place it in the basket") -> float:
+def _obs(frame: np.ndarray) -> Observation:
+    return Observation(INSTRUCTION, np.zeros(3), np.array([0, 0, 0, 1.0]), np.zeros(2), agentview=frame, wrist=frame)
+
+
+def image_sensitivity(policy, instruction: str = INSTRUCTION) -> float:
     """Max |difference| between the actions for an all-black and an all-white frame. Zero means
     the policy does not see the image at all."""
     frames = [np.zeros((256, 256, 3), np.uint8), np.full((256, 256, 3), 255, np.uint8)]
-    obs = [Observation(instruction, np.zeros(3), np.array([0, 0, 0, 1.0]), np.zeros(2), agentview=f, wrist=f)
-           for f in frames]
-    acts = policy.act(obs, [0, 1]).actions
+    acts = policy.act([_obs(f) for f in frames], [0, 1]).actions
     return float(np.abs(acts[0] - acts[1]).max())
 
 
-def preflight(policy, native: bool = False) -> list[str]:
-    """Warnings to print; raises UsageError when the policy is blind to its image."""
+def probe_frame() -> np.ndarray:
+    """(256, 256, 3) uint8 with structure at every scale and no symmetry: every chain variant differs."""
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:256, 0:256] / 256.0
+    smooth = np.stack([128 + 100 * np.sin(2 * np.pi * (k + 1) * (xx + 2 * yy) + k) for k in range(3)], -1)
+    frame = smooth + 60 * (xx > 0.7)[..., None] * (yy < 0.3)[..., None] + rng.normal(0, 15, smooth.shape)
+    return np.clip(frame, 0, 255).astype(np.uint8)
+
+
+IMAGE_VARIANTS = {  # preprocess_libero_image keywords -> what a match means
+    "not rotated 180 degrees (raw MuJoCo frames are upside down): use img[::-1, ::-1]": {"flip": "none"},
+    "mirrored (img[::-1] only), not rotated 180 degrees: use img[::-1, ::-1]": {"flip": "mirror"},
+    "missing the 0.9-area centre crop": {"center_crop": False},
+    "missing the JPEG round trip (quality 95) before the resize": {"jpeg": False},
+    "resized bicubically; the published chain uses TF's antialiased Lanczos-3": {"resize": "bicubic"},
+}
+
+
+def check_image_chain(policy) -> list[Finding]:
+    from vla_eval.policies.preprocess import preprocess_libero_image
+
+    frame = probe_frame()
+    got, prompt = policy.model_inputs(_obs(frame))
+    found = []
+    if not np.array_equal(got, preprocess_libero_image(frame)):
+        if np.ptp(got) == 0:
+            why = "a blank frame, whatever the camera shows"
+        else:
+            why = next((text for text, kw in IMAGE_VARIANTS.items()
+                        if got.shape == (224, 224, 3) and np.array_equal(got, preprocess_libero_image(frame, **kw))),
+                       "different from the published chain (flip, JPEG, Lanczos-3, 0.9 centre crop)")
+        found.append(Finding("image", f"the image the model receives is {why}"))
+    from vla_eval.policies.preprocess import build_prompt
+
+    if prompt != build_prompt(INSTRUCTION):
+        found.append(Finding("prompt", f"the prompt {prompt!r} is not OpenVLA's template {build_prompt(INSTRUCTION)!r}"))
+    return found
+
+
+def check_decoding(policy) -> list[Finding]:
+    """The native backend's decoding against the checkpoint it decodes for."""
+    model = getattr(getattr(policy, "backend", None), "model", None)
+    decoding = getattr(policy, "decoding", None)
+    if not hasattr(getattr(model, "cfg", None), "action_vocab_size") or decoding is None:
+        return []  # not the native model (the remote code decodes as released)
+    found = []
+    want = model.cfg.action_vocab_size
+    vocab = decoding.get("vocab_size", want)
+    if vocab != want:
+        found.append(Finding("decoding", f"tokens are mapped to bins with vocabulary {vocab}; this checkpoint's is "
+                                         f"{want} (text vocab_size {model.cfg.text_config.get('vocab_size')} minus "
+                                         f"padding {model.cfg.pad_to_multiple_of}): every bin shifts by {vocab - want}"))
+    if not decoding.get("empty_token", True):
+        found.append(Finding("decoding", "the prompt ids do not end with 29871 ('▁'), which predict_action appends "
+                                         "before the first action token"))
+    mask = model.cfg.norm_stats.get(policy.unnorm_key, {}).get("action", {}).get("mask")
+    if not decoding.get("unnorm_mask", True) and mask is not None and not all(mask):
+        dims = [i for i, m in enumerate(mask) if not m]
+        found.append(Finding("decoding", f"the unnorm mask is ignored: dims {dims} (the gripper) are unnormalised too"))
+    return found
+
+
+def check_gripper(policy) -> list[Finding]:
+    post = getattr(policy, "postprocess", None)
+    if post is None:
+        return []
+    raw = np.zeros((3, 7))
+    raw[:, 6] = [0.0, 1.0, 0.7]  # OpenVLA's training convention: 0 close, 1 open
+    got = post(raw)[:, 6]
+    if not np.array_equal(got, [1.0, -1.0, -1.0]):
+        return [Finding("gripper", f"model gripper outputs 0 / 1 / 0.7 become {got.round(2).tolist()}; LIBERO needs "
+                                   "+1 (close) / -1 (open) / -1: map to [-1, 1], binarise with sign, then invert")]
+    return []
+
+
+def check_unnorm_key(policy, suite: str | None) -> list[Finding]:
+    key = getattr(policy, "unnorm_key", None)
+    if key is None or suite is None or key in (suite, f"{suite}_no_noops"):
+        return []
+    return [Finding("unnorm key", f"unnorm_key {key!r} is not this suite's ({suite!r} or {suite + '_no_noops'!r}): "
+                                  "actions are scaled with another dataset's statistics")]
+
+
+def check_policy(policy, suite: str | None = None) -> list[Finding]:
+    """Every rollout-free check that applies to this policy (duck-typed: checks a policy
+    cannot answer, e.g. a Ray actor's, are skipped)."""
+    if not getattr(policy, "uses_images", False):
+        return []
+    found = check_image_chain(policy) if hasattr(policy, "model_inputs") else []
+    if image_sensitivity(policy) == 0.0:
+        found.append(Finding("blind", "a black and a white image give identical actions, so the model never sees "
+                                      "the image (OpenVLA remote code on transformers >= 4.50 does this). Fix the "
+                                      "versions (environment.yml) or use --native."))
+    return found + check_decoding(policy) + check_gripper(policy) + check_unnorm_key(policy, suite)
+
+
+def preflight(policy, native: bool = False, suite: str | None = None) -> list[str]:
+    """Warnings to print; raises UsageError on the first fatal finding (a broken baseline)."""
     from vla_eval.errors import UsageError
 
-    warnings = version_warnings(policy.name, native)
-    if policy.uses_images and image_sensitivity(policy) == 0.0:
-        raise UsageError("pre-flight: a black and a white image give identical actions, so the model never sees "
-                         "the image (OpenVLA remote code on transformers >= 4.50 does this). Fix the versions "
-                         "(environment.yml) or use --native.")
-    return warnings
+    fatal = [f for f in check_policy(policy, suite) if f.fatal]
+    if fatal:
+        raise UsageError("pre-flight: " + "; ".join(f"{f.check}: {f.message}" for f in fatal))
+    return version_warnings(policy.name, native)
+
+
+def preflight_run(policies: dict, native: bool, suite: str, out=print) -> None:
+    """A run's pre-flight: the baseline (or a sweep's only tag, when it is no fault) must pass;
+    each injected fault's findings are reported and the fault runs as asked."""
+    import sys
+
+    first = next(iter(policies.values()))
+    for warning in version_warnings(first.name, native):
+        print(f"pre-flight warning: {warning}", file=sys.stderr)
+    for tag, policy in policies.items():
+        if tag == "baseline":
+            preflight(policy, native, suite)
+            continue
+        found = check_policy(policy, suite)
+        said = "; ".join(f"{f.check}: {f.message}" for f in found) or "nothing found (no rollout-free signature)"
+        out(f"pre-flight on {tag} (injected): {said}")

@@ -263,10 +263,9 @@ def run_sweep(
     with _ray_session(ray_address, local_cpus=workers + (policy_actors or 0)) as ray:
         policies = _load_policies(ray, policy_actors, cfg, tags, openvla)  # set-up errors surface before any episode
         try:
-            from vla_eval.preflight import preflight
+            from vla_eval.preflight import preflight_run
 
-            for warning in preflight(policies[tags[0][0]], openvla.native):
-                print(f"pre-flight warning: {warning}", file=sys.stderr)
+            preflight_run(policies, openvla.native, cfg.suite)
             run_dir = Path(run_dir)
             from vla_eval.sims.libero_env import configure_gl
 

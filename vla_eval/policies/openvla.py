@@ -64,8 +64,11 @@ class OpenVLAPolicy:
                                                                    **self.decoding)
         else:
             raw = self.backend.predict(list(images), list(prompts), self.unnorm_key)
-        return ActionBatch(postprocess_gripper(np.asarray(raw), self.toggles.gripper),
-                           np.array([im.mean() for im in images]), token_prob)
+        return ActionBatch(self.postprocess(raw), np.array([im.mean() for im in images]), token_prob)
+
+    def postprocess(self, raw) -> np.ndarray:
+        """(B, 7) model actions (gripper in [0, 1]) -> env actions (gripper -1 open / +1 close)."""
+        return postprocess_gripper(np.asarray(raw), self.toggles.gripper)
 
 
 def decoding_options(toggles) -> dict:
