@@ -391,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("check-backend", "vla_eval.policies.check_backend", "openvla"),
                                 ("collect-demos", "vla_eval.tinyvla.cli", "data"),
                                 ("compare", "vla_eval.reports.compare", "report"),
-                                ("setup", "vla_eval.setup", None)):
+                                ("setup", "vla_eval.setup", None), ("diagnose", "vla_eval.diagnose", None)):
         _lazy(sub, name, module, extra)
     return p
 

@@ -259,7 +259,15 @@ class RunLog:
     orphan_steps: int = 0  # step lines of attempts that never completed
 
     def steps_of(self, episode: EpisodeRecord) -> list[StepRecord]:
-        return [s for s in self.steps if s.attempt == episode.attempt]
+        """This episode's steps in file order; the index by attempt is built once per log
+        (a scan per episode was quadratic: ~70M comparisons for a 500-episode sweep)."""
+        index = self.__dict__.get("_by_attempt")
+        if index is None or self.__dict__.get("_indexed_n") != len(self.steps):
+            index = {}
+            for s in self.steps:
+                index.setdefault(s.attempt, []).append(s)
+            self.__dict__["_by_attempt"], self.__dict__["_indexed_n"] = index, len(self.steps)
+        return list(index.get(episode.attempt, ()))
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, dict | None, str]]:

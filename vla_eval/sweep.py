@@ -192,6 +192,13 @@ def _check_or_write_manifest(run_dir: Path, cfg: SweepConfig, model_options: dic
     tmp.replace(path)
 
 
+def _model_provenance(openvla: OpenVLAOptions) -> dict:
+    """The model options as run, with the weights' fingerprint (``diagnose`` matches libraries by it)."""
+    from vla_eval.policies.hub import checkpoint_fingerprint
+
+    return {**asdict(openvla), "checkpoint_id": checkpoint_fingerprint(openvla.checkpoint, openvla.revision)}
+
+
 def _jsonish(v):
     return json.loads(json.dumps(v))
 
@@ -271,7 +278,8 @@ def run_sweep(
 
             configure_gl()  # before the manifest records MUJOCO_GL
             with run_lock(run_dir, "run episodes"):  # one writer per folder, manifest checked under the lock
-                _check_or_write_manifest(run_dir, cfg, asdict(openvla) if cfg.policy in PIXEL_POLICIES else None)
+                _check_or_write_manifest(run_dir, cfg, _model_provenance(openvla) if cfg.policy in PIXEL_POLICIES
+                                         else None)
                 rc = RunConfig(cameras=cfg.cameras, hard_reset=cfg.hard_reset, max_steps=cfg.max_steps,
                                workers=workers, stop_on_alert=stop_on_alert, overlap=overlap,
                                env_timeout_s=env_timeout_s, ray_address=ray_address)

@@ -31,3 +31,27 @@ def resolve_checkpoint_dir(checkpoint: str, revision: str | None) -> Path:
         return Path(snapshot_download(checkpoint, revision=revision, allow_patterns=patterns))
     except Exception as e:
         raise UsageError(not_loadable(checkpoint, revision, e)) from e
+
+
+def checkpoint_fingerprint(checkpoint: str | None, revision: str | None = None) -> str | None:
+    """A short id of a checkpoint's weights, so runs on the same weights can be matched across
+    machines and paths: sha256 over each ``*.safetensors`` file's name, size and first and
+    last MiB (fast on a 15 GB model, and any retraining changes them). A hub id that is not a
+    local folder is its own id (with ``@revision``)."""
+    import hashlib
+
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint).expanduser()
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    if not files:
+        return checkpoint + (f"@{revision}" if revision else "")
+    h = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(1 << 20))
+            fh.seek(max(0, size - (1 << 20)))
+            h.update(fh.read(1 << 20))
+    return "sha256:" + h.hexdigest()[:16]

@@ -1,0 +1,94 @@
+"""`vla-eval diagnose` on real drills of the shipped tiny policy: a library of two faults, a
+held-out run on other seeds, the ranking, the export, and the refusals."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vla_eval.diagnose import FEATURES, Library, diagnose_rows, episode_features
+from vla_eval.records import StepRecord
+
+pytestmark = pytest.mark.libero
+DRILL = [sys.executable, "-m", "vla_eval.cli", "drill", "--policy", "tiny", "--tasks", "0", "--max-steps", "12",
+         "--fault", "gripper_no_invert,vocab_32064", "--batch", "2", "--no-progress", "--no-report"]
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "vla_eval.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def drills(tmp_path_factory):
+    root = tmp_path_factory.mktemp("diagnose")
+    for name, seeds in (("lib", "2"), ("run", "2-3")):
+        r = subprocess.run(DRILL + ["--seeds", seeds, "--out", str(root / name)], capture_output=True, text=True,
+                           timeout=900)
+        assert r.returncode == 0, r.stderr[-2000:]
+    return root
+
+
+def test_diagnose_ranks_the_injected_fault_first_on_held_out_seeds(drills):
+    r = _cli("diagnose", str(drills / "run"), "--library", str(drills / "lib"), "--per-episode")
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if "episodes):" in ln]
+    assert len(lines) == 6
+    for ln in lines:
+        tag, verdict = ln.split(" task ")[0], ln.split("): ")[1].split("   ")[0]
+        assert verdict == ("no known fault" if tag == "baseline" else tag), ln
+    assert "grip_closed_at_0" in r.stdout  # the evidence names the statistic
+
+
+def test_library_export_round_trips_and_refuses_to_overwrite(drills, tmp_path):
+    out = tmp_path / "lib.json"
+    assert _cli("diagnose", "--library", str(drills / "lib"), "--export-library", str(out)).returncode == 0
+    d = json.loads(out.read_text())
+    assert d["features"] == list(FEATURES) and set(d["rows"]) == {"baseline", "gripper_no_invert", "vocab_32064"}
+    assert d["checkpoint"].startswith("sha256:")
+    again = _cli("diagnose", "--library", str(drills / "lib"), "--export-library", str(out))
+    assert again.returncode == 2 and "exists" in again.stderr
+    r = _cli("diagnose", str(drills / "run"), "--library", str(out))
+    assert r.returncode == 0 and "vocab_32064 (2 episodes): vocab_32064" in r.stdout
+
+
+def test_a_library_of_another_checkpoint_or_suite_is_refused_naming_both(drills, tmp_path):
+    d = json.loads(_cli_export(drills, tmp_path))
+    d["checkpoint"] = "sha256:0000"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(d))
+    r = _cli("diagnose", str(drills / "run"), "--library", str(other))
+    assert r.returncode == 2 and "sha256:0000" in r.stderr and "libero_object" in r.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    r = _cli("diagnose", str(drills / "run"), "--library", str(bad))
+    assert r.returncode == 2 and "not a diagnose library" in r.stderr and "Traceback" not in r.stderr
+
+
+def _cli_export(drills, tmp_path) -> str:
+    out = tmp_path / "x.json"
+    assert _cli("diagnose", "--library", str(drills / "lib"), "--export-library", str(out)).returncode == 0
+    return out.read_text()
+
+
+def _steps(actions, img=100.0, prob=0.9):
+    return [StepRecord("t", 0, 0, "a", i, tuple(a), img, 0.0, False, 0.1, 0.1, token_prob=prob)
+            for i, a in enumerate(actions)]
+
+
+def test_features_and_ranking_on_hand_made_episodes():
+    base = [[0.5, 0, 0, 0, 0, 0, -1]] * 5 + [[0.5, 0, 0, 0, 0, 0, 1]] * 5
+    f = episode_features(_steps(base))
+    got = dict(zip(FEATURES, f))
+    assert got["grip_flips"] == 1 and got["grip_closed"] == 0.5 and got["grip_first_close"] == 5 / 60
+    assert got["xyz_max"] == 0.5 and got["direction"] == pytest.approx(1.0) and got["grip_fractional"] == 0
+    half = [[0.5, 0, 0, 0, 0, 0, 0.3]] * 10
+    assert dict(zip(FEATURES, episode_features(_steps(half))))["grip_fractional"] == 1
+    rng = np.random.default_rng(0)
+    lib = Library({"baseline": np.stack([f + rng.normal(0, 0.01, f.shape) for _ in range(4)]),
+                   "gripper_no_binarize": np.stack([episode_features(_steps(half)) for _ in range(4)])},
+                  "libero_object", "x", (0,), "test")
+    assert diagnose_rows(f[None], lib).verdict == "no known fault"
+    assert diagnose_rows(episode_features(_steps(half))[None], lib).verdict == "gripper_no_binarize"

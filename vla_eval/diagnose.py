@@ -1,0 +1,253 @@
+"""``vla-eval diagnose``: which known fault does a run look like?
+
+A *library* is a drill of every fault on one checkpoint (``vla-eval drill --fault all --out
+LIB``), or its export (``--export-library F.json``: per-episode features only, small enough
+to ship). Each episode becomes a vector of the statistics the monitors and the report read,
+over its first ``WINDOW`` steps (library drills may be capped there):
+
+    xyz_mean, xyz_max     translation size (mean / max |a[:3]|)
+    rot_mean              rotation size (mean |a[3:6]|)
+    direction             mean cosine of consecutive translation directions
+    grip_flips            open <-> close changes
+    grip_closed           fraction of steps commanding "close"; grip_first_close (of WINDOW)
+    grip_closed_at_0      the first command is "close"
+    grip_fractional       fraction of gripper commands that are not +-1 (not binarised)
+    img_mean, img_std     the mean pixel of the model's image, and its spread over steps
+    token_prob            mean chosen-token probability (native OpenVLA)
+
+Each library tag is a diagonal Gaussian over these features (its spread floored at a tenth
+of the pooled spread, so a constant feature cannot dominate). An episode's causes are the
+tags ranked by log-likelihood; a run (all episodes of one tag) sums its episodes'. When the
+baseline ranks first the answer is "no known fault".
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vla_eval.errors import UsageError
+
+WINDOW = 60
+FEATURES = ("xyz_mean", "xyz_max", "rot_mean", "direction", "grip_flips", "grip_closed", "grip_first_close",
+            "grip_closed_at_0", "grip_fractional", "img_mean", "img_std", "token_prob")
+LIBRARY_VERSION = 1
+
+
+def episode_features(steps, window: int = WINDOW) -> np.ndarray:
+    """(len(FEATURES),) statistics of one episode's first ``window`` step records (NaN where a
+    signal is absent, e.g. token_prob for a remote-code run)."""
+    steps = list(steps)[:window]
+    if not steps:
+        return np.full(len(FEATURES), np.nan)
+    a = np.array([s.action for s in steps], dtype=np.float64)  # (T, 7)
+    xyz, grip = a[:, :3], a[:, 6]
+    norms = np.linalg.norm(xyz, axis=1)
+    ok = norms > 1e-9
+    unit = xyz[ok] / norms[ok, None]
+    direction = float(np.mean(np.sum(unit[1:] * unit[:-1], axis=1))) if len(unit) > 1 else np.nan
+    closed = grip > 0
+    first = int(np.argmax(closed)) if closed.any() else window
+    img = [s.img_mean for s in steps if s.img_mean is not None]
+    prob = [s.token_prob for s in steps if s.token_prob is not None]
+    return np.array([
+        np.abs(xyz).mean(), np.abs(xyz).max(), np.abs(a[:, 3:6]).mean(), direction,
+        float(np.sum(closed[1:] != closed[:-1])), closed.mean(), first / window, float(closed[0]),
+        float(np.mean(~np.isclose(np.abs(grip), 1.0))),
+        np.mean(img) if img else np.nan, np.std(img) if img else np.nan, np.mean(prob) if prob else np.nan,
+    ])
+
+
+@dataclass
+class Library:
+    """Per run tag, the feature rows of its episodes; plus what it was built on."""
+
+    rows: dict[str, np.ndarray]  # tag -> (n_episodes, len(FEATURES))
+    suite: str
+    checkpoint: str  # the checkpoint's fingerprint (or its name where none was recorded)
+    seeds: tuple[int, ...]
+    source: str
+
+    def fit(self):
+        """tag -> (mean, spread) over the features, NaN-safe."""
+        pooled = np.nanstd(np.concatenate(list(self.rows.values())), axis=0)
+        floor = np.where(np.isfinite(pooled) & (pooled > 0), 0.1 * pooled, 1e-3)
+        out = {}
+        for tag, x in self.rows.items():
+            with np.errstate(all="ignore"):
+                mu, sd = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
+            out[tag] = (mu, np.maximum(np.nan_to_num(sd, nan=0.0), floor))
+        return out
+
+    def to_json(self) -> dict:
+        return {"version": LIBRARY_VERSION, "suite": self.suite, "checkpoint": self.checkpoint, "seeds": list(self.seeds),
+                "features": list(FEATURES), "window": WINDOW,
+                "rows": {t: np.round(x, 6).tolist() for t, x in self.rows.items()}}
+
+
+def run_identity(run_dir: Path) -> tuple[str, str, tuple[int, ...]]:
+    """(suite, checkpoint fingerprint or name, seeds) of a run folder, from its manifest."""
+    from vla_eval.sweep import config_from_manifest, load_manifest
+
+    cfg = config_from_manifest(run_dir)
+    prov = load_manifest(run_dir).get("provenance") or {}
+    model = prov.get("openvla") if isinstance(prov, dict) else None
+    model = model if isinstance(model, dict) else {}
+    ckpt = model.get("checkpoint_id") or model.get("checkpoint") or cfg.checkpoint or cfg.policy
+    return cfg.suite, str(ckpt), cfg.seeds
+
+
+def run_features(run_dir: Path) -> dict[str, list[tuple[object, np.ndarray]]]:
+    """tag -> [(EpisodeRecord, features)] over a run folder's committed, non-error episodes."""
+    from vla_eval.sweep import config_from_manifest, read_tag
+
+    cfg = config_from_manifest(run_dir)
+    out = {}
+    for tag in cfg.tags:
+        log = read_tag(run_dir, tag, cfg)
+        if log is None:
+            continue
+        eps = [e for e in log.episodes if e.outcome != "error"]
+        out[tag] = [(e, episode_features(log.steps_of(e))) for e in eps]
+    return {t: v for t, v in out.items() if v}
+
+
+def load_library(path: Path) -> Library:
+    path = Path(path)
+    if path.is_dir():
+        suite, ckpt, seeds = run_identity(path)
+        feats = run_features(path)
+        if "baseline" not in feats or len(feats) < 2:
+            raise UsageError(f"{path}: a library needs the baseline and at least one fault with finished episodes "
+                             f"(build it with: vla-eval drill --fault all --out {path}); it has {sorted(feats) or 'none'}")
+        return Library({t: np.stack([f for _, f in v]) for t, v in feats.items()}, suite, ckpt, seeds, str(path))
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        if d.get("version") != LIBRARY_VERSION or list(d["features"]) != list(FEATURES):
+            raise ValueError(f"version {d.get('version')} / features {d.get('features')}")
+        rows = {t: np.array(x, dtype=np.float64).reshape(-1, len(FEATURES)) for t, x in d["rows"].items()}
+        return Library(rows, str(d["suite"]), str(d["checkpoint"]), tuple(d["seeds"]), str(path))
+    except FileNotFoundError:
+        raise UsageError(f"--library {path}: no such file or folder") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UsageError(f"--library {path}: not a diagnose library ({type(e).__name__}: {str(e)[:120]}); give a "
+                         f"drill folder (vla-eval drill --fault all) or its --export-library file") from None
+
+
+def _loglik(x: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """Per-feature Gaussian log-likelihood; a feature missing on either side contributes 0."""
+    z = (x - mu) / sd
+    ll = -0.5 * z * z - np.log(sd) - 0.5 * math.log(2 * math.pi)
+    return np.where(np.isfinite(ll), ll, 0.0)
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    tag: str  # the run tag diagnosed (as recorded; may be unknown to the library)
+    n: int  # episodes
+    ranking: tuple[tuple[str, float], ...]  # (library tag, log-likelihood), best first
+    evidence: tuple[str, ...]  # the features that set the top cause apart from the baseline
+
+    @property
+    def verdict(self) -> str:
+        return "no known fault" if self.ranking[0][0] == "baseline" else self.ranking[0][0]
+
+
+def diagnose_rows(x: np.ndarray, library: Library, tag: str = "?") -> Diagnosis:
+    """Rank the library's tags for episodes ``x`` (n, len(FEATURES)) taken together."""
+    fit = library.fit()
+    scores = {t: float(_loglik(x, mu, sd).sum()) for t, (mu, sd) in fit.items()}
+    ranking = tuple(sorted(scores.items(), key=lambda kv: -kv[1]))
+    top = ranking[0][0]
+    evidence = ()
+    if top != "baseline" and "baseline" in fit:
+        gain = (_loglik(x, *fit[top]) - _loglik(x, *fit["baseline"])).sum(axis=0)
+        mean = np.nanmean(x, axis=0)
+        order = [i for i in np.argsort(-gain) if gain[i] > 0][:3]
+        evidence = tuple(f"{FEATURES[i]} {mean[i]:.3g} (baseline {fit['baseline'][0][i]:.3g}, "
+                         f"{top} {fit[top][0][i]:.3g})" for i in order)
+    return Diagnosis(tag, len(x), ranking, evidence)
+
+
+def check_compatible(library: Library, run_dir: Path) -> None:
+    suite, ckpt, _ = run_identity(run_dir)
+    if (suite, ckpt) != (library.suite, library.checkpoint):
+        raise UsageError(f"the library {library.source} was built on suite {library.suite!r}, checkpoint "
+                         f"{library.checkpoint!r}; the run {run_dir} is suite {suite!r}, checkpoint {ckpt!r}. "
+                         f"Build a library on the run's checkpoint: vla-eval drill --fault all --out LIB ...")
+
+
+def diagnose_run(run_dir: Path, library: Library, per_episode: bool = False) -> list[Diagnosis]:
+    """One diagnosis per run tag (all its episodes together), or per episode."""
+    check_compatible(library, run_dir)
+    out = []
+    for tag, eps in run_features(run_dir).items():
+        x = np.stack([f for _, f in eps])
+        if per_episode:
+            out += [diagnose_rows(x[i:i + 1], library, f"{tag} task {e.task_id} seed {e.seed}")
+                    for i, (e, _) in enumerate(eps)]
+        else:
+            out.append(diagnose_rows(x, library, tag))
+    return out
+
+
+def format_diagnosis(d: Diagnosis, top: int = 3) -> str:
+    best = d.ranking[0][1]
+    ranked = ", ".join(f"{t} ({s - best:+.1f})" for t, s in d.ranking[:top])
+    line = f"{d.tag} ({d.n} episodes): {d.verdict}   [ranked: {ranked}]"
+    return line + "".join(f"\n    {e}" for e in d.evidence)
+
+
+def default_library(suite: str, checkpoint: str) -> Path | None:
+    """The shipped library for the tiny policy's checkpoint, if it matches."""
+    from vla_eval.configs import CONFIG_DIR
+
+    path = CONFIG_DIR / "diagnose" / f"tiny-{suite}.json"
+    return path if path.is_file() else None
+
+
+def register(sub) -> None:
+    import argparse
+
+    p = sub.add_parser("diagnose", help="rank the known faults a run's statistics look like (or: no known fault)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  vla-eval drill --policy tiny --fault all --seeds 2 --max-steps 60 --out "
+                              "runs/lib\n  vla-eval diagnose runs/my-sweep --library runs/lib\n"
+                              "  vla-eval diagnose --library runs/lib --export-library lib.json")
+    p.add_argument("run_dir", type=Path, nargs="?", help="a sweep or drill folder")
+    p.add_argument("--library", type=Path, help="a drill of every fault on the run's checkpoint, or its export "
+                                                "(default: the shipped one for the tiny policy)")
+    p.add_argument("--per-episode", action="store_true", help="one diagnosis per episode")
+    p.add_argument("--export-library", type=Path, metavar="FILE", help="write the library's features as JSON")
+    p.set_defaults(fn=cmd_diagnose)
+
+
+def cmd_diagnose(args) -> int:
+    if args.run_dir is None and args.export_library is None:
+        raise UsageError("give a RUN_DIR to diagnose (or --library LIB --export-library FILE)")
+    lib_path = args.library
+    if lib_path is None and args.run_dir is not None:
+        suite, ckpt, _ = run_identity(args.run_dir)
+        lib_path = default_library(suite, ckpt)
+    if lib_path is None:
+        raise UsageError("no --library given and none is shipped for this run; build one: "
+                         "vla-eval drill --fault all --out LIB (same checkpoint and suite)")
+    library = load_library(lib_path)
+    if args.export_library is not None:
+        from vla_eval.argtypes import out_file
+
+        target = out_file(str(args.export_library))
+        if target.exists():
+            raise UsageError(f"--export-library {target} exists; choose a new file name")
+        target.write_text(json.dumps(library.to_json()))
+        print(f"library: {len(library.rows)} tags, {sum(len(x) for x in library.rows.values())} episodes -> {target}")
+    if args.run_dir is not None:
+        overlap = set(library.seeds) & set(run_identity(args.run_dir)[2])
+        if overlap:
+            print(f"note: the run shares seeds {sorted(overlap)} with the library; a fair test uses other seeds")
+        for d in diagnose_run(args.run_dir, library, args.per_episode):
+            print(format_diagnosis(d))
+    return 0
