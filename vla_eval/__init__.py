@@ -3,7 +3,7 @@
 Importing this package is cheap: torch, transformers and libero load lazily inside the
 factories that need them.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str):
