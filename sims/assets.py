@@ -119,7 +119,15 @@ def install_assets() -> Path:
 
 
 def libero_config_dir() -> Path:
-    return Path(os.environ.get("LIBERO_CONFIG_PATH", cache_dir() / "libero-config"))
+    """One config folder per libero install: the file holds that install's absolute paths, so
+    two environments sharing the cache (a clone's .venv and a CI clone's) never rewrite each
+    other's paths under a running sweep."""
+    if "LIBERO_CONFIG_PATH" in os.environ:
+        return Path(os.environ["LIBERO_CONFIG_PATH"])
+    import hashlib
+
+    key = hashlib.sha256(str(libero_package_dir().resolve()).encode()).hexdigest()[:12]
+    return cache_dir() / "libero-config" / key
 
 
 def write_libero_config() -> Path:

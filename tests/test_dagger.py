@@ -61,13 +61,17 @@ def test_stateless_expert_agrees_with_the_phase_machine_and_finishes(object_env)
             break
     assert result.done
     assert same / steps >= 0.90, f"{same}/{steps}"
-    obs = object_env.reset_sampled(300_000)
-    for _ in range(280):
-        result = object_env.step(stateless.act([obs]).actions[0])
-        obs = result.obs
+    assert _finishes(object_env, stateless, object_env.reset_sampled(300_000))
+
+
+def _finishes(env, expert, obs, max_steps: int = 280) -> bool:
+    """Run ``expert`` from ``obs`` until the task is done or the step limit."""
+    for _ in range(max_steps):
+        result = env.step(expert.act([obs]).actions[0])
         if result.done:
-            break
-    assert result.done
+            return True
+        obs = result.obs
+    return False
 
 
 @pytest.mark.libero
@@ -78,13 +82,7 @@ def test_stateless_expert_finishes_from_a_state_a_bad_policy_left(object_env):
     for _ in range(30):
         obs = object_env.step(np.array([0.5, 0.3, 0.2, 0, 0, 0, CLOSE])).obs
     assert obs.gripper_qpos[0] - obs.gripper_qpos[1] < 0.02  # closed on nothing
-    expert = StatelessExpert()
-    for _ in range(280):
-        result = object_env.step(expert.act([obs]).actions[0])
-        obs = result.obs
-        if result.done:
-            break
-    assert result.done
+    assert _finishes(object_env, StatelessExpert(), obs)
 
 
 @pytest.fixture(scope="module")

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import csv
 import json
-import multiprocessing as mp
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -188,34 +186,14 @@ def _rollout_worker(cfg: DaggerConfig, r: int, jobs) -> None:
 
 
 def run_rollouts(cfg: DaggerConfig, r: int, progress: bool = True) -> None:
-    from tqdm import tqdm
-
     todo = [(t, k) for t in cfg.tasks for k in range(cfg.rollouts_per_task) if not rollout_shard(cfg, r, t, k).exists()]
     if not todo:
         return
-    ctx = mp.get_context("spawn")  # MuJoCo/EGL state must not be forked
-    jobs = ctx.Queue()
-    for job in todo:
-        jobs.put(job)
-    procs = [ctx.Process(target=_rollout_worker, args=(cfg, r, jobs), daemon=True)
-             for _ in range(min(cfg.workers, len(todo)))]
-    for p in procs:
-        p.start()
-    total = len(cfg.tasks) * cfg.rollouts_per_task
-    done = lambda: len(list((cfg.round_dir(r) / "rollouts").glob("task*/scene*.parquet")))  # noqa: E731
-    bar = tqdm(total=total, initial=done(), desc=f"round {r} rollouts", unit="ep", disable=not progress)
-    try:
-        while any(p.is_alive() for p in procs):
-            time.sleep(2.0)
-            bar.update(done() - bar.n)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-        bar.close()
-    failed = [p.exitcode for p in procs if p.exitcode]
-    if failed:
-        raise RuntimeError(f"rollout workers exited with {failed}; re-run the same command to resume")
+    from vla_eval.tinyvla.demos import run_worker_pool
+
+    run_worker_pool(_rollout_worker, (cfg, r), todo, min(cfg.workers, len(todo)), len(cfg.tasks) * cfg.rollouts_per_task,
+                    lambda: len(list((cfg.round_dir(r) / "rollouts").glob("task*/scene*.parquet"))),
+                    f"round {r} rollouts", progress)
 
 
 def rollout_summary(cfg: DaggerConfig, r: int) -> dict:

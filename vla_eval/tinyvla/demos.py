@@ -264,18 +264,26 @@ def collect(cfg: DemoConfig, progress: bool = True) -> dict[int, int]:
     require("pandas", "data", "collecting demonstrations")
     require("pyarrow", "data", "collecting demonstrations")
     _check_config(cfg)
+    order = sorted(cfg.tasks, key=lambda t: successes(cfg.out, t))
+    run_worker_pool(_worker, (cfg,), order, min(cfg.workers, len(cfg.tasks)), cfg.per_task * len(cfg.tasks),
+                    lambda: sum(min(successes(cfg.out, t), cfg.per_task) for t in cfg.tasks), "demos", progress)
+    return {t: successes(cfg.out, t) for t in cfg.tasks}
+
+
+def run_worker_pool(target, args: tuple, items, n_workers: int, total: int, done, desc: str, progress: bool) -> None:
+    """``n_workers`` spawned processes run ``target(*args, queue)`` over a queue of ``items``;
+    a progress bar follows ``done()`` (work counted on disk, so a resumed run starts where it
+    stopped). A worker that dies is an error naming the way to resume."""
     from tqdm import tqdm
 
     ctx = mp.get_context("spawn")  # MuJoCo/EGL state must not be forked
-    todo = ctx.Queue()
-    for t in sorted(cfg.tasks, key=lambda t: successes(cfg.out, t)):
-        todo.put(t)
-    procs = [ctx.Process(target=_worker, args=(cfg, todo), daemon=True) for _ in range(min(cfg.workers, len(cfg.tasks)))]
+    queue = ctx.Queue()
+    for item in items:
+        queue.put(item)
+    procs = [ctx.Process(target=target, args=(*args, queue), daemon=True) for _ in range(n_workers)]
     for p in procs:
         p.start()
-    total = cfg.per_task * len(cfg.tasks)
-    done = lambda: sum(min(successes(cfg.out, t), cfg.per_task) for t in cfg.tasks)  # noqa: E731
-    bar = tqdm(total=total, initial=done(), desc="demos", unit="ep", disable=not progress)
+    bar = tqdm(total=total, initial=done(), desc=desc, unit="ep", disable=not progress)
     try:
         while any(p.is_alive() for p in procs):
             time.sleep(2.0)
@@ -287,5 +295,4 @@ def collect(cfg: DemoConfig, progress: bool = True) -> dict[int, int]:
         bar.close()
     failed = [p.exitcode for p in procs if p.exitcode]
     if failed:
-        raise RuntimeError(f"demo workers exited with {failed}; re-run the same command to resume")
-    return {t: successes(cfg.out, t) for t in cfg.tasks}
+        raise RuntimeError(f"{desc} workers exited with {failed}; re-run the same command to resume")
