@@ -240,7 +240,7 @@ def test_native_policy_toggles_reach_the_model(backend, monkeypatch):
     from vla_eval.faults import RUN_TAGS, toggles_for
     from vla_eval.policies.factory import OpenVLAOptions, make_policies
     from vla_eval.policies.native import backend as backend_mod
-    from vla_eval.preflight import image_sensitivity
+    from vla_eval.preflight import image_sensitivity, probe_frame
     from vla_eval.sims.protocol import Observation
 
     monkeypatch.setattr(backend_mod, "load_native_backend", lambda checkpoint, opts: backend)
@@ -251,12 +251,7 @@ def test_native_policy_toggles_reach_the_model(backend, monkeypatch):
     assert {t: p.unnorm_key for t, p in zip(tags, policies) if p.unnorm_key != "libero_object_no_noops"} == {
         "bad_unnorm": "bridge_orig"}
     assert len({id(p.backend) for p in policies}) == 1  # the weights are loaded once per sweep
-    rng = np.random.default_rng(0)
-    frame = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
-    # A smooth frame with structure at every scale, so resize filters, crops and JPEG all differ.
-    yy, xx = np.mgrid[0:256, 0:256] / 256.0
-    frame = np.stack([128 + 120 * np.sin(2 * np.pi * (k + 1) * (xx + 2 * yy)) for k in range(3)], -1)
-    frame = np.clip(frame + rng.normal(0, 20, frame.shape), 0, 255).astype(np.uint8)
+    frame = probe_frame()  # structure at every scale: resize filters, crops and JPEG all differ on it
     obs = [Observation("Pick up the soup", np.zeros(3), np.array([0, 0, 0, 1.0]), np.zeros(2), agentview=frame)] * 2
     batches = {t: p.act(obs, [0, 1]) for t, p in zip(tags, policies)}
     acts = {t: b.actions for t, b in batches.items()}

@@ -172,17 +172,18 @@ def diagnose_rows(x: np.ndarray, library: Library, tag: str = "?") -> Diagnosis:
     return Diagnosis(tag, len(x), ranking, evidence)
 
 
-def check_compatible(library: Library, run_dir: Path) -> None:
-    suite, ckpt, _ = run_identity(run_dir)
+def check_compatible(library: Library, run_dir: Path, identity: tuple | None = None) -> None:
+    suite, ckpt, _ = identity or run_identity(run_dir)
     if (suite, ckpt) != (library.suite, library.checkpoint):
         raise UsageError(f"the library {library.source} was built on suite {library.suite!r}, checkpoint "
                          f"{library.checkpoint!r}; the run {run_dir} is suite {suite!r}, checkpoint {ckpt!r}. "
                          f"Build a library on the run's checkpoint: vla-eval drill --fault all --out LIB ...")
 
 
-def diagnose_run(run_dir: Path, library: Library, per_episode: bool = False) -> list[Diagnosis]:
+def diagnose_run(run_dir: Path, library: Library, per_episode: bool = False,
+                 identity: tuple | None = None) -> list[Diagnosis]:
     """One diagnosis per run tag (all its episodes together), or per episode."""
-    check_compatible(library, run_dir)
+    check_compatible(library, run_dir, identity)
     out = []
     for tag, eps in run_features(run_dir).items():
         x = np.stack([f for _, f in eps])
@@ -201,8 +202,8 @@ def format_diagnosis(d: Diagnosis, top: int = 3) -> str:
     return line + "".join(f"\n    {e}" for e in d.evidence)
 
 
-def default_library(suite: str, checkpoint: str) -> Path | None:
-    """The shipped library for the tiny policy's checkpoint, if it matches."""
+def default_library(suite: str) -> Path | None:
+    """The shipped library for the tiny policy on ``suite`` (its checkpoint is checked on use)."""
     from vla_eval.configs import CONFIG_DIR
 
     path = CONFIG_DIR / "diagnose" / f"tiny-{suite}.json"
@@ -229,9 +230,9 @@ def cmd_diagnose(args) -> int:
     if args.run_dir is None and args.export_library is None:
         raise UsageError("give a RUN_DIR to diagnose (or --library LIB --export-library FILE)")
     lib_path = args.library
-    if lib_path is None and args.run_dir is not None:
-        suite, ckpt, _ = run_identity(args.run_dir)
-        lib_path = default_library(suite, ckpt)
+    identity = run_identity(args.run_dir) if args.run_dir is not None else None  # read the manifest once
+    if lib_path is None and identity is not None:
+        lib_path = default_library(identity[0])
     if lib_path is None:
         raise UsageError("no --library given and none is shipped for this run; build one: "
                          "vla-eval drill --fault all --out LIB (same checkpoint and suite)")
@@ -245,9 +246,9 @@ def cmd_diagnose(args) -> int:
         target.write_text(json.dumps(library.to_json()))
         print(f"library: {len(library.rows)} tags, {sum(len(x) for x in library.rows.values())} episodes -> {target}")
     if args.run_dir is not None:
-        overlap = set(library.seeds) & set(run_identity(args.run_dir)[2])
+        overlap = set(library.seeds) & set(identity[2])
         if overlap:
             print(f"note: the run shares seeds {sorted(overlap)} with the library; a fair test uses other seeds")
-        for d in diagnose_run(args.run_dir, library, args.per_episode):
+        for d in diagnose_run(args.run_dir, library, args.per_episode, identity):
             print(format_diagnosis(d))
     return 0
