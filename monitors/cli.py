@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from vla_eval.argtypes import format_ids, id_set
 from vla_eval.monitors.predicates import Thresholds
 from vla_eval.monitors.scoring import FAULT_TAGS
 
@@ -19,18 +20,6 @@ def _alpha(text: str) -> float:
     return float_between(0.0, 1.0)(text)  # a false-alarm rate strictly between 0 and 1
 
 
-def _seed_set(text: str) -> frozenset:
-    import argparse
-
-    try:
-        seeds = frozenset(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--calib-seeds {text!r}: comma-separated seeds, e.g. 3,4") from None
-    if not seeds or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"--calib-seeds {text!r}: seeds are 0 or more")
-    return seeds
-
-
 def register(sub) -> None:
     p = sub.add_parser("monitor", help="classify JSONL logs with the silent-failure predicates")
     p.add_argument("logs", nargs="+", type=Path)
@@ -39,19 +28,19 @@ def register(sub) -> None:
                    help="fit thresholds on the successful baseline runs of LOGS (half fit, half held out), "
                         "save them here, then classify with them")
     p.add_argument("--alpha", type=_alpha, default=0.05, help="target false-alarm rate for --calibrate (0 < a < 1)")
-    p.add_argument("--calib-seeds", type=_seed_set, metavar="S",
+    p.add_argument("--calib-seeds", type=id_set("--calib-seeds"), metavar="S",
                    help="with --calibrate: fit on the baseline runs of these seeds (e.g. 3,4; successes and "
                         "failures), then judge only the runs of the other seeds (held out), every tag")
     p.add_argument("--force", action="store_true", help="let --calibrate replace an existing file")
     p.set_defaults(fn=run)
 
 
-def _calibrate(logs, out: Path, alpha: float, calib_seeds: frozenset | None) -> Thresholds:
+def _calibrate(logs, out: Path, alpha: float, calib_seeds: tuple[int, ...] | None) -> Thresholds:
     """Fit on calibration runs, report the false-alarm rate on held-out baseline runs.
     Calibration runs: the baseline runs of ``calib_seeds`` (any outcome); without it, the
     first half of the successful baseline runs (the second half is held out)."""
     from vla_eval.errors import UsageError
-    from vla_eval.monitors.calibrate import calibrate, choose_no_flip_signals, false_alarm_rate, min_runs
+    from vla_eval.monitors.calibrate import calibrate, false_alarm_rate, min_runs
 
     if calib_seeds is not None:
         base = [(e, log) for log in logs for e in log.episodes if e.run_tag == "baseline"]
@@ -59,7 +48,7 @@ def _calibrate(logs, out: Path, alpha: float, calib_seeds: frozenset | None) -> 
         held = [log.steps_of(e) for e, log in base if e.seed not in calib_seeds]
         no_flip = [log.steps_of(e) for log in logs for e in log.episodes if e.run_tag == "no_flip"
                    and e.seed in calib_seeds]
-        where = f"seeds {','.join(map(str, sorted(calib_seeds)))}"
+        where = f"seeds {format_ids(calib_seeds)}"
         if len(fit) < min_runs(alpha):
             raise UsageError(f"--calibrate at --alpha {alpha} needs at least {min_runs(alpha)} baseline runs of the "
                              f"calibration seeds, found {len(fit)}: add seeds or raise --alpha")
@@ -71,13 +60,13 @@ def _calibrate(logs, out: Path, alpha: float, calib_seeds: frozenset | None) -> 
                              f"logs (half fit, half held out), found {len(base)}: add baseline seeds or raise --alpha")
         fit, held = base[: (len(base) + 1) // 2], base[(len(base) + 1) // 2:]
         where, no_flip = "the first half of the successful baseline runs", []
-    choice = choose_no_flip_signals(fit, no_flip, alpha)
-    th = calibrate(fit, alpha, choice=choice)
+    cal = calibrate(fit, alpha, no_flip=no_flip)
+    th = cal.thresholds
     th.save(out)
-    print(f"calibrated on {len(fit)} baseline runs ({where}; alpha {alpha}); saved {out}")
-    print(f"online no_flip signal: {choice.note}")
+    print(f"calibrated on {len(fit)} baseline runs ({where}; alpha {alpha} for all predicates together); saved {out}")
+    print(cal.note)
     fa = false_alarm_rate(held, th) if held else float("nan")
-    print(f"false-alarm rate on {len(held)} held-out baseline runs: {100 * fa:.0f}%")
+    print(f"false-alarm rate (any predicate) on {len(held)} held-out baseline runs: {100 * fa:.0f}%")
     if fa > alpha:
         print(f"WARNING: the held-out false-alarm rate {100 * fa:.0f}% exceeds alpha = {100 * alpha:.0f}%: these "
               f"thresholds will alarm on healthy runs more often than asked. Calibrate on more baseline runs.",
@@ -100,19 +89,6 @@ def print_predicate_table(rows) -> None:
               f"{lat:>9}")
 
 
-def _read_log(path):
-    """A log inside a run folder is checked against its manifest (a foreign record is an error)."""
-    from pathlib import Path
-
-    from vla_eval.records import read_jsonl
-    from vla_eval.sweep import MANIFEST, read_tag
-
-    path = Path(path)
-    if (path.parent / MANIFEST).is_file() and path.suffix == ".jsonl":
-        return read_tag(path.parent, path.stem)
-    return read_jsonl(path)
-
-
 def run(args) -> int:
     from vla_eval.errors import UsageError
 
@@ -123,7 +99,9 @@ def run(args) -> int:
             raise UsageError(f"--calibrate {args.calibrate} exists; choose a new file or pass --force to replace it")
         if args.thresholds:
             raise UsageError("--calibrate fits new thresholds; it cannot be combined with --thresholds")
-    logs = [_read_log(p) for p in args.logs]
+    from vla_eval.rundir import read_log
+
+    logs = [read_log(p) for p in args.logs]
     th = Thresholds.load(args.thresholds) if args.thresholds else Thresholds()
     if args.calib_seeds is not None and not args.calibrate:
         raise UsageError("--calib-seeds chooses the calibration runs of --calibrate; give --calibrate OUT.json too")
@@ -140,7 +118,7 @@ def run(args) -> int:
         rows += score(eps, th)
         names += [path.name] * len(eps)
     if args.calib_seeds is not None:
-        print(f"\nheld-out runs only (seeds not in {','.join(map(str, sorted(args.calib_seeds)))}):")
+        print(f"\nheld-out runs only (seeds not in {format_ids(args.calib_seeds)}):")
     print(f"{'log':24}{'tag':12}{'seed':>5}  {'outcome':9}{'verdict':14}evidence")
     for name, r in zip(names, rows):
         ev = "; ".join(str(v) for v in r.verdicts) or "-"

@@ -120,7 +120,9 @@ class Verdict:
 
 
 class StreamState:
-    """The running statistics every predicate reads; O(1) per step."""
+    """The running statistics every predicate reads; O(1) per step. Each statistic's score over
+    the run so far (the ``*_score`` properties) is what its check compares and what calibration
+    reads: one source, so a threshold set at a score is exactly where the check flips."""
 
     def __init__(self, th: Thresholds):
         self.th = th
@@ -128,8 +130,11 @@ class StreamState:
         self.norm_sum = 0.0
         self.window = deque(maxlen=th.window)
         self.window_sum = 0.0
+        self.min_window_mean = math.inf  # bad_prompt: the calmest full window so far
         self.big_xyz = 0
+        self.max_big_frac = 0.0  # bad_unnorm (too large): the largest running fraction from min_steps on
         self.max_xyz = 0.0
+        self.early_max_xyz = math.inf  # bad_unnorm (too small): max |a[:3]| of the first min_steps steps
         self.grip_sign = 0.0
         self.grip_flips = 0
         self.closed_once = False
@@ -142,7 +147,8 @@ class StreamState:
         self.cos_n = 0
 
     def push(self, action: list[float], reward: float, done: bool, token_prob: float | None = None) -> None:
-        if token_prob is not None and self.conf_n < self.th.conf_window:
+        th = self.th
+        if token_prob is not None and self.conf_n < th.conf_window:
             self.conf_sum += token_prob
             self.conf_n += 1
         # Plain floats: for 7 numbers numpy's per-call overhead dominates (p99 matters here).
@@ -151,9 +157,11 @@ class StreamState:
             self.window_sum -= self.window[0]
         self.window.append(norm)
         self.window_sum += norm
+        if len(self.window) == th.window:
+            self.min_window_mean = min(self.min_window_mean, self.window_mean)
         self.n += 1
         self.norm_sum += norm
-        if self.cos_n < self.th.cos_window - 1:
+        if self.cos_n < th.cos_window - 1:
             cur = action[:3]
             if self.prev_xyz is not None:
                 na = math.sqrt(sum(x * x for x in cur)) * math.sqrt(sum(x * x for x in self.prev_xyz))
@@ -162,7 +170,11 @@ class StreamState:
             self.prev_xyz = cur
         xyz = max(abs(action[0]), abs(action[1]), abs(action[2]))
         self.max_xyz = max(self.max_xyz, xyz)
-        self.big_xyz += xyz > self.th.unnorm_abs
+        self.big_xyz += xyz > th.unnorm_abs
+        if self.n == th.min_steps:
+            self.early_max_xyz = self.max_xyz
+        if self.n >= th.min_steps:
+            self.max_big_frac = max(self.max_big_frac, self.big_frac)
         sign = (action[6] > 0) - (action[6] < 0)
         if sign and self.grip_sign and sign != self.grip_sign:
             self.grip_flips += 1
@@ -171,11 +183,30 @@ class StreamState:
         self.reward += reward
         self.done |= bool(done)
 
+    @property
+    def window_mean(self) -> float:
+        return self.window_sum / len(self.window)
+
+    @property
+    def big_frac(self) -> float:
+        return self.big_xyz / self.n
+
+    @property
+    def conf_mean(self) -> float | None:
+        """Mean token probability over the first ``conf_window`` steps (None until that many)."""
+        return self.conf_sum / self.conf_n if self.conf_n == self.th.conf_window else None
+
+    @property
+    def cos_mean(self) -> float | None:
+        """Direction consistency over the first ``cos_window`` steps (None until that many)."""
+        return self.cos_sum / self.cos_n if self.cos_n == self.th.cos_window - 1 else None
+
 
 def check_bad_prompt(s: StreamState, step: int) -> Verdict | None:
+    """Collapsed: the mean ||a[:6]|| of the last ``window`` steps below ``prompt_norm``."""
     if len(s.window) < s.th.window:
         return None
-    mean = s.window_sum / len(s.window)
+    mean = s.window_mean
     if mean < s.th.prompt_norm:
         return Verdict("bad_prompt", ERROR, step, {"window_mean_norm6": mean, "threshold": s.th.prompt_norm,
                                                   "window": s.th.window})
@@ -183,44 +214,51 @@ def check_bad_prompt(s: StreamState, step: int) -> Verdict | None:
 
 
 def check_bad_unnorm(s: StreamState, step: int) -> Verdict | None:
+    """Translations out of scale: too small at step ``min_steps``, or too often too large."""
     if s.n < s.th.min_steps:
         return None
-    frozen = s.window_sum / len(s.window) < s.th.prompt_norm  # that is bad_prompt's signature, not a scale
-    if s.n == s.th.min_steps and s.max_xyz < s.th.unnorm_small and not frozen:
+    frozen = s.window_mean < s.th.prompt_norm  # that is bad_prompt's signature, not a scale
+    if s.n == s.th.min_steps and s.early_max_xyz < s.th.unnorm_small and not frozen:
         return Verdict("bad_unnorm", ERROR, step, {"max_abs_xyz": s.max_xyz, "small_threshold": s.th.unnorm_small,
                                                   "steps": s.n, "side": "too small"})
-    frac = s.big_xyz / s.n
+    frac = s.big_frac
     if frac >= s.th.unnorm_frac:
         return Verdict("bad_unnorm", ERROR, step, {"frac_steps_xyz_above": frac, "abs_threshold": s.th.unnorm_abs,
                                                   "max_abs_xyz": s.max_xyz, "side": "too large"})
     return None
 
 
-def _conf_ready(s: StreamState) -> bool:
-    """The confidence check is on and has its full window."""
-    return s.th.conf_min > 0 and s.conf_n == s.th.conf_window
+def _conf_on(s: StreamState) -> bool:
+    return s.th.conf_min > 0
 
 
-def _cos_ready(s: StreamState) -> bool:
-    """The direction-consistency check is on and has its full window."""
-    return s.th.cos_min > -1 and s.cos_n == s.th.cos_window - 1
+def _cos_on(s: StreamState) -> bool:
+    return s.th.cos_min > -1
 
 
 def online_no_flip_checked(s: StreamState) -> bool:
     """An online no_flip check has judged this run (then elimination at the end is not needed)."""
-    return _conf_ready(s) or _cos_ready(s)
+    return (_conf_on(s) and s.conf_mean is not None) or (_cos_on(s) and s.cos_mean is not None)
 
 
-def check_low_confidence(s: StreamState, step: int) -> Verdict | None:
-    """The model is unsure of its actions from the start, or zig-zags: with an upside-down image
-    the scene is out of its training distribution (the same image statistics, so img_mean
-    cannot see it). Either calibrated signal fires; each is off until calibrated."""
-    if _conf_ready(s) and s.conf_sum / s.conf_n < s.th.conf_min:
-        return Verdict("no_flip", ERROR, step, {"mean_token_prob": s.conf_sum / s.conf_n, "threshold": s.th.conf_min,
+def check_token_confidence(s: StreamState, step: int) -> Verdict | None:
+    """no_flip, online: the model is unsure of its action tokens from the start (an upside-down
+    scene is out of its training distribution, with the same image statistics, so img_mean
+    cannot see it). Off until calibrated (``conf_min`` 0)."""
+    conf = s.conf_mean
+    if _conf_on(s) and conf is not None and conf < s.th.conf_min:
+        return Verdict("no_flip", ERROR, step, {"mean_token_prob": conf, "threshold": s.th.conf_min,
                                                "window": s.th.conf_window})
-    if _cos_ready(s) and s.cos_sum / s.cos_n < s.th.cos_min:
-        return Verdict("no_flip", ERROR, step, {"direction_consistency": s.cos_sum / s.cos_n,
-                                               "threshold": s.th.cos_min, "window": s.th.cos_window})
+    return None
+
+
+def check_direction_consistency(s: StreamState, step: int) -> Verdict | None:
+    """no_flip, online: the translations zig-zag over the first ``cos_window`` steps (a healthy
+    policy moves smoothly). Off until calibrated (``cos_min`` -1)."""
+    cos = s.cos_mean
+    if _cos_on(s) and cos is not None and cos < s.th.cos_min:
+        return Verdict("no_flip", ERROR, step, {"direction_consistency": cos, "threshold": s.th.cos_min,
+                                               "window": s.th.cos_window})
     return None
 
 
@@ -236,7 +274,7 @@ def check_no_flip_at_end(s: StreamState) -> Verdict | None:
     return None
 
 
-STREAMING = (check_bad_prompt, check_bad_unnorm, check_low_confidence)
+STREAMING = (check_bad_prompt, check_bad_unnorm, check_token_confidence, check_direction_consistency)
 PREDICATES = ("bad_prompt", "bad_unnorm", "no_flip")
 
 

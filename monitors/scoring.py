@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from vla_eval.faults import FAULTS, RUN_TAGS
 from vla_eval.monitors.predicates import PREDICATES, Thresholds, Verdict
 from vla_eval.monitors.stream import classify, evaluate
@@ -37,6 +39,17 @@ class Scored:
         return self.got == (frozenset({want}) if want else frozenset())
 
 
+def latency(v: Verdict) -> int | None:
+    """Steps the monitor needed to raise an alert: one at step index t (0-based) came after t + 1
+    steps; None for an end-of-episode verdict. The one definition every table uses."""
+    return None if v.step is None else v.step + 1
+
+
+def first_alert_latency(trace, th: Thresholds, predicate: str) -> int | None:
+    """The latency of ``predicate``'s alert on a replayed trace (None: it never fired online)."""
+    return next((latency(v) for v in evaluate(trace, th)[0] if v.predicate == predicate and v.step is not None), None)
+
+
 def score(episodes, th: Thresholds) -> list[Scored]:
     """``episodes``: (EpisodeRecord, its step records) pairs."""
     out = []
@@ -62,10 +75,10 @@ def predicate_table(rows: list[Scored]) -> list[dict]:
         own = [r for r in rows if r.tag == pred]
         base = [r for r in rows if r.tag == "baseline"]
         other = [r for r in rows if r.tag in PREDICATES and r.tag != pred]
-        steps = sorted(v.step for r in own for v in r.verdicts if v.predicate == pred and v.step is not None)
+        steps = sorted(latency(v) for r in own for v in r.verdicts if v.predicate == pred and v.step is not None)
         rate = lambda xs: (sum(pred in r.got for r in xs) / len(xs)) if xs else float("nan")  # noqa: E731
         out.append({"predicate": pred, "tpr": rate(own), "n_own": len(own), "fa_baseline": rate(base),
                     "n_baseline": len(base), "fa_other": rate(other), "n_other": len(other),
-                    "latency": float(steps[len(steps) // 2]) + 1 if steps else None,
+                    "latency": float(np.median(steps)) if steps else None,
                     "exact": sum(r.matches for r in own) / len(own) if own else float("nan")})
     return out

@@ -80,12 +80,19 @@ class RuntimeMonitor:
         return "ERROR" if "ERROR" in levels else "WARN" if "WARN" in levels else "OK"
 
 
-def evaluate(trace: Iterable, thresholds: Thresholds | None = None) -> tuple[list[Verdict], list[list[str]]]:
-    """Offline: replay a trace (step records or dicts). Returns the verdicts and, per step,
-    the alerts a live monitor would have raised at that step."""
+def replay(trace: Iterable, thresholds: Thresholds | None = None) -> tuple[RuntimeMonitor, list[list[str]]]:
+    """Offline: a monitor fed a whole trace (step records or dicts), then ``finish``ed, and per
+    step the alerts a live monitor would have raised. Its ``state`` holds every statistic's score
+    (what calibration reads)."""
     m = RuntimeMonitor(thresholds)
     per_step = [m.update(s) for s in trace]
     m.finish()
+    return m, per_step
+
+
+def evaluate(trace: Iterable, thresholds: Thresholds | None = None) -> tuple[list[Verdict], list[list[str]]]:
+    """Offline: the verdicts of a replayed trace and, per step, the alerts raised at that step."""
+    m, per_step = replay(trace, thresholds)
     return m.verdicts, per_step
 
 

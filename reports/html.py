@@ -17,14 +17,12 @@ from vla_eval.records import RunLog
 from vla_eval.reports.plots import action_trace_plot, gripper_timing_histogram
 from vla_eval.reports.stats import comparability, per_task, published_number, rate_of, verdict
 from vla_eval.sims.protocol import suite_spec
-from vla_eval.sweep import MANIFEST, config_from_manifest, load_manifest
+from vla_eval.rundir import MANIFEST, config_from_manifest, load_manifest, read_tag
 
 VIDEO_BUDGET_BYTES = 8 * 2**20  # embedded videos stop here; the rest stay in videos/ as files
 
 
 def _logs(run_dir: Path, tags) -> dict[str, RunLog]:
-    from vla_eval.sweep import read_tag
-
     logs = {tag: log for tag in tags if (log := read_tag(run_dir, tag)) is not None}
     if not any(log.episodes for log in logs.values()):
         raise UsageError(f"{run_dir} holds no episode records yet (looked for {', '.join(f'{t}.jsonl' for t in tags)})")
@@ -57,7 +55,7 @@ def _ci(rate) -> str:
 
 def _banners(cfg: dict, manifest: dict, logs: dict[str, RunLog]) -> list[dict]:
     out = []
-    from vla_eval.sweep import parse_shard
+    from vla_eval.rundir import parse_shard
 
     i, k = parse_shard(cfg["shard"])
     expected = len(range(i, len(cfg["task_ids"]) * len(cfg["seeds"]), k))
@@ -122,7 +120,7 @@ def context(run_dir: Path) -> dict:
     if not (run_dir / MANIFEST).exists():
         raise UsageError(f"{run_dir} is not a vla-eval run folder (no {MANIFEST})")
     manifest = load_manifest(run_dir)
-    cfg = asdict(config_from_manifest(run_dir))
+    cfg = asdict(config_from_manifest(run_dir, manifest))
     logs = _logs(run_dir, cfg["tags"])
     main_tag = "baseline" if "baseline" in logs else next(iter(logs))
     main = logs[main_tag]
@@ -141,16 +139,18 @@ def context(run_dir: Path) -> dict:
                  "first_close": "never" if r.mean_first_close is None else f"{r.mean_first_close:.0f}"}
                 for r in per_task(log.episodes)]
         tables.append({"tag": tag, "rows": rows})
-    drill = None
-    if len(logs) > 1:
+    drill = monitor = None
+    if len(logs) > 1:  # the drill table's alerts and the monitor section come from one replay
+        scored = _replay(cfg, logs)
+        matched = {tag: sorted({p for r in scored[1] if r.tag == tag for p in r.got}) for tag in logs}
         drill = {"features": FEATURES, "rows": [
             {"tag": tag, "rate": f"{_pct(r.p)} ({r.successes}/{r.n})" if r.n else "–", "ci": _ci(r),
-             "features": _features(log), "alerts": ", ".join(sorted({a for e in log.episodes for a in e.alerts})) or "–"}
+             "features": _features(log), "alerts": ", ".join(matched[tag]) or "–"}
             for tag, log in logs.items() for r in [rate_of(e.outcome for e in log.episodes)]]}
+        monitor = _monitor(*scored)
     videos, video_note = _videos(run_dir, logs)
     prov = manifest.get("provenance", {})
     prov = prov if isinstance(prov, dict) else {"provenance": f"(not an object: {type(prov).__name__})"}
-    monitor = _monitor(cfg, logs) if drill else None
     return {
         "run_name": run_dir.name, "policy": cfg["policy"], "suite": cfg["suite"], "main_tag": main_tag,
         "task_ids": cfg["task_ids"], "seeds": f"{len(cfg['seeds'])} ({format_ids(cfg['seeds'])})", "banners": _banners(cfg, manifest, logs),
@@ -175,14 +175,20 @@ def context(run_dir: Path) -> dict:
     }
 
 
-def _monitor(cfg: dict, logs: dict[str, RunLog]) -> dict:
-    """The predicates replayed on every tagged episode: per-predicate rates and the confusion
-    matrix, with the thresholds a ``--monitor`` run of this policy uses."""
+def _replay(cfg: dict, logs: dict[str, RunLog]):
+    """The predicates replayed on every episode, with the thresholds a ``--monitor`` run of this
+    policy uses: (their file or None, the scored episodes)."""
     from vla_eval.monitors.predicates import thresholds_for
-    from vla_eval.monitors.scoring import COLUMNS, confusion, predicate_table, score
+    from vla_eval.monitors.scoring import score
 
     th, path = thresholds_for(cfg["policy"], cfg["suite"])
-    rows = score([(e, log.steps_of(e)) for log in logs.values() for e in log.episodes], th)
+    return path, score([(e, log.steps_of(e)) for log in logs.values() for e in log.episodes], th)
+
+
+def _monitor(path, rows) -> dict:
+    """Per-predicate rates and the confusion matrix of the replayed episodes."""
+    from vla_eval.monitors.scoring import COLUMNS, confusion, predicate_table
+
     pct = lambda x: "–" if x != x else f"{100 * x:.0f}%"  # noqa: E731
     table = [{"predicate": r["predicate"], "tpr": f"{pct(r['tpr'])} of {r['n_own']}", "exact": pct(r["exact"]),
               "fa_baseline": f"{pct(r['fa_baseline'])} of {r['n_baseline']}",

@@ -18,3 +18,48 @@ def object_env():
     env = LiberoEnv("libero_object", 0, cameras=False, hard_reset=False)
     yield env
     env.close()
+
+
+# -- shared record and run-folder factories (the records, writer and reader are real) ------------
+def make_step(attempt: str = "a0", step: int = 0, *, tag: str = "baseline", task: int = 0, seed: int = 0,
+              grip: float = 1.0, **kw):
+    from vla_eval.records import StepRecord
+
+    fields = dict(run_tag=tag, task_id=task, seed=seed, attempt=attempt, step=step, action=(0.1,) * 6 + (grip,),
+                  img_mean=100.0, reward=0.0, done=False, policy_s=0.01, sim_s=0.02)
+    return StepRecord(**{**fields, **kw})
+
+
+def make_episode(attempt: str = "a0", *, tag: str = "baseline", task: int = 0, seed: int = 0,
+                 outcome: str = "success", **kw):
+    from vla_eval.records import EpisodeRecord
+
+    fields = dict(run_tag=tag, suite="libero_object", task_id=task, seed=seed, init_state=seed, attempt=attempt,
+                  outcome=outcome, steps=2, first_close_step=1, wall_s=1.0, policy_s=0.1, sim_s=0.5,
+                  instruction="pick")
+    return EpisodeRecord(**{**fields, **kw})
+
+
+def make_run(folder, outcomes: dict, tags=("baseline",), policy: str = "scripted", seeds=None, steps: int = 1,
+             **cfg_kw):
+    """A run folder: manifest + one log per tag, ``steps`` step lines and the episode line per
+    ``outcomes`` entry {(task, seed): outcome}. Seeds default to 0..max given."""
+    from pathlib import Path
+
+    from vla_eval.records import JsonlWriter
+    from vla_eval.rundir import SweepConfig, check_or_write_manifest
+
+    folder = Path(folder)
+    tasks = sorted({t for t, _ in outcomes})
+    seeds = seeds if seeds is not None else max(s for _, s in outcomes) + 1
+    cfg = SweepConfig(suite="libero_object", task_ids=tuple(tasks), seeds=seeds, policy=policy, tags=tuple(tags),
+                      cameras=False, **cfg_kw)
+    check_or_write_manifest(folder, cfg)
+    for tag in tags:
+        with JsonlWriter(folder / f"{tag}.jsonl") as w:
+            for (t, s), outcome in outcomes.items():
+                att = f"{tag}{t}{s}"
+                for i in range(steps):
+                    w.write(make_step(att, i, tag=tag, task=t, seed=s))
+                w.write(make_episode(att, tag=tag, task=t, seed=s, outcome=outcome, instruction=f"pick up thing {t}"))
+    return folder

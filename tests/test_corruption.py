@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vla_eval.records import JsonlWriter
-from vla_eval.sweep import SweepConfig, _check_or_write_manifest
+from vla_eval.rundir import SweepConfig, check_or_write_manifest
 
-from test_records import _episode, _step
+from conftest import make_episode as _episode, make_step as _step
 
 JSON_SHAPES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
@@ -45,7 +45,7 @@ def corruption(draw, data: bytes) -> bytes:
 
 def _run_folder(root: Path) -> Path:
     run = root / "run"
-    _check_or_write_manifest(run, SweepConfig(suite="libero_object", task_ids=(0,), seeds=2, policy="scripted",
+    check_or_write_manifest(run, SweepConfig(suite="libero_object", task_ids=(0,), seeds=2, policy="scripted",
                                               cameras=False))
     with JsonlWriter(run / "baseline.jsonl") as w:
         for seed in (0, 1):

@@ -24,3 +24,20 @@ def test_readme_is_short_and_its_links_resolve():
     for target in re.findall(r"\]\(([^)#]+)\)", text):
         if not target.startswith("http"):
             assert (ROOT / target).exists(), target
+
+
+def test_every_subcommand_help_ends_with_examples_that_parse():
+    import shlex
+
+    from vla_eval.cli import EXAMPLES, build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._subparsers._group_actions if a.choices)  # the COMMAND subparsers
+    assert set(sub.choices) == set(EXAMPLES)
+    for name, p in sub.choices.items():
+        assert p.format_help().rstrip().endswith(EXAMPLES[name][-1]), name
+        for example in EXAMPLES[name]:
+            argv = shlex.split(example)
+            assert argv[0] == "vla-eval"
+            args = build_parser().parse_args(argv[1:])  # a typo'd flag or value would exit here
+            assert args.command == argv[1]

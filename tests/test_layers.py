@@ -19,11 +19,11 @@ PACKAGES = {"vla_eval": "vla_eval", "monitors": "vla_eval.monitors", "sims": "vl
 LAYERS = {
     "vla_eval": 6,  # the package root re-exports run_episode/load_run lazily: a facade on top
     "vla_eval.errors": 0, "vla_eval.configs": 0, "vla_eval.faults": 0,  # shared errors, data, the fault table
-    "vla_eval.argtypes": 0, "vla_eval.rundir": 1,                      # CLI value types; run-folder lock
+    "vla_eval.argtypes": 0,                                            # CLI value types
     "vla_eval.records": 1, "vla_eval.monitors": 1,                     # shared types; numpy-only monitor
-    "vla_eval.sims": 2,                                               # simulators
+    "vla_eval.sims": 2, "vla_eval.rundir": 2,                          # simulators; the run-folder reader
     "vla_eval.policies": 3,                                           # policies (over sims' Observation)
-    "vla_eval.runner": 4, "vla_eval.sweep": 4, "vla_eval.api": 4, "vla_eval.preflight": 4,
+    "vla_eval.rollout": 4, "vla_eval.runner": 4, "vla_eval.sweep": 4, "vla_eval.api": 4, "vla_eval.preflight": 4,
     "vla_eval.tinyvla": 4, "vla_eval.videos": 4,                                            # demos and training of the tiny policy
     "vla_eval.reports": 5, "vla_eval.drills": 5,                       # reports over runs; CPU drills
     "vla_eval.tinyvla.dagger": 5, "vla_eval.diagnose": 5,  # fault ranking over run folders                                     # rounds of rollouts, training and sweeps
@@ -67,6 +67,25 @@ def test_no_module_imports_a_higher_layer():
     upward = [f"{m} (layer {_layer(m)}) imports {i} (layer {_layer(i)})"
               for m, deps in _graph().items() for i in deps if _layer(i) > _layer(m)]
     assert not upward, "\n".join(upward)
+
+
+def _closure(graph: dict[str, set[str]], roots) -> set[str]:
+    seen, todo = set(), list(roots)
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo += graph.get(m, ())
+    return seen
+
+
+def test_reports_read_runs_through_records_and_the_run_folder_reader_alone():
+    """Rendering a report never imports the orchestrator or a policy (not even through another module)."""
+    graph = _graph()
+    reports = [m for m in graph if m.startswith("vla_eval.reports")]
+    reached = _closure(graph, reports)
+    bad = sorted(m for m in reached if m.startswith(("vla_eval.sweep", "vla_eval.policies", "vla_eval.runner")))
+    assert not bad, bad
 
 
 def test_no_import_cycles():

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from vla_eval.monitors import RuntimeMonitor, Thresholds, classify, evaluate
-from vla_eval.monitors.calibrate import calibrate, detection_latency, false_alarm_rate
+from vla_eval.monitors.calibrate import calibrate, false_alarm_rate
+from vla_eval.monitors.scoring import first_alert_latency
 
 rng = np.random.default_rng(0)
 
@@ -52,8 +53,8 @@ def test_successful_synthetic_baseline_raises_nothing():
 
 def test_alerts_fire_within_a_few_steps():
     th = Thresholds()
-    assert detection_latency(synthetic("bad_prompt"), th, "bad_prompt") == th.window - 1
-    assert detection_latency(synthetic("bad_unnorm"), th, "bad_unnorm") == th.min_steps - 1
+    assert first_alert_latency(synthetic("bad_prompt"), th, "bad_prompt") == th.window
+    assert first_alert_latency(synthetic("bad_unnorm"), th, "bad_unnorm") == th.min_steps
 
 
 def test_replayed_verdicts_equal_live_ones_step_for_step():
@@ -79,9 +80,11 @@ def test_edges_empty_and_one_step_runs():
 
 
 def test_calibration_holds_its_false_alarm_rate_on_held_out_runs(tmp_path):
-    baselines = [synthetic("baseline", success=True) for _ in range(40)]
-    th = calibrate(baselines[:20], alpha=0.1)
-    assert false_alarm_rate(baselines[20:], th) <= 0.2
+    baselines = [synthetic("baseline", success=True) for _ in range(80)]
+    cal = calibrate(baselines[:40], alpha=0.1)
+    th = cal.thresholds
+    assert cal.calibration_alarms <= cal.k == 4  # the union of every check, not each one, at alpha
+    assert false_alarm_rate(baselines[:40], th) <= 0.1 and false_alarm_rate(baselines[40:], th) <= 0.2
     th.save(tmp_path / "th.json")
     assert Thresholds.load(tmp_path / "th.json") == th
 
@@ -89,9 +92,7 @@ def test_calibration_holds_its_false_alarm_rate_on_held_out_runs(tmp_path):
 def test_no_flip_signals_are_chosen_on_calibration_fault_runs_only():
     """SYNTHETIC: token confidence overlaps between healthy and no_flip runs, direction
     consistency separates them. With no_flip runs of the calibration seeds the check keeps
-    consistency alone at the full alpha; without them it keeps both at alpha/2."""
-    from vla_eval.monitors.calibrate import choose_no_flip_signals
-
+    consistency alone; without them it keeps both where the union allows it."""
     def run(conf: float, zigzag: bool) -> list[dict]:
         steps = synthetic("baseline")
         for t, s in enumerate(steps):
@@ -100,20 +101,33 @@ def test_no_flip_signals_are_chosen_on_calibration_fault_runs_only():
                 s["action"][:3] *= (-1) ** t
         return steps
 
-    probs = np.random.default_rng(1).uniform(0.7, 0.95, 30)
-    healthy = [run(c, False) for c in probs[:20]]
-    flipped = [run(c, True) for c in probs[20:]]
-    choice = choose_no_flip_signals(healthy, flipped, alpha=0.1)
-    assert choice.conf_min == 0.0 and choice.cos_min > -1 and choice.note.startswith("direction consistency")
-    assert choice.caught["direction consistency"] == 10 and choice.caught["both"] == 10
-    th = calibrate(healthy, alpha=0.1, no_flip=flipped)
-    assert (th.conf_min, th.cos_min) == (choice.conf_min, choice.cos_min)
+    probs = np.random.default_rng(1).uniform(0.7, 0.95, 50)
+    healthy = [run(c, False) for c in probs[:40]]
+    flipped = [run(c, True) for c in probs[40:]]
+    cal = calibrate(healthy, alpha=0.1, no_flip=flipped)
+    th = cal.thresholds
+    assert th.conf_min == 0.0 and th.cos_min > -1 and "online no_flip signal: direction consistency" in cal.note
+    assert cal.no_flip_caught["direction consistency"] == 10 and cal.no_flip_caught["both"] == 10
     assert all("no_flip" in classify(evaluate(t, th)[0]) for t in flipped)
-    both = choose_no_flip_signals(healthy, [], alpha=0.1)
+    assert false_alarm_rate(healthy, th) <= 0.1  # in-sample: the union of all checks
+    both = calibrate(healthy, alpha=0.1).thresholds
     assert both.conf_min > 0 and both.cos_min > -1
-    # alpha 0.05 on 20 runs: alpha/2 per signal needs 39 runs, so the pair is no candidate
-    short = choose_no_flip_signals(healthy, flipped, alpha=0.05)
-    assert "both" not in short.caught and "the pair needs 39 baseline runs" in short.note
+    # 20 runs at alpha 0.1 (k = 2): five checks whose extremes fall on different runs do not fit
+    small = calibrate(healthy[:20], alpha=0.1, no_flip=flipped)
+    assert small.calibration_alarms <= small.k == 2
+
+
+def test_union_calibration_refuses_when_the_checks_need_more_runs():
+    """SYNTHETIC: independent checks put their extremes on different runs; at alpha 0.05 with
+    19 runs (k = 1) no common rank keeps the union at one run."""
+    from vla_eval.errors import UsageError
+
+    runs = [synthetic("baseline") for _ in range(19)]
+    for t, r in enumerate(runs):
+        for s in r:
+            s["token_prob"] = 0.5 + 0.02 * t
+    with pytest.raises(UsageError, match="needs more healthy runs"):
+        calibrate(runs, alpha=0.05)
 
 
 def test_monitor_imports_numpy_only():
@@ -141,11 +155,11 @@ def test_runner_feeds_the_monitor_and_calibration_fits_real_baselines(tmp_path):
     assert all(e.success for e in eps)
     assert not any(e.alerts for e in eps) and not any(s.alerts for s in log.steps)
     traces = [log.steps_of(e) for e in log.episodes]
-    th = calibrate(traces, alpha=0.2)  # n = 4: rank 1, the most extreme baseline score
+    th = calibrate(traces, alpha=0.4).thresholds  # n = 4, k = 2: rank 1 at most, the most extreme baseline scores
     assert 0 < th.unnorm_small < 1.0 and th.unnorm_frac < 1.0 and th.prompt_norm > 0
     assert false_alarm_rate(traces, th) == 0.0  # in-sample; held-out rates need n >> 1/alpha runs
     faulty = [{"action": np.r_[np.zeros(6), -1.0]} for _ in range(20)]  # SYNTHETIC collapsed actions
-    assert detection_latency(faulty, th, "bad_prompt") == th.window - 1
+    assert first_alert_latency(faulty, th, "bad_prompt") == th.window
 
 
 def _write_log(path, tag, traces, success):
@@ -163,7 +177,7 @@ def _write_log(path, tag, traces, success):
 
 
 def test_monitor_cli_confusion_matrix_calibration_and_self_check(tmp_path):
-    _write_log(tmp_path / "baseline.jsonl", "baseline", [synthetic("baseline", success=True) for _ in range(6)], True)
+    _write_log(tmp_path / "baseline.jsonl", "baseline", [synthetic("baseline", success=True) for _ in range(40)], True)
     for tag in ("bad_prompt", "bad_unnorm", "no_flip"):
         _write_log(tmp_path / f"{tag}.jsonl", tag, [synthetic(tag) for _ in range(2)], False)
     logs = [str(tmp_path / f"{t}.jsonl") for t in ("baseline", "bad_prompt", "bad_unnorm", "no_flip")]
@@ -173,7 +187,8 @@ def test_monitor_cli_confusion_matrix_calibration_and_self_check(tmp_path):
     assert "confusion" in ok.stdout
     cal = subprocess.run(cli + logs + ["--calibrate", str(tmp_path / "th.json"), "--alpha", "0.25"],
                          capture_output=True, text=True)
-    assert "false-alarm rate on 3 held-out baseline runs" in cal.stdout
+    assert "false-alarm rate (any predicate) on 20 held-out baseline runs" in cal.stdout, cal.stdout + cal.stderr
+    assert "every check at rank" in cal.stdout
     assert "latency" in cal.stdout and (tmp_path / "th.json").exists()
     # A run tagged no_flip whose trace has the bad-prompt signature: the toggle is wrong.
     _write_log(tmp_path / "wrong.jsonl", "no_flip", [synthetic("bad_prompt")], False)

@@ -5,17 +5,10 @@ import os
 import pytest
 
 from vla_eval.errors import UsageError
+from conftest import make_episode as _episode, make_step as _step
 from vla_eval.records import (
-    EpisodeRecord, JsonlWriter, StepRecord, first_close_step, from_dict, read_jsonl, to_json,
+    JsonlWriter, first_close_step, from_dict, read_jsonl, to_json,
 )
-
-
-def _step(attempt="a1", step=0, seed=0, grip=-1.0):
-    return StepRecord("baseline", 0, seed, attempt, step, (0.1, 0.0, 0.0, 0.0, 0.0, 0.0, grip), 101.5, 0.0, False, 0.01, 0.02)
-
-
-def _episode(attempt="a1", seed=0, outcome="success"):
-    return EpisodeRecord("baseline", "libero_object", 0, seed, seed, attempt, outcome, 2, 1, 1.0, 0.1, 0.5, "pick")
 
 
 def test_round_trip_keeps_every_field():

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 from vla_eval.errors import UsageError
-from vla_eval.records import EpisodeRecord, JsonlWriter, StepRecord, read_jsonl
+from conftest import make_episode, make_run
+from vla_eval.records import EpisodeRecord, JsonlWriter, read_jsonl
 from vla_eval.rundir import run_lock
-from vla_eval.sweep import SweepConfig, _check_or_write_manifest, merge_runs
+from vla_eval.rundir import SweepConfig, check_or_write_manifest
+from vla_eval.sweep import merge_runs
 
 CLI = [sys.executable, "-m", "vla_eval.cli"]
 
@@ -23,29 +25,10 @@ def cli(*args, cwd=None):
     return subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
-def _episode(tag="baseline", task=0, seed=0, attempt="a0", **kw) -> EpisodeRecord:
-    return EpisodeRecord(run_tag=tag, suite="libero_object", task_id=task, seed=seed, init_state=seed, attempt=attempt,
-                         outcome=kw.get("outcome", "success"), steps=2, first_close_step=1, wall_s=1.0, policy_s=0.1,
-                         sim_s=0.5)
-
-
-def _step(i, tag="baseline", task=0, seed=0, attempt="a0") -> StepRecord:
-    return StepRecord(run_tag=tag, task_id=task, seed=seed, attempt=attempt, step=i, action=(0.1,) * 6 + (1.0,),
-                      img_mean=100.0, reward=0.0, done=False, policy_s=0.01, sim_s=0.02)
-
-
 def make_shard(folder: Path, i: int, k: int, seeds=None) -> Path:
     """A shard folder with real records written by the real writer (the merge is under test)."""
-    cfg = SweepConfig(suite="libero_object", task_ids=(0,), seeds=4, policy="scripted", cameras=False,
-                      shard=f"{i}/{k}")
-    _check_or_write_manifest(folder, cfg)
-    with JsonlWriter(folder / "baseline.jsonl") as w:
-        for seed in seeds if seeds is not None else range(i, 4, k):
-            att = f"s{seed}"
-            w.write(_step(0, seed=seed, attempt=att))
-            w.write(_step(1, seed=seed, attempt=att))
-            w.write(_episode(seed=seed, attempt=att))
-    return folder
+    return make_run(folder, {(0, s): "success" for s in (seeds if seeds is not None else range(i, 4, k))},
+                    seeds=4, shard=f"{i}/{k}", steps=2)
 
 
 # -- locks ------------------------------------------------------------------------------------
@@ -132,7 +115,7 @@ def test_a_shard_with_missing_episodes_is_refused_unless_partial_and_then_record
 
 
 @pytest.mark.parametrize("record, message", [
-    (lambda: _episode(seed=3, attempt="x"), "task 0 seed 3 is outside this run"),
+    (lambda: make_episode("x", seed=3), "task 0 seed 3 is outside this run"),
     (lambda: EpisodeRecord("baseline", "libero_goal", 0, 0, 0, "x", "success", 2, 1, 1.0, 0.1, 0.5, "pick"),
      "an episode of suite 'libero_goal'"),
     (lambda: EpisodeRecord("no_flip", "libero_object", 0, 0, 0, "x", "success", 2, 1, 1.0, 0.1, 0.5, "pick"),
@@ -142,7 +125,7 @@ def test_a_record_that_does_not_belong_is_never_counted_or_taken_as_done(tmp_pat
     from vla_eval.sweep import committed
 
     run = tmp_path / "run"
-    _check_or_write_manifest(run, SweepConfig(suite="libero_object", task_ids=(0,), seeds=2, policy="scripted",
+    check_or_write_manifest(run, SweepConfig(suite="libero_object", task_ids=(0,), seeds=2, policy="scripted",
                                               cameras=False))
     with JsonlWriter(run / "baseline.jsonl") as w:
         w.write(record())
@@ -154,7 +137,7 @@ def test_a_record_that_does_not_belong_is_never_counted_or_taken_as_done(tmp_pat
 
 
 # -- records ----------------------------------------------------------------------------------
-GOOD = json.loads(json.dumps(_episode().__dict__))
+GOOD = json.loads(json.dumps(make_episode(instruction="").__dict__))
 
 
 @pytest.mark.parametrize("line,message", [
@@ -185,7 +168,7 @@ def test_a_complete_last_line_without_newline_is_kept(tmp_path):
     p = tmp_path / "baseline.jsonl"
     p.write_text(json.dumps(GOOD))  # committed episode, newline lost
     with JsonlWriter(p) as w:  # what a resumed sweep does first
-        w.write(_episode(seed=1, attempt="b"))
+        w.write(make_episode("b", seed=1, instruction=""))
     assert sorted(e.seed for e in read_jsonl(p).episodes) == [0, 1]
     p.write_text(json.dumps(GOOD) + "\n" + json.dumps(GOOD)[:40])  # a torn line is still cut
     with JsonlWriter(p):
@@ -252,25 +235,46 @@ BAD_ARGS = [
 ]
 
 
+def main_in_process(argv, capsys) -> tuple[int, str]:
+    """``cli.main`` in this process: (exit code, stderr). argparse's own refusals exit via SystemExit."""
+    from vla_eval.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv", [
     ["run", "--policy", "zero", "--log", "{f}/x.jsonl"], ["small", "baseline", "--out", "{f}"],
     ["merge", "{f}/out", "{f}"], ["sweep", "--policy", "zero", "--out", "{f}/run"],
     ["train-tiny", "--out", "{f}"], ["dagger", "--demos", "d", "--start", "s", "--out", "{f}/x"],
 ])
-def test_an_output_path_at_or_under_a_file_is_refused_before_any_work(tmp_path, argv):
+def test_an_output_path_at_or_under_a_file_is_refused_before_any_work(tmp_path, monkeypatch, capsys, argv):
     blocker = tmp_path / "afile"
     blocker.write_text("mine")
-    r = cli(*[a.replace("{f}", str(blocker)) for a in argv], cwd=tmp_path)
-    assert r.returncode == 2 and "Traceback" not in r.stderr and str(blocker) in r.stderr, r.stderr
+    monkeypatch.chdir(tmp_path)
+    code, err = main_in_process([a.replace("{f}", str(blocker)) for a in argv], capsys)
+    assert code == 2 and "Traceback" not in err and str(blocker) in err, err
     assert sorted(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "mine"
 
 
 @pytest.mark.parametrize("argv,message", BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
-def test_bad_input_is_one_clear_message_and_writes_nothing(tmp_path, argv, message):
-    r = cli(*argv, cwd=tmp_path)
-    assert r.returncode == 2, r.stdout + r.stderr
-    assert message in r.stderr and "Traceback" not in r.stderr
+def test_bad_input_is_one_clear_message_and_writes_nothing(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    code, err = main_in_process(argv, capsys)
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error:" in line]) == 1, err  # one message
     assert list(tmp_path.iterdir()) == []  # no runs/ folder, no partial file
+
+
+def test_bad_input_through_the_console_script_is_the_same_one_line(tmp_path):
+    """The same refusal through a real process (the table above runs cli.main in-process)."""
+    r = cli("run", "--suite", "libero_nope", "--task", "0", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("error:") == 1 and "unknown suite 'libero_nope'" in r.stderr
+    assert "Traceback" not in r.stderr and list(tmp_path.iterdir()) == []
 
 
 def test_resume_refuses_flags_that_would_change_the_run(tmp_path):

@@ -5,34 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from test_reliability import _episode, _step
+from conftest import make_run, make_step
 from vla_eval.records import JsonlWriter
 from vla_eval.reports.compare import compare_runs
 from vla_eval.reports.html import context, write_report
 from vla_eval.reports.stats import comparability
-from vla_eval.sweep import SweepConfig, _check_or_write_manifest
-
-
-def make_run(folder, outcomes: dict, tags=("baseline",), policy="scripted", **cfg_kw):
-    """outcomes: {(task, seed): "success" | "failure"}; seeds 0..max for tasks given."""
-    tasks = sorted({t for t, _ in outcomes})
-    seeds = max(s for _, s in outcomes) + 1
-    cfg = SweepConfig(suite="libero_object", task_ids=tuple(tasks), seeds=seeds, policy=policy, tags=tuple(tags),
-                      cameras=False, **cfg_kw)
-    _check_or_write_manifest(folder, cfg)
-    for tag in tags:
-        with JsonlWriter(folder / f"{tag}.jsonl") as w:
-            for (t, s), outcome in outcomes.items():
-                att = f"{tag}{t}{s}"
-                w.write(replace(_step(0, tag=tag, task=t, seed=s, attempt=att)))
-                w.write(replace(_episode(tag=tag, task=t, seed=s, attempt=att), outcome=outcome,
-                                instruction=f"pick up thing {t}"))
-    return folder
 
 
 def test_paired_comparison_has_the_known_mcnemar_answer(tmp_path):
@@ -104,7 +85,7 @@ def test_load_run_gives_committed_rows_only(tmp_path):
 
     run = make_run(tmp_path / "r", {(0, 0): "success", (0, 1): "failure"})
     with JsonlWriter(run / "baseline.jsonl") as w:  # a killed attempt: steps without an episode line
-        w.write(_step(0, seed=5, attempt="killed"))
+        w.write(make_step("killed", 0, seed=1))
     episodes, steps = load_run(run)
     assert isinstance(episodes, pd.DataFrame) and sorted(episodes["seed"]) == [0, 1]
     assert len(steps) == 2 and "killed" not in set(steps["attempt"])

@@ -184,7 +184,8 @@ def test_signals_stop_cleanly_between_steps(tmp_path, sig, code):
 
 def test_summary_of_a_several_suite_run_that_has_not_started(tmp_path):
     """Suites without episodes yet: the summary renders with an 'Incomplete' banner, no average."""
-    from vla_eval.reports.suites import summary, write_suites_file, write_suites_report
+    from vla_eval.reports.suites import summary, write_suites_report
+    from vla_eval.rundir import write_suites_file
 
     write_suites_file(tmp_path, ("libero_object", "libero_goal"))
     assert summary(tmp_path)["mean"] is None and not summary(tmp_path)["complete"]

@@ -1,13 +1,16 @@
-"""Python entry points for notebooks: ``run_episode`` (one rollout, baseline or any faults of
-``vla_eval.faults``) and ``load_run`` (a run folder as pandas DataFrames, committed attempts only)."""
+"""Python entry points for notebooks: ``run_episode`` (one rollout of the reference loop,
+``rollout.rollout``, baseline or any faults of ``vla_eval.faults``), ``load_run`` (a run folder
+as pandas DataFrames, committed attempts only), and the sweep's own typed entry points,
+re-exported: ``run_sweep(SweepConfig(...), out, model, Execution(...))``, ``run_suites``, ``resume``."""
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
+from vla_eval.errors import UsageError
 from vla_eval.policies.factory import OpenVLAOptions, Toggles, make_policy, model_options
-from vla_eval.records import JsonlWriter, read_jsonl
-from vla_eval.runner import RunConfig, make_jobs, run_episodes
+from vla_eval.records import JsonlWriter
+from vla_eval.runner import make_jobs
+from vla_eval.sweep import Execution, SweepConfig, resume, run_suites, run_sweep  # noqa: F401  (the API)
 
 
 def run_episode(
@@ -39,20 +42,29 @@ def run_episode(
     """
     from dataclasses import replace
 
+    from vla_eval.rollout import rollout
+    from vla_eval.sims.parallel import EnvSpec
+    from vla_eval.sims.protocol import CAMERAS
     from vla_eval.sweep import toggles_for
 
     toggles = replace(toggles_for(fault) if fault else Toggles(), **{
         k: v for k, v in (("flip", "rotate" if flip_image else "none"), ("prompt_template", prompt_template),
                           ("unnorm_key", unnorm_key)) if v != getattr(Toggles(), k)})
+    make_jobs(suite, [task_id], [seed])  # suite, task and seed before any model loads
     pol = make_policy(policy, suite, toggles, model or model_options(policy))
-    jobs = make_jobs(suite, [task_id], [seed])
     cameras = pol.uses_images if cameras is None else cameras  # default: render only for pixel policies
-    cfg = RunConfig(cameras=cameras, hard_reset=hard_reset, max_steps=max_steps)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(log_path) if log_path else Path(tmp) / "episode.jsonl"
-        with JsonlWriter(path) as writer:
-            (ep,) = run_episodes(pol, jobs, writer, toggles.tag, cfg)
-        steps = read_jsonl(path).steps_of(ep) if return_steps else None
+    if not cameras and pol.uses_images:
+        raise UsageError(f"policy {pol.name!r} reads images; run it with cameras on")
+    env = EnvSpec(suite, task_id, cameras, hard_reset=hard_reset, camera_names=tuple(pol.cameras) or CAMERAS).build()
+    try:
+        ep, steps = rollout(env, pol, seed, max_steps, toggles.tag)
+    finally:
+        env.close()
+    if log_path:
+        with JsonlWriter(Path(log_path)) as writer:
+            for s in steps:
+                writer.write(s)
+            writer.write(ep)
     return (ep, steps) if return_steps else ep
 
 
@@ -63,16 +75,15 @@ def load_run(run_dir: str | Path, tags: list[str] | None = None):
     from dataclasses import asdict
 
     from vla_eval.errors import require
-    from vla_eval.sweep import config_from_manifest
+    from vla_eval.rundir import config_from_manifest, read_tag
 
     pd = require("pandas", "data", "load_run")
     run_dir = Path(run_dir)
     cfg = config_from_manifest(run_dir)
     episodes, steps = [], []
     for tag in tags or cfg.tags:
-        path = run_dir / f"{tag}.jsonl"
-        if path.exists():
-            log = read_jsonl(path)
+        log = read_tag(run_dir, tag, cfg)
+        if log is not None:
             episodes += [asdict(e) for e in log.episodes]
             steps += [asdict(s) for s in log.steps]
     return pd.DataFrame(episodes), pd.DataFrame(steps)

@@ -22,31 +22,39 @@ _task_list = id_set("--tasks")
 
 
 def _add_run_args(p: argparse.ArgumentParser, seeds_default: str) -> None:
-    from vla_eval.policies.factory import BACKENDS, POLICIES
+    """The run flags. Those that define what is run (recorded in the manifest) sit in one group,
+    whose actions ``_given_identity`` reads: a resume refuses them instead of ignoring them."""
+    from vla_eval.policies.factory import BACKENDS, DTYPES, POLICIES
 
-    p.add_argument("--suite", default=DEFAULT_SUITE, help="libero_spatial|libero_object|libero_goal|libero_10|libero_90, "
-                   "or several (comma-separated, or all4): one sub-folder per suite and a summary report")
-    tasks = p.add_mutually_exclusive_group()
-    tasks.add_argument("--task", type=int, default=0, help="task id within the suite (default 0)")
-    tasks.add_argument("--all-tasks", action="store_true", help="every task of the suite")
-    tasks.add_argument("--tasks", type=_task_list, help="comma-separated task ids, e.g. 0,3,5")
-    p.add_argument("--seeds", type=seed_set, default=seeds_default,
-                   help=f"a count N (seeds 0..N-1) or seed ids such as 10-59 or 3,4; seed i -> stored init state i "
-                        f"(default {seeds_default})")
-    p.add_argument("--policy", default="openvla", choices=POLICIES)
-    p.add_argument("--checkpoint", help="HF id or local path (default: openvla/openvla-7b-finetuned-<suite>)")
-    p.add_argument("--revision", help="pin the checkpoint's revision (commit hash)")
+    ident = p.add_argument_group("what is run (recorded in the run folder; a resume takes these from it)")
+    actions = [ident.add_argument(
+        "--suite", default=DEFAULT_SUITE, help="libero_spatial|libero_object|libero_goal|libero_10|libero_90, "
+        "or several (comma-separated, or all4): one sub-folder per suite and a summary report")]
+    tasks = ident.add_mutually_exclusive_group()
+    actions += [tasks.add_argument("--task", type=int, default=0, help="task id within the suite (default 0)"),
+                tasks.add_argument("--all-tasks", action="store_true", help="every task of the suite"),
+                tasks.add_argument("--tasks", type=_task_list, help="comma-separated task ids, e.g. 0,3,5")]
+    actions += [
+        ident.add_argument("--seeds", type=seed_set, default=seeds_default,
+                           help=f"a count N (seeds 0..N-1) or seed ids such as 10-59 or 3,4; seed i -> stored init "
+                                f"state i (default {seeds_default})"),
+        ident.add_argument("--policy", default="openvla", choices=POLICIES,
+                           help="; ".join(f"{n}: {s.help}" for n, s in POLICIES.items())),
+        ident.add_argument("--checkpoint", help="HF id or local path (default: openvla/openvla-7b-finetuned-<suite>)"),
+        ident.add_argument("--revision", help="pin the checkpoint's revision (commit hash)"),
+        ident.add_argument("--cameras", choices=("auto", "on", "off"), default="auto",
+                           help="auto: on for pixel policies, off (physics only, ~10x faster) for state-based ones"),
+        ident.add_argument("--fast-reset", action="store_true",
+                           help="reuse the MuJoCo model between episodes (not the published protocol's hard reset)"),
+        ident.add_argument("--max-steps", type=_positive_int, help="override the suite's step limit")]
+    p.set_defaults(identity=actions)
     p.add_argument("--attn", choices=("flash_attention_2", "sdpa", "eager"), help="attention (default sdpa)")
     p.add_argument("--device", help="torch device for the model (default: cuda; cpu for --policy tiny)")
     p.add_argument("--backend", choices=BACKENDS, help="OpenVLA model: native (default; batched, no "
                    "trust_remote_code) or remote-code (OpenVLA's own HF code, one observation per call)")
     p.add_argument("--native", dest="backend", action="store_const", const="native", help=argparse.SUPPRESS)
-    p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"),
+    p.add_argument("--dtype", choices=DTYPES,
                    help="native model weights and activations (default: bfloat16; float32 for --policy tiny)")
-    p.add_argument("--cameras", choices=("auto", "on", "off"), default="auto",
-                   help="auto: on for pixel policies, off (physics only, ~10x faster) for state-based ones")
-    p.add_argument("--fast-reset", action="store_true", help="reuse the MuJoCo model between episodes (not the published protocol's hard reset)")
-    p.add_argument("--max-steps", type=_positive_int, help="override the suite's step limit")
     p.add_argument("--workers", type=_non_negative, default=0, help="parallel env processes (0: env in this process)")
     p.add_argument("--env-timeout", type=_positive_float, default=None, metavar="S",
                    help="with workers: a reset or step taking longer than S seconds ends that episode as an error "
@@ -70,140 +78,113 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: str) -> None:
                         "(every failure + one success per tag, at most 8 per tag)")
 
 
-def _sweep_config(args, tags: tuple[str, ...]):
+# -- from flags to the typed run (parsed once) ---------------------------------------------------
+def _given_identity(args) -> list[str]:
+    """The identity flags given on the command line (those that differ from their defaults)."""
+    def default(a):  # argparse converts a string default with the flag's type
+        return a.type(a.default) if isinstance(a.default, str) and a.type else a.default
+    return [a.option_strings[0] for a in args.identity if getattr(args, a.dest) != default(a)]
+
+
+def _task_ids(args, suite: str) -> tuple[int, ...]:
+    from vla_eval.sims.protocol import check_task_id, suite_spec
+
+    if args.all_tasks:
+        return tuple(range(suite_spec(suite).n_tasks))
+    ids = args.tasks or (args.task,)
+    for t in ids:
+        check_task_id(suite, t)
+    return ids
+
+
+def _configs(args, tags: tuple[str, ...]) -> list:
+    """One SweepConfig per suite, checked (suite, tasks, seeds, policy, tags) before any model or device."""
+    from vla_eval.policies.factory import policy_spec
+    from vla_eval.rundir import SweepConfig, parse_suites
+    from vla_eval.sweep import toggles_for
+
+    suites = parse_suites(args.suite)
+    spec = policy_spec(args.policy)
+    for tag in tags:
+        toggles_for(tag)
+    cameras = spec.reads_images if args.cameras == "auto" else args.cameras == "on"
+    return [SweepConfig(suite=suite, task_ids=_task_ids(args, suite), seeds=args.seeds, policy=args.policy,
+                        tags=tags, cameras=cameras, hard_reset=not args.fast_reset, max_steps=args.max_steps,
+                        checkpoint=args.checkpoint, revision=args.revision, shard=getattr(args, "shard", None))
+            for suite in suites]
+
+
+def _model(args, policy: str):
+    """The model flags of a model policy (None for the others; given flags are refused there)."""
+    from vla_eval.policies.factory import model_options, policy_spec
+
+    opts = model_options(policy, args.checkpoint, args.revision, args.attn, args.device, args.backend, args.dtype)
+    return opts if policy_spec(policy).model else None
+
+
+def _execution(args):
+    from vla_eval.sweep import Execution
+
+    if args.batch is not None and args.workers and args.workers != args.batch:
+        raise UsageError(f"--batch {args.batch} runs {args.batch} env workers; drop --workers {args.workers}")
+    return Execution(workers=args.batch or args.workers, overlap=args.overlap, env_timeout_s=args.env_timeout,
+                     ray_address=args.ray, policy_actors=args.policy_actors, videos=args.videos,
+                     monitor=args.monitor, stop_on_alert=args.stop_on_alert,
+                     retry_errors=getattr(args, "retry_errors", False), progress=not args.no_progress)
+
+
+def _default_out(cfgs, kind: str) -> Path:
     from vla_eval.sims.protocol import suite_spec
-    from vla_eval.sweep import SweepConfig
 
-    spec = suite_spec(args.suite)
-    task_ids = tuple(range(spec.n_tasks)) if args.all_tasks else getattr(args, "tasks", None) or (args.task,)
-    return SweepConfig(
-        suite=args.suite, task_ids=task_ids, seeds=args.seeds, policy=args.policy, tags=tags,
-        cameras=_cameras(args), hard_reset=not args.fast_reset, max_steps=args.max_steps,
-        checkpoint=args.checkpoint, revision=args.revision, shard=getattr(args, "shard", None),
-    )
-
-
-def _cameras(args) -> bool:
-    from vla_eval.policies.factory import PIXEL_POLICIES
-
-    return args.policy in PIXEL_POLICIES if args.cameras == "auto" else args.cameras == "on"
-
-
-def _default_out(cfg, kind: str) -> Path:
-    from vla_eval.sims.protocol import suite_spec
-
+    cfg = cfgs[0]
     n_tasks = suite_spec(cfg.suite).n_tasks
     tasks = "all" if len(cfg.task_ids) == n_tasks > 1 else "t" + "-".join(map(str, cfg.task_ids))
     shard = f"-shard{cfg.shard.replace('/', 'of')}" if cfg.shard else ""
-    return Path("runs") / f"{kind}-{cfg.policy}-{cfg.suite}-{tasks}-{'+'.join(cfg.tags)}{shard}"
-
-
-# Flags that define a run (and so must match a folder being resumed).
-_RUN_SHAPING = ("suite", "task", "all_tasks", "tasks", "seeds", "policy", "checkpoint", "revision", "cameras",
-                "fast_reset", "max_steps", "shard", "fault") + tuple(f.flag[2:].replace("-", "_") for f in FAULTS.values() if f.flag)
+    suites = "+".join(c.suite for c in cfgs) if len(cfgs) < 4 else f"{len(cfgs)}suites"
+    return Path("runs") / f"{kind}-{cfg.policy}-{suites}-{tasks}-{'+'.join(cfg.tags)}{shard}"
 
 
 def _execute(args, tags: tuple[str, ...], kind: str) -> int:
-    """One suite: one run folder. Several: ``<out>/<suite>/`` each, run one after the other
-    (each with its own model: OpenVLA has a checkpoint per suite), then the summary report."""
-    from vla_eval.reports.suites import is_multi_suite, parse_suites, write_suites_file
+    """Flags -> typed configs -> ``sweep.run_sweep`` / ``run_suites`` / ``resume`` -> summary + report.
+    Several suites: one sub-folder each, run one after the other (OpenVLA has a checkpoint per
+    suite), then the summary report."""
+    from vla_eval.rundir import config_from_manifest, is_multi_suite, read_suites
+    from vla_eval import sweep
 
+    ex = _execution(args)
     resume = getattr(args, "resume", None)
-    multi = is_multi_suite(resume) if resume is not None else len(parse_suites(args.suite)) > 1
-    if not multi:
-        return _execute_one(args, tags, kind)
-    if resume is not None:
-        import json
-
-        suites = tuple(json.loads((resume / "suites.json").read_text())["suites"])
+    if resume is not None:  # the folder's own config: flags that would change it are refused, not ignored
+        given = _given_identity(args) + ["--out"] * bool(args.out)
+        if given:
+            raise UsageError(f"--resume continues the folder's own run; drop {', '.join(dict.fromkeys(given))}")
+        multi = is_multi_suite(resume)
+        first = resume / read_suites(resume)[0] if multi else resume
+        model = _model(args, config_from_manifest(first).policy if (first / "manifest.json").exists() else "openvla")
+        results = sweep.resume_suites(resume, model, ex) if multi else {None: sweep.resume(resume, model, ex)}
         run_dir = resume
     else:
-        suites = parse_suites(args.suite)
-        label = "all4" if args.suite == "all4" else "+".join(suites)
-        cfg = _sweep_config(argparse.Namespace(**{**vars(args), "suite": suites[0]}), tags)
-        first = _default_out(cfg, kind)  # the first suite's default name, with the suites' label in its place
-        run_dir = args.out or first.with_name(first.name.replace(suites[0], label))
-        if (run_dir / "manifest.json").exists():
-            raise UsageError(f"{run_dir} is a single-suite run folder; use another --out for a several-suite run")
-        write_suites_file(run_dir, suites)
-    for suite in suites:
-        print(f"\n== {suite} ==")
-        sub = {"suite": DEFAULT_SUITE if resume is not None else suite,  # a resume takes the folder's own
-               "out": None if resume is not None else run_dir / suite,
-               "resume": run_dir / suite if resume is not None and (run_dir / suite / "manifest.json").exists()
-               else None, "no_report": args.no_report}
-        if resume is not None and sub["resume"] is None:
-            raise UsageError(f"{run_dir / suite} has not started yet: re-run the original command to continue")
-        _execute_one(argparse.Namespace(**{**vars(args), **sub}), tags, kind)
-    if not args.no_report:
+        cfgs = _configs(args, tags)
+        model = _model(args, cfgs[0].policy)
+        run_dir = args.out or _default_out(cfgs, kind)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UsageError(f"--out {run_dir} is a file; a run folder is a directory")
+        multi = len(cfgs) > 1
+        results = (sweep.run_suites(cfgs, run_dir, model, ex) if multi
+                   else {None: sweep.run_sweep(cfgs[0], run_dir, model, ex)})
+    for suite, res in results.items():
+        print(f"\nrun folder: {res.run_dir}  ({res.ran} episodes run, {res.skipped} already done, {res.wall_s:.1f} s)")
+        for tag, eps in res.episodes.items():
+            n = {o: sum(e.outcome == o for e in eps) for o in ("success", "failure", "error")}
+            judged = n["success"] + n["failure"]
+            rate = f"{100 * n['success'] / judged:.1f}%" if judged else "-"
+            print(f"  {tag:12} success {n['success']}/{judged} ({rate})  errors {n['error']}")
+        if not args.no_report:
+            _write_report(res.run_dir)
+    if multi and not args.no_report:
         from vla_eval.reports.suites import write_suites_report
 
         print(f"summary report: {write_suites_report(run_dir)}")
     return 0
-
-
-def _execute_one(args, tags: tuple[str, ...], kind: str) -> int:
-    from vla_eval.sweep import run_sweep
-
-    resume = getattr(args, "resume", None)
-    if resume is not None:  # the folder's own config: flags that would change it are refused, not ignored
-        from vla_eval.sweep import config_from_manifest
-
-        defaults = vars(build_parser().parse_args([args.command]))
-        clash = [f"--{k.replace('_', '-')}" for k in _RUN_SHAPING if getattr(args, k, None) != defaults.get(k)]
-        if clash or args.out:
-            raise UsageError(f"--resume continues the folder's own run; drop {', '.join(clash + ['--out'] * bool(args.out))}")
-        cfg, run_dir = config_from_manifest(resume), resume
-        args.policy = cfg.policy
-    else:
-        cfg = _sweep_config(args, tags)
-        run_dir = args.out or _default_out(cfg, kind)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UsageError(f"--out {run_dir} is a file; a run folder is a directory")
-    from vla_eval.policies.factory import PIXEL_POLICIES
-
-    if not cfg.cameras and cfg.policy in PIXEL_POLICIES:
-        raise UsageError(f"policy {cfg.policy!r} reads camera images; drop --cameras off")
-    ovla = _model_options(args)
-    workers = _workers(args)
-    monitor_factory = None
-    if args.monitor or args.stop_on_alert:  # thresholds calibrated for this policy where shipped
-        import functools
-
-        from vla_eval.monitors.predicates import thresholds_for
-        from vla_eval.monitors import RuntimeMonitor
-
-        monitor_factory = functools.partial(RuntimeMonitor, thresholds_for(cfg.policy, cfg.suite)[0])
-    res = run_sweep(cfg, run_dir, workers=workers, openvla=ovla, progress=not args.no_progress,
-                    retry_errors=getattr(args, "retry_errors", False), stop_on_alert=args.stop_on_alert,
-                    monitor_factory=monitor_factory, overlap=args.overlap, env_timeout_s=args.env_timeout,
-                    videos=args.videos, ray_address=getattr(args, "ray", None),
-                    policy_actors=getattr(args, "policy_actors", None))
-    print(f"\nrun folder: {res.run_dir}  ({res.ran} episodes run, {res.skipped} already done, {res.wall_s:.1f} s)")
-    for tag, eps in res.episodes.items():
-        n = {o: sum(e.outcome == o for e in eps) for o in ("success", "failure", "error")}
-        judged = n["success"] + n["failure"]
-        rate = f"{100 * n['success'] / judged:.1f}%" if judged else "-"
-        print(f"  {tag:12} success {n['success']}/{judged} ({rate})  errors {n['error']}")
-    if not args.no_report:
-        _write_report(res.run_dir)
-    return 0
-
-
-def _model_options(args):
-    from vla_eval.policies.factory import model_options
-
-    return model_options(args.policy, args.checkpoint, args.revision, args.attn, args.device, args.backend, args.dtype)
-
-
-def _workers(args) -> int:
-    if args.batch is None:
-        return args.workers
-    if args.batch < 1:
-        raise UsageError(f"--batch must be at least 1, got {args.batch}")
-    if args.workers and args.workers != args.batch:
-        raise UsageError(f"--batch {args.batch} runs {args.batch} env workers; drop --workers {args.workers}")
-    return args.batch
 
 
 def _write_report(run_dir: Path) -> None:
@@ -223,13 +204,14 @@ def _fault_type(text: str) -> tuple[str, ...]:
 
 
 def _add_fault_args(p, what: str) -> None:
-    """``--fault NAME[,NAME]`` (or ``all``) from the fault table; the chapter's three also keep their flags."""
-    p.add_argument("--fault", type=_fault_type, action="append", metavar="NAME",
-                   help=f"{what}: {', '.join(FAULTS)}; several separated by commas, 'all' for every one, "
-                        "a+b for both in one run")
-    for f in FAULTS.values():
-        if f.flag:
-            p.add_argument(f.flag, action="store_true", help=f"= --fault {f.name}: {f.help}")
+    """``--fault NAME[,NAME]`` (or ``all``) from the fault table; the chapter's three also keep their flags.
+    They sit in the identity group (the run tags are part of what is run)."""
+    flags = [p.add_argument("--fault", type=_fault_type, action="append", metavar="NAME",
+                            help=f"{what}: {', '.join(FAULTS)}; several separated by commas, 'all' for every one, "
+                                 "a+b for both in one run")]
+    flags += [p.add_argument(f.flag, action="store_true", help=f"= --fault {f.name}: {f.help}")
+              for f in FAULTS.values() if f.flag]
+    p.set_defaults(identity=p.get_default("identity") + flags)
 
 
 def _chosen_faults(args) -> list[str]:
@@ -252,9 +234,10 @@ def cmd_drill(args) -> int:
 def cmd_run(args) -> int:
     """``vla-eval run``: one episode (seed -> init state), any toggles, no resume bookkeeping."""
     from vla_eval.api import run_episode
-    from vla_eval.sims.protocol import N_INIT_STATES, check_task_id
+    from vla_eval.sims.protocol import N_INIT_STATES
 
-    check_task_id(args.suite, args.task)  # suite and task before any device or model check
+    chosen = _chosen_faults(args)
+    (cfg,) = _configs(args, ("+".join(chosen) or "baseline",))  # suite, task and policy before any device check
     if not 0 <= args.seed < N_INIT_STATES:
         raise UsageError(f"--seed {args.seed} has no stored init state; valid: 0..{N_INIT_STATES - 1}")
     if (args.batch or 1) > 1 or args.overlap or args.workers or args.ray or args.policy_actors is not None:
@@ -272,12 +255,11 @@ def cmd_run(args) -> int:
                          "(use --seed N and --log FILE)")
     if args.log is not None:
         _check_log_target(args.log)
-    chosen = _chosen_faults(args)
     ep = run_episode(
-        policy=args.policy, suite=args.suite, task_id=args.task, seed=args.seed,
-        fault="+".join(chosen) or None, max_steps=args.max_steps,
-        cameras=_cameras(args), hard_reset=not args.fast_reset, log_path=args.log,
-        model=_model_options(args), progress=not args.no_progress,
+        policy=cfg.policy, suite=cfg.suite, task_id=args.task, seed=args.seed,
+        fault="+".join(chosen) or None, max_steps=cfg.max_steps,
+        cameras=cfg.cameras, hard_reset=cfg.hard_reset, log_path=args.log,
+        model=_model(args, cfg.policy), progress=not args.no_progress,
     )
     print(f"{ep.run_tag}: {ep.outcome} in {ep.steps} steps, first gripper close at "
           f"{ep.first_close_step}, {ep.wall_s:.1f} s" + (f"\nerror: {ep.error}" if ep.error else ""))
@@ -297,7 +279,7 @@ def _check_log_target(log: Path) -> None:
 
 
 def cmd_report(args) -> int:
-    from vla_eval.reports.suites import is_multi_suite
+    from vla_eval.rundir import is_multi_suite
 
     if is_multi_suite(args.run_dir):
         from vla_eval.reports.suites import write_suites_report
@@ -343,7 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(s, seeds_default="50")
     s.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
     s.add_argument("--retry-errors", action="store_true", help="on resume, redo episodes that ended in an env error")
-    s.add_argument("--shard", help="i/K: run a deterministic 1/K slice (join with `vla-eval merge`)")
+    shard = s.add_argument("--shard", help="i/K: run a deterministic 1/K slice (join with `vla-eval merge`)")
+    s.set_defaults(identity=s.get_default("identity") + [shard])
     _add_fault_args(s, "run this fault instead of the baseline")
     s.set_defaults(fn=cmd_sweep)
 
@@ -391,9 +374,49 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("check-backend", "vla_eval.policies.check_backend", "openvla"),
                                 ("collect-demos", "vla_eval.tinyvla.cli", "data"),
                                 ("compare", "vla_eval.reports.compare", "report"),
+                                ("bench-report", "vla_eval.reports.bench", "report"),
                                 ("setup", "vla_eval.setup", None), ("diagnose", "vla_eval.diagnose", None)):
         _lazy(sub, name, module, extra)
+    _add_examples(sub)
     return p
+
+
+# Every subcommand's --help ends with these (tests parse each one, so they stay real).
+EXAMPLES = {
+    "sweep": ["vla-eval sweep --seeds 50", "vla-eval sweep --policy tiny --all-tasks --seeds 0-4 --batch 2",
+              "vla-eval sweep --resume runs/my-sweep --retry-errors"],
+    "drill": ["vla-eval drill --no-flip --bad-prompt --bad-unnorm",
+              "vla-eval drill --policy tiny --fault all --tasks 0,4 --seeds 10-11 --batch 2"],
+    "run": ["vla-eval run --policy tiny --task 3 --seed 7 --log ep.jsonl", "vla-eval run --policy tiny --no-flip"],
+    "report": ["vla-eval report runs/my-sweep"],
+    "merge": ["vla-eval merge runs/all runs/shard0 runs/shard1"],
+    "bench-sim": ["vla-eval bench-sim --workers 2", "vla-eval bench-sim --no-cameras --steps 100"],
+    "demo": ["vla-eval demo", "vla-eval demo --seeds 3 --out runs/demo3"],
+    "monitor": ["vla-eval monitor runs/my-drill/*.jsonl",
+                "vla-eval monitor runs/cal/*.jsonl --calibrate th.json --calib-seeds 10-17 --alpha 0.05"],
+    "small": ["vla-eval small all", "vla-eval small puzzle --seed 3 --out runs/puzzle"],
+    "bench-monitor": ["vla-eval bench-monitor"],
+    "bench-policy": ["vla-eval bench-policy --size tiny --device cpu --batches 1,2",
+                     "vla-eval bench-policy --size 7b --device cuda"],
+    "bench-report": ["vla-eval bench-report --episodes 50,500"],
+    "check-backend": ["vla-eval check-backend --checkpoint openvla/openvla-7b-finetuned-libero-object --device cuda"],
+    "collect-demos": ["vla-eval collect-demos", "vla-eval collect-demos --tasks 0-9 --per-task 5 --expert stateless "
+                      "--out runs/dagger/demos"],
+    "train-tiny": ["vla-eval train-tiny --demos runs/demos --out runs/train-tiny"],
+    "dagger": ["vla-eval dagger --demos runs/dagger/demos --start configs/checkpoints/tiny-openvla-libero_object "
+               "--tasks 0-9 --rounds 4 --rollouts 6 --train-steps 2500 --eval-seeds 5-6 --out runs/dagger"],
+    "compare": ["vla-eval compare runs/before runs/after --html compare.html"],
+    "setup": ["vla-eval setup", "vla-eval setup --check"],
+    "diagnose": ["vla-eval drill --policy tiny --fault all --seeds 2 --max-steps 60 --out runs/lib",
+                 "vla-eval diagnose runs/my-sweep --library runs/lib",
+                 "vla-eval diagnose --library runs/lib --export-library lib.json"],
+}
+
+
+def _add_examples(sub) -> None:
+    for name, parser in sub.choices.items():
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.epilog = "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES.get(name, ()))
 
 
 def _lazy(sub, name: str, module: str, extra: str | None) -> None:

@@ -90,10 +90,11 @@ class Library:
 
 def run_identity(run_dir: Path) -> tuple[str, str, tuple[int, ...]]:
     """(suite, checkpoint fingerprint or name, seeds) of a run folder, from its manifest."""
-    from vla_eval.sweep import config_from_manifest, load_manifest
+    from vla_eval.rundir import config_from_manifest, load_manifest
 
-    cfg = config_from_manifest(run_dir)
-    prov = load_manifest(run_dir).get("provenance") or {}
+    manifest = load_manifest(run_dir)
+    cfg = config_from_manifest(run_dir, manifest)
+    prov = manifest.get("provenance") or {}
     model = prov.get("openvla") if isinstance(prov, dict) else None
     model = model if isinstance(model, dict) else {}
     ckpt = model.get("checkpoint_id") or model.get("checkpoint") or cfg.checkpoint or cfg.policy
@@ -102,7 +103,7 @@ def run_identity(run_dir: Path) -> tuple[str, str, tuple[int, ...]]:
 
 def run_features(run_dir: Path) -> dict[str, list[tuple[object, np.ndarray]]]:
     """tag -> [(EpisodeRecord, features)] over a run folder's committed, non-error episodes."""
-    from vla_eval.sweep import config_from_manifest, read_tag
+    from vla_eval.rundir import config_from_manifest, read_tag
 
     cfg = config_from_manifest(run_dir)
     out = {}
@@ -211,13 +212,7 @@ def default_library(suite: str) -> Path | None:
 
 
 def register(sub) -> None:
-    import argparse
-
-    p = sub.add_parser("diagnose", help="rank the known faults a run's statistics look like (or: no known fault)",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="examples:\n  vla-eval drill --policy tiny --fault all --seeds 2 --max-steps 60 --out "
-                              "runs/lib\n  vla-eval diagnose runs/my-sweep --library runs/lib\n"
-                              "  vla-eval diagnose --library runs/lib --export-library lib.json")
+    p = sub.add_parser("diagnose", help="rank the known faults a run's statistics look like (or: no known fault)")
     p.add_argument("run_dir", type=Path, nargs="?", help="a sweep or drill folder")
     p.add_argument("--library", type=Path, help="a drill of every fault on the run's checkpoint, or its export "
                                                 "(default: the shipped one for the tiny policy)")

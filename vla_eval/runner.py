@@ -12,22 +12,20 @@ the policy computes the other group's actions, so neither the GPU nor the simula
 """
 from __future__ import annotations
 
-import random
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Sequence
-
-import numpy as np
+from typing import Callable, Iterable, Protocol, Sequence
 
 from vla_eval.sims.parallel import EnvSpec, WorkerError
-from vla_eval.sims.pools import make_pool
+from vla_eval.sims.pools import Pool, make_pool
 from vla_eval.sims.protocol import CAMERAS, N_INIT_STATES, check_task_id, suite_spec
 from vla_eval.sims.stopping import raise_if_stopping, stop_on_signals
 from vla_eval.errors import UsageError
 from vla_eval.policies.base import ActionBatch, Policy
-from vla_eval.records import EpisodeRecord, JsonlWriter, StepRecord, first_close_step, new_attempt_id
+from vla_eval.records import EpisodeRecord, JsonlWriter, StepRecord, new_attempt_id
+from vla_eval.rollout import episode_record, seed_everything, step_record  # noqa: F401  (seed_everything: API)
 
 
 @dataclass(frozen=True)
@@ -68,35 +66,36 @@ def make_jobs(suite: str, task_ids: Iterable[int], seeds: Sequence[int]) -> list
     return jobs
 
 
-def seed_everything(seed: int) -> None:
-    """Python, numpy and (if loaded) torch RNGs. Exact for one slot; with several slots
-    running at once, episodes share the process RNG and only the init state is exact."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.manual_seed(seed)
-
-
 @dataclass
 class _Active:
     job: EpisodeJob
     obs: object
     attempt: str = field(default_factory=new_attempt_id)
     t0: float = field(default_factory=time.perf_counter)
-    steps: int = 0
-    grips: list = field(default_factory=list)
-    policy_s: float = 0.0
-    sim_s: float = 0.0
+    steps: list = field(default_factory=list)  # its StepRecords
     alerts: list = field(default_factory=list)
-    monitor: object = None
+    monitor: Monitor | None = None
     reset_s: float = 0.0  # wall time of the reset call that started this episode
     frames: list = field(default_factory=list)  # small upright agentview frames, if videos are kept
 
 
-# A monitor factory returns an object with ``update(step: StepRecord) -> list[str]`` and
-# ``finish(episode: EpisodeRecord) -> list[str]`` (vla_eval.monitors.RuntimeMonitor fits).
-MonitorFactory = Callable[[], object]
+class Monitor(Protocol):
+    """What the runner feeds (``vla_eval.monitors.RuntimeMonitor`` fits): alerts per step and at the end."""
+
+    def update(self, step: StepRecord) -> list[str]: ...
+
+    def finish(self, episode: EpisodeRecord) -> list[str]: ...
+
+
+MonitorFactory = Callable[[], Monitor]  # a fresh monitor per episode
+
+
+class VideoSink(Protocol):
+    """Gets each finished episode's frames (``vla_eval.videos.VideoKeeper`` fits)."""
+
+    wants_frames: bool
+
+    def finish(self, task_id: int, seed: int, outcome: str, frames: list) -> None: ...
 
 
 def run_episodes(
@@ -107,12 +106,12 @@ def run_episodes(
     cfg: RunConfig = RunConfig(),
     monitor_factory: MonitorFactory | None = None,
     on_episode: Callable[[EpisodeRecord], None] | None = None,
-    pool=None,
-    videos=None,
+    pool: Pool | None = None,
+    videos: VideoSink | None = None,
 ) -> list[EpisodeRecord]:
-    """Run ``jobs``; records go to ``writer``. Pass an open ``pool`` (EnvPool/LocalPool) to
-    reuse its envs across calls (e.g. the tags of a drill); else one is made and closed.
-    ``videos``: a ``videos.VideoKeeper`` that gets each finished episode's frames."""
+    """Run ``jobs``; records go to ``writer``. Pass an open ``pool`` to reuse its envs across
+    calls (e.g. the tags of a drill); else one is made and closed. ``videos`` gets each
+    finished episode's frames. Per slot this is ``rollout.rollout``'s loop (tested equal)."""
     if cfg.cameras is False and policy.uses_images:
         raise UsageError(f"policy {policy.name!r} reads images; run it with cameras on")
     own_pool = pool is None
@@ -154,8 +153,8 @@ class _Rollout:
     cfg: RunConfig
     monitor_factory: MonitorFactory | None
     on_episode: Callable[[EpisodeRecord], None] | None
-    pool: object
-    videos: object = None
+    pool: Pool
+    videos: VideoSink | None = None
     active: dict = field(default_factory=dict)  # slot -> _Active
     done: list = field(default_factory=list)
     requeued: dict = field(default_factory=dict)  # job -> times re-queued after a lost worker
@@ -216,34 +215,25 @@ class _Rollout:
     def _collect(self, step: _InFlight) -> None:
         results = self.pool.gather(step.sent)
         sim_s = time.perf_counter() - step.t_sent  # with overlap: includes the other group's policy call
-        policy_s, img_mean = step.policy_s, step.batch.img_mean
         for i, slot in enumerate(step.slots):
             a, res = self.active[slot], results[slot]
             if isinstance(res, WorkerError):
                 self._fail(slot, res)
                 continue
-            action = step.batch.actions[i]
-            rec = StepRecord(
-                run_tag=self.run_tag, task_id=a.job.task_id, seed=a.job.seed, attempt=a.attempt, step=a.steps,
-                action=tuple(round(float(x), 4) for x in action),
-                img_mean=None if img_mean is None else round(float(img_mean[i]), 3),
-                reward=float(res.reward), done=res.done, policy_s=round(policy_s, 5), sim_s=round(sim_s, 5),
-                token_prob=None if step.batch.token_prob is None else round(float(step.batch.token_prob[i]), 4),
-            )
+            rec = step_record(self.run_tag, a.job.task_id, a.job.seed, a.attempt, len(a.steps), step.batch, i, res,
+                              step.policy_s, sim_s)
             alerts = a.monitor.update(rec) if a.monitor is not None else []
             if alerts:
                 rec = replace(rec, alerts=tuple(alerts))
                 a.alerts.extend(alerts)
             self.writer.write(rec)
-            a.obs, a.steps = res.obs, a.steps + 1
+            a.obs = res.obs
+            a.steps.append(rec)
             self._frame(a, res.obs)
-            a.grips.append(float(action[6]))
-            a.policy_s += policy_s
-            a.sim_s += sim_s
             max_steps = self.cfg.max_steps or suite_spec(a.job.suite).max_steps
             if res.done:
                 self._finish(slot, "success")
-            elif a.steps >= max_steps or (self.cfg.stop_on_alert and alerts):
+            elif len(a.steps) >= max_steps or (self.cfg.stop_on_alert and alerts):
                 self._finish(slot, "failure")
 
     def _frame(self, a: _Active, obs) -> None:
@@ -280,13 +270,8 @@ class _Rollout:
 
     def _finish(self, slot: int, outcome: str, error: str | None = None) -> None:
         a = self.active.pop(slot)
-        ep = EpisodeRecord(
-            run_tag=self.run_tag, suite=a.job.suite, task_id=a.job.task_id, seed=a.job.seed,
-            init_state=a.job.init_state, attempt=a.attempt, outcome=outcome, steps=a.steps,
-            first_close_step=first_close_step(a.grips), wall_s=round(time.perf_counter() - a.t0, 3),
-            policy_s=round(a.policy_s, 4), sim_s=round(a.sim_s, 4),
-            instruction=getattr(a.obs, "instruction", ""), error=error, reset_s=round(a.reset_s, 3),
-        )
+        ep = episode_record(self.run_tag, a.job.suite, a.job.task_id, a.job.seed, a.attempt, outcome, a.steps,
+                            getattr(a.obs, "instruction", ""), a.t0, a.reset_s, error)
         if a.monitor is not None:
             a.alerts.extend(a.monitor.finish(ep))
         ep = replace(ep, alerts=tuple(dict.fromkeys(a.alerts)))

@@ -100,9 +100,7 @@ def run_setup(check_only: bool = False, pins: bool = False) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("setup", help="fetch LIBERO's assets, write its config, install the Llama-2 tokenizer "
-                                     "(idempotent)",
-                       epilog="examples:\n  vla-eval setup\n  vla-eval setup --check",
-                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+                                     "(idempotent)")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a part is missing")
     p.add_argument("--pins", action="store_true",
                    help="also OpenVLA's pinned transformers/tokenizers, for the compatibility tests")

@@ -29,12 +29,11 @@ ATTN_IMPLEMENTATIONS = ("flash_attention_2", "sdpa", "eager")
 
 
 class OpenVLAPolicy:
-    name = "openvla"
     uses_images = True
     cameras = ("agentview",)  # the published loop reads the third-person view only
 
-    def __init__(self, backend, toggles, unnorm_key: str):
-        self.backend, self.toggles, self.unnorm_key = backend, toggles, unnorm_key
+    def __init__(self, backend, toggles, unnorm_key: str, name: str = "openvla"):
+        self.backend, self.toggles, self.unnorm_key, self.name = backend, toggles, unnorm_key, name
         build_prompt("", toggles.prompt_template)  # unknown template: fail now, not mid-episode
         decoding = decoding_options(toggles)
         if decoding and not hasattr(backend, "predict_with_confidence"):
@@ -136,9 +135,6 @@ def load_backend(suite: str, opts):
     if opts.attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise UsageError(f"unknown attention implementation {opts.attn_implementation!r}; valid: "
                          f"{', '.join(ATTN_IMPLEMENTATIONS)}")
-    if not opts.native and opts.dtype != "bfloat16":
-        raise UsageError(f"--dtype {opts.dtype}: the remote-code model runs in bfloat16 as published; "
-                         "--dtype applies to the native backend")
     from vla_eval.policies.native.checkpoint import check_device
 
     check_device(opts.device)
@@ -169,7 +165,7 @@ def load_remote_code(checkpoint: str, opts, dtype=None) -> RemoteCodeBackend:
     return RemoteCodeBackend(model, processor, opts.device, dtype)
 
 
-def make_openvla_policies(suite: str, toggles_per_tag, opts) -> list[OpenVLAPolicy]:
+def make_openvla_policies(suite: str, toggles_per_tag, opts, name: str = "openvla") -> list[OpenVLAPolicy]:
     backend = load_backend(suite, opts)
-    return [OpenVLAPolicy(backend, t, prepare_unnorm_key(backend.norm_stats, suite, t.unnorm_key))
+    return [OpenVLAPolicy(backend, t, prepare_unnorm_key(backend.norm_stats, suite, t.unnorm_key), name)
             for t in toggles_per_tag]

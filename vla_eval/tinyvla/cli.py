@@ -49,9 +49,7 @@ def register(sub) -> None:
     t.set_defaults(fn=cmd_train)
 
     d = sub.add_parser("dagger", help="DAgger rounds for the tiny OpenVLA: roll out, label every state with the "
-                                      "stateless expert, aggregate, fine-tune; held-out success per round (resumable)",
-                       epilog="example: vla-eval dagger --demos runs/dagger-t0/demos --start runs/dagger-t0/base/checkpoint "
-                              "--tasks 0 --rounds 3 --out runs/dagger-t0")
+                                      "stateless expert, aggregate, fine-tune; held-out success per round (resumable)")
     d.add_argument("--demos", type=Path, required=True, help="expert demos (collect-demos --expert stateless)")
     d.add_argument("--start", type=Path, required=True, help="round 0's checkpoint folder (train-tiny's export)")
     d.add_argument("--out", type=out_dir, required=True, help="run folder (rounds, curve.csv)")

@@ -233,13 +233,12 @@ def train_round(cfg: DaggerConfig, r: int, progress: bool = True) -> Path:
 def evaluate(cfg: DaggerConfig, r: int, progress: bool = True) -> tuple[int, int]:
     """Held-out success of round r's checkpoint on the stored init states ``eval_seeds``."""
     from vla_eval.policies.factory import OpenVLAOptions
-    from vla_eval.sweep import SweepConfig, run_sweep
+    from vla_eval.sweep import Execution, SweepConfig, run_sweep
 
     sc = SweepConfig(suite=cfg.suite, task_ids=cfg.tasks, seeds=cfg.eval_seeds, policy="openvla",
                      checkpoint=str(cfg.checkpoint(r)), hard_reset=False, max_steps=cfg.max_steps)
-    result = run_sweep(sc, cfg.round_dir(r) / "eval", workers=min(2, cfg.workers),
-                       openvla=OpenVLAOptions(checkpoint=str(cfg.checkpoint(r)), device="cpu", dtype="float32"),
-                       progress=progress, videos="none")
+    result = run_sweep(sc, cfg.round_dir(r) / "eval", OpenVLAOptions(device="cpu", dtype="float32"),
+                       Execution(workers=min(2, cfg.workers), progress=progress, videos="none"))
     eps = result.episodes["baseline"]
     return sum(e.outcome == "success" for e in eps), len(eps)
 
