@@ -32,6 +32,7 @@ class Toggles:
     unnorm_key: str | None = None     # None: the suite's own key (with the _no_noops fallback)
     unnorm_mask: bool = True          # False: the gripper is unnormalised too
     gripper: str = "binarize_invert"  # GRIPPER_MODES: LIBERO's -1 open / +1 close from [0, 1]
+    dtype: str | None = None          # the model's weights and activations; None: the run's --dtype
 
     def __post_init__(self):
         for name, value, valid in (("flip", self.flip, FLIPS), ("resize", self.resize, RESIZES),
@@ -104,6 +105,8 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
           "a loop that skips OpenVLA's gripper post-processing", ("preflight:gripper", "diagnose")),
     Fault("gripper_no_invert", _T(gripper="no_invert"), "the gripper not inverted (open and close swapped)",
           "a loop that skips OpenVLA's gripper post-processing", ("preflight:gripper", "diagnose")),
+    Fault("float16", _T(dtype="float16"), "the model run in float16 instead of bfloat16 (its training dtype)",
+          "torch_dtype=torch.float16 in a hand-written loader", ("diagnose",), native_only=True),
 )}
 BASELINE = "baseline"
 RUN_TAGS = (BASELINE,) + tuple(FAULTS)

@@ -166,6 +166,18 @@ def load_remote_code(checkpoint: str, opts, dtype=None) -> RemoteCodeBackend:
 
 
 def make_openvla_policies(suite: str, toggles_per_tag, opts, name: str = "openvla") -> list[OpenVLAPolicy]:
-    backend = load_backend(suite, opts)
-    return [OpenVLAPolicy(backend, t, prepare_unnorm_key(backend.norm_stats, suite, t.unnorm_key), name)
-            for t in toggles_per_tag]
+    """One policy per run tag over one loaded model per dtype (a dtype fault loads its own copy)."""
+    from dataclasses import replace
+
+    backends: dict[str, object] = {}
+    policies = []
+    for t in toggles_per_tag:
+        dtype = t.dtype or opts.dtype
+        if dtype != opts.dtype and not opts.native:
+            raise UsageError(f"fault {t.tag!r} runs the model in {dtype}; the remote-code model runs in bfloat16 as "
+                             f"published: drop --backend remote-code")
+        if dtype not in backends:
+            backends[dtype] = load_backend(suite, replace(opts, dtype=dtype))
+        backend = backends[dtype]
+        policies.append(OpenVLAPolicy(backend, t, prepare_unnorm_key(backend.norm_stats, suite, t.unnorm_key), name))
+    return policies
