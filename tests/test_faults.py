@@ -14,7 +14,7 @@ from vla_eval.policies.preprocess import postprocess_gripper, preprocess_libero_
 def test_every_fault_changes_the_loop_and_names_its_own_tag():
     assert len(FAULTS) >= 11 and CHAPTER_FAULTS == ("no_flip", "bad_prompt", "bad_unnorm")
     for name, fault in FAULTS.items():
-        assert fault.toggles != Toggles() and fault.toggles.tag == name == toggles_for(name).tag
+        assert fault.toggles != Toggles() and fault.toggles.tag == name == toggles_for(name).tag, name
         assert fault.caught_by and all(layer.split(":")[0] in ("preflight", "monitor", "diagnose")
                                        for layer in fault.caught_by)
     assert len({f.toggles for f in FAULTS.values()}) == len(FAULTS)  # no two faults are the same loop
@@ -106,7 +106,8 @@ def test_preflight_passes_the_baseline_and_catches_every_fault_it_claims(tiny_po
     from vla_eval.preflight import check_policy, preflight
 
     assert check_policy(tiny_policies["baseline"], "libero_object") == []
-    preflight(tiny_policies["baseline"], native=True, suite="libero_object")  # does not raise
+    assert preflight(tiny_policies["baseline"], native=True, suite="libero_object") == []  # no finding, no raise
+    assert any("float16" in w for w in preflight(tiny_policies["float16"], native=True, suite="libero_object"))
     for tag, fault in FAULTS.items():
         found = {f.check for f in check_policy(tiny_policies[tag], "libero_object")}
         claimed = {layer.split(":", 1)[1] for layer in fault.caught_by if layer.startswith("preflight:")}

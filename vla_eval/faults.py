@@ -106,7 +106,7 @@ FAULTS: dict[str, Fault] = {f.name: f for f in (
     Fault("gripper_no_invert", _T(gripper="no_invert"), "the gripper not inverted (open and close swapped)",
           "a loop that skips OpenVLA's gripper post-processing", ("preflight:gripper", "diagnose")),
     Fault("float16", _T(dtype="float16"), "the model run in float16 instead of bfloat16 (its training dtype)",
-          "torch_dtype=torch.float16 in a hand-written loader", ("diagnose",), native_only=True),
+          "torch_dtype=torch.float16 in a hand-written loader", ("preflight:dtype", "diagnose"), native_only=True),
 )}
 BASELINE = "baseline"
 RUN_TAGS = (BASELINE,) + tuple(FAULTS)

@@ -11,6 +11,7 @@ Each check probes the policy object the run will use, never its configuration al
 * decoding   the token -> bin vocabulary is the checkpoint's (vocab_size - padding), the
              prompt ids end with 29871, the unnorm mask of the checkpoint is applied;
 * gripper    on probe outputs 0 / 1 / 0.7 the post-processing gives +1 close, -1 open, -1;
+* dtype      the model does not run in float16 (OpenVLA is trained in bfloat16; a warning);
 * unnorm key the suite's own key; a warning for versions known to misbehave.
 
 A run's baseline stops on any error; a fault the user injected on purpose is reported
@@ -149,6 +150,14 @@ def check_gripper(policy) -> list[Finding]:
     return []
 
 
+def check_dtype(policy) -> list[Finding]:
+    model = getattr(getattr(policy, "backend", None), "model", None)
+    if str(getattr(model, "dtype", "")) == "torch.float16":
+        return [Finding("dtype", "the model runs in float16; OpenVLA is trained in bfloat16, whose exponent range "
+                                 "float16 lacks: use --dtype bfloat16 (float32 on a CPU)", fatal=False)]
+    return []
+
+
 def check_unnorm_key(policy, suite: str | None) -> list[Finding]:
     key = getattr(policy, "unnorm_key", None)
     if key is None or suite is None or key in (suite, f"{suite}_no_noops"):
@@ -167,17 +176,24 @@ def check_policy(policy, suite: str | None = None) -> list[Finding]:
         found.append(Finding("blind", "a black and a white image give identical actions, so the model never sees "
                                       "the image (OpenVLA remote code on transformers >= 4.50 does this). Fix the "
                                       "versions (environment.yml) or use --native."))
-    return found + check_decoding(policy) + check_gripper(policy) + check_unnorm_key(policy, suite)
+    return (found + check_decoding(policy) + check_gripper(policy) + check_dtype(policy)
+            + check_unnorm_key(policy, suite))
 
 
 def preflight(policy, native: bool = False, suite: str | None = None) -> list[str]:
-    """Warnings to print; raises UsageError on the first fatal finding (a broken baseline)."""
+    """Warnings to print (version notes, non-fatal findings); raises UsageError on a fatal
+    finding (a broken baseline)."""
+    found = check_policy(policy, suite)
+    _stop_on_fatal(found)
+    return version_warnings(policy.name, native) + [f"{f.check}: {f.message}" for f in found]
+
+
+def _stop_on_fatal(found: list[Finding]) -> None:
     from vla_eval.errors import UsageError
 
-    fatal = [f for f in check_policy(policy, suite) if f.fatal]
+    fatal = [f for f in found if f.fatal]
     if fatal:
         raise UsageError("pre-flight: " + "; ".join(f"{f.check}: {f.message}" for f in fatal))
-    return version_warnings(policy.name, native)
 
 
 def preflight_run(policies: dict, native: bool, suite: str, out=print) -> None:
@@ -190,7 +206,10 @@ def preflight_run(policies: dict, native: bool, suite: str, out=print) -> None:
         print(f"pre-flight warning: {warning}", file=sys.stderr)
     for tag, policy in policies.items():
         if tag == "baseline":
-            preflight(policy, native, suite)
+            found = check_policy(policy, suite)
+            _stop_on_fatal(found)
+            for f in found:
+                print(f"pre-flight warning: {f.check}: {f.message}", file=sys.stderr)
             continue
         found = check_policy(policy, suite)
         said = "; ".join(f"{f.check}: {f.message}" for f in found) or "nothing found (no rollout-free signature)"

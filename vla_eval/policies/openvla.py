@@ -36,9 +36,10 @@ class OpenVLAPolicy:
         self.backend, self.toggles, self.unnorm_key, self.name = backend, toggles, unnorm_key, name
         build_prompt("", toggles.prompt_template)  # unknown template: fail now, not mid-episode
         decoding = decoding_options(toggles)
-        if decoding and not hasattr(backend, "predict_with_confidence"):
-            raise UsageError(f"fault {toggles.tag!r} changes the model's decoding ({', '.join(decoding)}), which only "
-                             "the native backend exposes; drop --backend remote-code")
+        changed = ([f"decoding ({', '.join(decoding)})"] if decoding else []) + (["dtype"] if toggles.dtype else [])
+        if changed and not hasattr(backend, "predict_with_confidence"):
+            raise UsageError(f"fault {toggles.tag!r} changes the model's {' and '.join(changed)}, which only the native "
+                             "backend exposes; drop --backend remote-code")
         self.decoding = decoding
 
     def reset(self, slot: int = 0) -> None:
@@ -172,10 +173,7 @@ def make_openvla_policies(suite: str, toggles_per_tag, opts, name: str = "openvl
     backends: dict[str, object] = {}
     policies = []
     for t in toggles_per_tag:
-        dtype = t.dtype or opts.dtype
-        if dtype != opts.dtype and not opts.native:
-            raise UsageError(f"fault {t.tag!r} runs the model in {dtype}; the remote-code model runs in bfloat16 as "
-                             f"published: drop --backend remote-code")
+        dtype = (t.dtype or opts.dtype) if opts.native else opts.dtype  # the remote code refuses a dtype fault
         if dtype not in backends:
             backends[dtype] = load_backend(suite, replace(opts, dtype=dtype))
         backend = backends[dtype]
