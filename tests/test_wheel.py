@@ -1,6 +1,7 @@
 """The wheel works outside the repo: built from the tracked files, installed into a fresh venv
 in a temp folder (the toolkit's dependencies come from this environment; the clone is not on
-the path), then `vla-eval setup --check` and one short real episode of the shipped tiny policy."""
+the path), then `vla-eval setup --check` and one short real episode of the shipped tiny policy.
+`twine check --strict` reads the wheel's metadata the way PyPI's upload does."""
 from __future__ import annotations
 
 import os
@@ -33,6 +34,7 @@ def test_wheel_installs_in_a_fresh_venv_and_runs_an_episode(tmp_path):
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
           str(src)])
     (wheel,) = (tmp_path / "dist").glob("vla_eval_libero-*.whl")
+    _run([sys.executable, "-m", "twine", "check", "--strict", str(wheel)])  # metadata and README render on PyPI
     names = zipfile.ZipFile(wheel).namelist()
     for needed in ("vla_eval/tinyvla/dagger.py", "vla_eval/faults.py", "vla_eval/reports/templates/report.html.j2",
                    "vla_eval/configs/checkpoints/tiny-openvla-libero_object/model.safetensors"):
