@@ -60,10 +60,29 @@ def quiet_third_party() -> None:
         logger.addFilter(_DropMacroNoise())
 
 
+# What the simulator imports, and the extra that installs each (libero itself comes --no-deps).
+SIM_MODULES = ("torch", "mujoco", "robosuite", "bddl", "matplotlib", "easydict", "gymnasium")
+
+
+def require_sim() -> None:
+    """LIBERO's stack is importable, or one message naming what to install (a pip install of
+    the core package without the ``sim`` extra, or without LIBERO itself)."""
+    from vla_eval.errors import MissingDependency, require
+
+    quiet_third_party()
+    for module in SIM_MODULES:
+        require(module, "sim", "the LIBERO simulator")
+    try:
+        import libero  # noqa: F401
+    except ImportError as e:
+        raise MissingDependency(f"the LIBERO simulator needs libero ({e}). Fix: pip install --no-deps libero==0.1.1, "
+                                f"then vla-eval setup") from e
+
+
 @lru_cache(maxsize=None)
 def _suite(suite: str):
+    require_sim()
     prepare_libero()
-    quiet_third_party()
     from libero.libero import benchmark
 
     # LIBERO prints "[info] using task orders [...]" when a suite is built: keep anything else it prints.
@@ -126,6 +145,7 @@ class LiberoEnv:
     ):
         spec = suite_spec(suite)
         check_task_id(suite, task_id)
+        require_sim()
         configure_gl()
         self.suite, self.task_id, self.cameras = suite, task_id, cameras
         self.max_steps = spec.max_steps

@@ -277,6 +277,21 @@ def test_bad_input_through_the_console_script_is_the_same_one_line(tmp_path):
     assert "Traceback" not in r.stderr and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("missing, argv, fix", [
+    ("robosuite", ["sweep", "--policy", "zero", "--seeds", "1", "--workers", "1"], "pip install 'vla-eval-libero[sim]'"),
+    ("libero", ["run", "--policy", "zero", "--max-steps", "2"], "pip install --no-deps libero==0.1.1, then vla-eval setup"),
+    ("mujoco", ["collect-demos", "--tasks", "0", "--per-task", "1"], "pip install 'vla-eval-libero[sim]'"),
+])
+def test_a_missing_simulator_package_is_one_message_naming_the_install(tmp_path, monkeypatch, capsys, missing, argv,
+                                                                       fix):
+    """A pip install of the core package alone: the command says what to install, writes nothing."""
+    monkeypatch.setitem(sys.modules, missing, None)  # import of it fails as if not installed
+    monkeypatch.chdir(tmp_path)
+    code, err = main_in_process(argv + ["--no-progress"], capsys)
+    assert code == 2 and f"needs {missing}" in err and fix in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_resume_refuses_flags_that_would_change_the_run(tmp_path):
     s0 = make_shard(tmp_path / "s0", 0, 1)
     r = cli("sweep", "--resume", s0, "--seeds", "9")

@@ -96,6 +96,9 @@ def run_sweep(cfg: SweepConfig, run_dir: Path, model: OpenVLAOptions | None = No
     spec = policy_spec(cfg.policy)
     if not cfg.cameras and spec.reads_images:
         raise UsageError(f"policy {cfg.policy!r} reads camera images; drop --cameras off")
+    from vla_eval.sims.libero_env import require_sim
+
+    require_sim()  # here, not in an env worker: a missing simulator is one message, before anything is written
     ex = execution
     i, k = parse_shard(cfg.shard)
     tags = [(tag, toggles_for(tag)) for tag in cfg.tags]

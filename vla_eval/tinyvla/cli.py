@@ -69,8 +69,10 @@ def register(sub) -> None:
 
 
 def cmd_collect(args) -> int:
+    from vla_eval.sims.libero_env import require_sim
     from vla_eval.tinyvla.demos import DemoConfig, collect, demos_root
 
+    require_sim()
     cfg = DemoConfig(suite=args.suite, tasks=args.tasks, per_task=args.per_task, noise=args.noise,
                      burst_prob=args.bursts, workers=args.workers, expert=args.expert,
                      frame_every=args.frame_every,
@@ -109,6 +111,9 @@ def cmd_dagger(args) -> int:
 
     require("torch", "drills", "vla-eval dagger")
     require("pandas", "data", "vla-eval dagger")
+    from vla_eval.sims.libero_env import require_sim
+
+    require_sim()
     from vla_eval.tinyvla.dagger import DaggerConfig, run
 
     cfg = DaggerConfig(out=args.out, demos=args.demos, start=args.start, tokenizer=args.tokenizer or Path("."),
