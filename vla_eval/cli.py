@@ -140,7 +140,10 @@ def _default_out(cfgs, kind: str) -> Path:
     n_tasks = suite_spec(cfg.suite).n_tasks
     tasks = "all" if len(cfg.task_ids) == n_tasks > 1 else "t" + "-".join(map(str, cfg.task_ids))
     shard = f"-shard{cfg.shard.replace('/', 'of')}" if cfg.shard else ""
-    suites = "+".join(c.suite for c in cfgs) if len(cfgs) < 4 else f"{len(cfgs)}suites"
+    from vla_eval.rundir import ALL4
+
+    names = tuple(c.suite for c in cfgs)
+    suites = "all4" if names == ALL4 else "+".join(names)
     return Path("runs") / f"{kind}-{cfg.policy}-{suites}-{tasks}-{'+'.join(cfg.tags)}{shard}"
 
 
