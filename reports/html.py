@@ -162,6 +162,7 @@ def context(run_dir: Path) -> dict:
         "histograms": [{"tag": t, "png": _b64(gripper_timing_histogram(log.episodes, max_steps))}
                        for t, log in logs.items() if log.episodes],
         "videos": videos, "video_note": video_note, "time": _time(main),
+        **_diagnosis(run_dir, manifest),
         "episodes": [{"task_id": e.task_id, "seed": e.seed, "init_state": e.init_state, "outcome": e.outcome,
                       "error": e.error.splitlines()[0] if e.error else "", "steps": e.steps,
                       "first_close": "never" if e.first_close_step is None else e.first_close_step,
@@ -199,6 +200,33 @@ def _monitor(path, rows) -> dict:
     return {"thresholds": which,
             "table": table, "columns": list(COLUMNS),
             "confusion": [{"tag": t, "counts": [c[k] for k in COLUMNS]} for t, c in confusion(rows).items()]}
+
+
+def _diagnosis(run_dir: Path, manifest: dict) -> dict:
+    """``vla-eval diagnose`` as a report section, with the library shipped for this run's suite
+    (or ``<run>/library.json``, an ``--export-library`` file) when it was built on the same checkpoint."""
+    from vla_eval.diagnose import WINDOW, check_compatible, default_library, diagnose_run, load_library, run_identity
+
+    identity = run_identity(run_dir, manifest)
+    path = run_dir / "library.json" if (run_dir / "library.json").is_file() else default_library(identity[0])
+    if path is None:
+        return {"diagnosis": None, "diagnosis_note": ""}
+    library = load_library(path)
+    try:
+        check_compatible(library, run_dir, identity)
+    except UsageError:
+        return {"diagnosis": None, "diagnosis_note": f"The diagnose library {path.name} was built on another "
+                                                    f"checkpoint; vla-eval diagnose --library LIB for this one."}
+    rows = []
+    for d in diagnose_run(run_dir, library, identity=identity):
+        best = d.ranking[0][1]
+        rows.append({"tag": d.tag, "n": d.n, "verdict": d.verdict, "evidence": "; ".join(d.evidence) or "–",
+                     "next": ", ".join(f"{t} ({s - best:+.0f})" for t, s in d.ranking[1:3])})
+    overlap = sorted(set(library.seeds) & set(identity[2]))
+    name = f"the library {path.name} (seeds {format_ids(library.seeds)})"
+    return {"diagnosis": {"rows": rows, "window": WINDOW, "library": name + (
+        f"; it shares seeds {format_ids(overlap)} with this run, so these are not held-out diagnoses" if overlap
+        else "")}, "diagnosis_note": ""}
 
 
 def _b64(png: bytes) -> str:

@@ -123,3 +123,28 @@ def test_report_video_plays_in_chromium(tmp_path):
         browser.close()
     assert 2.5 < duration < 3.5, duration
     assert tables == 1 and hist_width > 300 and errors == []
+
+
+def test_report_diagnoses_each_run_tag_against_a_library_of_the_same_checkpoint(tmp_path):
+    """The report's diagnosis section is ``vla-eval diagnose`` itself, with the library of the run's
+    checkpoint (here an exported library placed in the run folder); another checkpoint's is named."""
+    import numpy as np
+
+    from vla_eval.diagnose import FEATURES, LIBRARY_VERSION, episode_features
+    from vla_eval.rundir import read_tag
+
+    run = make_run(tmp_path / "r", {(0, s): "success" for s in range(4)}, steps=20)
+    log = read_tag(run, "baseline")
+    healthy = np.stack([episode_features(log.steps_of(e)) for e in log.episodes])
+    flipped = healthy.copy()
+    flipped[:, FEATURES.index("grip_closed")] = 0.0
+    library = {"version": LIBRARY_VERSION, "suite": "libero_object", "checkpoint": "scripted", "seeds": [10, 11],
+               "features": list(FEATURES), "rows": {"baseline": healthy.tolist(), "gripper_no_invert": flipped.tolist()}}
+    (run / "library.json").write_text(json.dumps(library))
+    ctx = context(run)
+    (row,) = ctx["diagnosis"]["rows"]
+    assert row["tag"] == "baseline" and row["verdict"] == "no known fault" and "gripper_no_invert" in row["next"]
+    assert 'id="diagnosis"' in write_report(run).read_text()
+    (run / "library.json").write_text(json.dumps({**library, "checkpoint": "another"}))
+    ctx = context(run)
+    assert ctx["diagnosis"] is None and "built on another checkpoint" in ctx["diagnosis_note"]

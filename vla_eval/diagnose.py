@@ -88,11 +88,11 @@ class Library:
                 "rows": {t: np.round(x, 6).tolist() for t, x in self.rows.items()}}
 
 
-def run_identity(run_dir: Path) -> tuple[str, str, tuple[int, ...]]:
+def run_identity(run_dir: Path, manifest: dict | None = None) -> tuple[str, str, tuple[int, ...]]:
     """(suite, checkpoint fingerprint or name, seeds) of a run folder, from its manifest."""
     from vla_eval.rundir import config_from_manifest, load_manifest
 
-    manifest = load_manifest(run_dir)
+    manifest = manifest or load_manifest(run_dir)
     cfg = config_from_manifest(run_dir, manifest)
     prov = manifest.get("provenance") or {}
     model = prov.get("openvla") if isinstance(prov, dict) else None
