@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vla_eval.errors import UsageError, require
-from vla_eval.records import EpisodeRecord, read_jsonl
+from vla_eval.records import EpisodeRecord
 from vla_eval.reports.stats import Z95, Rate, rate_of
 
 
@@ -38,10 +38,17 @@ class Difference:
 
 
 def _episodes(run: Path, tag: str) -> dict[tuple[int, int], EpisodeRecord]:
-    path = Path(run) / f"{tag}.jsonl"
-    if not path.exists():
+    from vla_eval.rundir import read_tag
+
+    log = read_tag(run, tag)  # checked against the run's manifest
+    if log is None:
         raise UsageError(f"{run} has no {tag}.jsonl (run tags are files in the run folder)")
-    return {(e.task_id, e.seed): e for e in read_jsonl(path).episodes if e.outcome != "error"}
+    return by_episode(log.episodes)
+
+
+def by_episode(episodes) -> dict[tuple[int, int], EpisodeRecord]:
+    """(task, seed) -> the judged episode (env errors say nothing about the policy)."""
+    return {(e.task_id, e.seed): e for e in episodes if e.outcome != "error"}
 
 
 def compare_episodes(a: dict, b: dict, scope: str) -> Difference:
@@ -66,8 +73,8 @@ def compare_episodes(a: dict, b: dict, scope: str) -> Difference:
     return Difference(scope, ra, rb, False, 0, d, ci, float(p), "Fisher exact")
 
 
-def compare_runs(run_a: Path, run_b: Path, tag: str = "baseline") -> list[Difference]:
-    a, b = _episodes(run_a, tag), _episodes(run_b, tag)
+def compare_runs(run_a: Path, run_b: Path, tag: str = "baseline", tag_b: str | None = None) -> list[Difference]:
+    a, b = _episodes(run_a, tag), _episodes(run_b, tag_b or tag)
     out = [compare_episodes(a, b, "overall")]
     for t in sorted({k[0] for k in a} & {k[0] for k in b}):
         out.append(compare_episodes({k: v for k, v in a.items() if k[0] == t},
@@ -91,6 +98,7 @@ def register(sub) -> None:
     p.add_argument("run_a", type=Path)
     p.add_argument("run_b", type=Path)
     p.add_argument("--tag", default="baseline", help="run tag to compare (default baseline)")
+    p.add_argument("--tag-b", metavar="TAG", help="B's run tag, when it differs (e.g. a fault against A's baseline)")
     p.add_argument("--html", type=Path, metavar="OUT.html", help="also write the comparison as a page")
     p.set_defaults(fn=_cmd)
 
@@ -98,8 +106,8 @@ def register(sub) -> None:
 def _cmd(args) -> int:
     if args.html is not None and args.html.exists():
         raise UsageError(f"--html {args.html} exists; choose a new file")
-    rows = compare_runs(args.run_a, args.run_b, args.tag)
-    print(f"B = {args.run_b}  vs  A = {args.run_a}  ({args.tag})")
+    rows = compare_runs(args.run_a, args.run_b, args.tag, args.tag_b)
+    print(f"B = {args.run_b} ({args.tag_b or args.tag})  vs  A = {args.run_a} ({args.tag})")
     for r in rows:
         print(r.line())
     if args.html is not None:

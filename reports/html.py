@@ -145,7 +145,7 @@ def context(run_dir: Path) -> dict:
         matched = {tag: sorted({p for r in scored[1] if r.tag == tag for p in r.got}) for tag in logs}
         drill = {"features": FEATURES, "rows": [
             {"tag": tag, "rate": f"{_pct(r.p)} ({r.successes}/{r.n})" if r.n else "–", "ci": _ci(r),
-             "features": _features(log), "alerts": ", ".join(matched[tag]) or "–"}
+             "vs_baseline": _vs_baseline(logs, tag), "features": _features(log), "alerts": ", ".join(matched[tag]) or "–"}
             for tag, log in logs.items() for r in [rate_of(e.outcome for e in log.episodes)]]}
         monitor = _monitor(*scored)
     videos, video_note = _videos(run_dir, logs)
@@ -174,6 +174,22 @@ def context(run_dir: Path) -> dict:
                       + (", a torn final line" if log.torn_tail else "") + " (ignored)."
                       for t, log in logs.items() if log.torn_tail or log.orphan_steps],
     }
+
+
+def _vs_baseline(logs: dict[str, RunLog], tag: str) -> str:
+    """The run tag's success minus the baseline's on the same (task, seed) pairs, McNemar's p."""
+    if tag == "baseline" or "baseline" not in logs:
+        return "–"
+    from vla_eval.reports.compare import by_episode, compare_episodes
+
+    a, b = by_episode(logs["baseline"].episodes), by_episode(logs[tag].episodes)
+    if not a or not b:
+        return "–"
+    try:
+        d = compare_episodes(a, b, tag)
+    except UsageError:  # scipy missing (the rest of the report stands), or nothing judged
+        return "–"
+    return f"{100 * d.diff:+.0f} pp (p {d.p_value:.2g})"
 
 
 def _replay(cfg: dict, logs: dict[str, RunLog]):

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import make_run, make_step
+from conftest import make_episode, make_run, make_step
 from vla_eval.records import JsonlWriter
 from vla_eval.reports.compare import compare_runs
 from vla_eval.reports.html import context, write_report
@@ -148,3 +148,16 @@ def test_report_diagnoses_each_run_tag_against_a_library_of_the_same_checkpoint(
     (run / "library.json").write_text(json.dumps({**library, "checkpoint": "another"}))
     ctx = context(run)
     assert ctx["diagnosis"] is None and "built on another checkpoint" in ctx["diagnosis_note"]
+
+
+def test_drill_report_puts_each_fault_next_to_the_baseline_on_the_same_seeds(tmp_path):
+    run = make_run(tmp_path / "d", {(0, s): "success" for s in range(6)}, tags=("baseline", "no_flip"))
+    with JsonlWriter(run / "no_flip.jsonl") as w:  # the fault's own outcomes: every episode failed
+        for s in range(6):
+            w.write(make_episode(f"late{s}", tag="no_flip", seed=s, outcome="failure"))
+    rows = {r["tag"]: r for r in context(run)["drill"]["rows"]}
+    assert rows["baseline"]["vs_baseline"] == "–"
+    assert rows["no_flip"]["vs_baseline"] == "-100 pp (p 0.031)"  # 6 discordant pairs: 2 * 0.5**6
+    r = subprocess.run([sys.executable, "-m", "vla_eval.cli", "compare", str(run), str(run), "--tag-b", "no_flip"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "B-A -100.0 pp" in r.stdout, r.stderr
