@@ -224,15 +224,17 @@ def _diagnosis(run_dir: Path, manifest: dict) -> dict:
     from vla_eval.diagnose import WINDOW, check_compatible, default_library, diagnose_run, load_library, run_identity
 
     identity = run_identity(run_dir, manifest)
-    path = run_dir / "library.json" if (run_dir / "library.json").is_file() else default_library(identity[0])
+    own = run_dir / "library.json"
+    path = own if own.is_file() else default_library(identity[0])
     if path is None:
         return {"diagnosis": None, "diagnosis_note": ""}
     library = load_library(path)
     try:
         check_compatible(library, run_dir, identity)
-    except UsageError:
-        return {"diagnosis": None, "diagnosis_note": f"The diagnose library {path.name} was built on another "
-                                                    f"checkpoint; vla-eval diagnose --library LIB for this one."}
+    except UsageError:  # the shipped library fits its own checkpoint only: silent for others
+        note = (f"The diagnose library {path.name} in this folder was built on another checkpoint; "
+                f"vla-eval diagnose --library LIB for this one.") if path == own else ""
+        return {"diagnosis": None, "diagnosis_note": note}
     rows = []
     for d in diagnose_run(run_dir, library, identity=identity):
         best = d.ranking[0][1]
