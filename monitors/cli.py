@@ -108,7 +108,7 @@ def run(args) -> int:
     if args.calibrate:
         th = _calibrate(logs, args.calibrate, args.alpha, args.calib_seeds)
     held_out = (lambda ep: ep.seed not in args.calib_seeds) if args.calib_seeds is not None else (lambda ep: True)
-    from vla_eval.monitors.scoring import COLUMNS, confusion, score
+    from vla_eval.monitors.scoring import COLUMNS, confusion, healthy_false_alarms, score
 
     rows, names = [], []
     for path, log in zip(args.logs, logs):
@@ -124,6 +124,11 @@ def run(args) -> int:
         ev = "; ".join(str(v) for v in r.verdicts) or "-"
         print(f"{name:24}{r.tag:12}{r.seed:>5}  {r.outcome:9}{','.join(sorted(r.got)) or 'ok':14}{ev}")
     print_predicate_table(rows)
+    fa = healthy_false_alarms(rows)
+    if any(n for _, n in fa.values()):
+        (ks, ns), (kf, nf) = fa["success"], fa["failure"]
+        print(f"\nbaseline runs with any alert (false alarms): {ks + kf}/{ns + nf}; on successful runs {ks}/{ns}, "
+              f"on failed runs {kf}/{nf}")
     tagged = confusion(rows)
     if tagged:
         print("\nconfusion (rows: run tag, columns: predicates matched)")

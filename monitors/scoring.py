@@ -82,3 +82,13 @@ def predicate_table(rows: list[Scored]) -> list[dict]:
                     "latency": float(np.median(steps)) if steps else None,
                     "exact": sum(r.matches for r in own) / len(own) if own else float("nan")})
     return out
+
+
+def healthy_false_alarms(rows: list[Scored]) -> dict[str, tuple[int, int]]:
+    """Baseline runs on which any predicate fired (the union the calibration budgets), over
+    successful and failed baseline runs apart: outcome -> (alarmed, runs)."""
+    out = {}
+    for outcome in ("success", "failure"):
+        runs = [r for r in rows if r.tag == "baseline" and r.outcome == outcome]
+        out[outcome] = (sum(bool(r.got) for r in runs), len(runs))
+    return out
