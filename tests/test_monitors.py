@@ -189,6 +189,7 @@ def test_monitor_cli_confusion_matrix_calibration_and_self_check(tmp_path):
                          capture_output=True, text=True)
     assert "false-alarm rate (any predicate) on 20 held-out baseline runs" in cal.stdout, cal.stdout + cal.stderr
     assert "every check at rank" in cal.stdout
+    assert "baseline runs with any alert (false alarms): " in cal.stdout and "on failed runs 0/0" in cal.stdout, cal.stdout
     assert "latency" in cal.stdout and (tmp_path / "th.json").exists()
     # A run tagged no_flip whose trace has the bad-prompt signature: the toggle is wrong.
     _write_log(tmp_path / "wrong.jsonl", "no_flip", [synthetic("bad_prompt")], False)
