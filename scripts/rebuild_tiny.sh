@@ -31,7 +31,7 @@ stage "labeller demos (5 per task, stateless expert)"
 $VLA collect-demos --tasks 0-9 --per-task 5 --expert stateless --out "$ROOT/dagger-demos" --no-progress
 stage "DAgger: $ROUNDS rounds from $START"
 $VLA dagger --demos "$ROOT/dagger-demos" --start "$START" --tasks 0-9 --rounds "$ROUNDS" --rollouts "$ROLLOUTS" \
-  --train-steps "$TRAIN_STEPS" --eval-seeds "$DEV_SEEDS" --out "$ROOT/dagger" --no-progress
+  --train-steps "$TRAIN_STEPS" --eval-seeds "$DEV_SEEDS" --out "$ROOT/dagger" --no-progress  # DEV_SEEDS=none: no curve, faster
 stage "held-out sweep of round $ROUNDS"
 $VLA sweep --policy openvla --checkpoint "$ROOT/dagger/round$ROUNDS/train/checkpoint" --device cpu --dtype float32 \
   --all-tasks --seeds "$HELDOUT_SEEDS" --batch 2 --retry-errors --no-progress --out "$ROOT/heldout-round$ROUNDS"

@@ -172,3 +172,13 @@ def test_dagger_folder_made_with_other_settings_is_refused(tmp_path, monkeypatch
     (cfg.out / "dagger.json").write_text("{torn")
     with pytest.raises(UsageError, match="dagger.json is unreadable"):
         dagger.check_config(cfg)
+
+
+def test_eval_seeds_none_skips_the_per_round_evaluation(tmp_path):
+    from vla_eval.cli import build_parser
+
+    args = build_parser().parse_args(["dagger", "--demos", "d", "--start", "s", "--out", str(tmp_path / "x"),
+                                      "--eval-seeds", "none"])
+    assert args.eval_seeds == ()
+    assert build_parser().parse_args(["dagger", "--demos", "d", "--start", "s", "--out", str(tmp_path / "x"),
+                                      "--eval-seeds", "5-6"]).eval_seeds == (5, 6)

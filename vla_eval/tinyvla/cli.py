@@ -11,6 +11,10 @@ from vla_eval.errors import UsageError
 _positive = int_at_least(1)
 
 
+def _eval_seeds(text: str) -> tuple[int, ...]:
+    return () if text.strip() == "none" else seed_set(text)
+
+
 def register(sub) -> None:
     from vla_eval.tinyvla.demos import DEFAULT_BURSTS, DEFAULT_NOISE, demos_root
 
@@ -59,9 +63,9 @@ def register(sub) -> None:
     d.add_argument("--beta", type=float, default=0.5, help="round 1's chance that the expert acts at a step (default 0.5)")
     d.add_argument("--decay", type=float, default=0.5, help="beta of round R: beta * decay**(R-1) (default 0.5)")
     d.add_argument("--train-steps", type=_positive, default=1500, help="fine-tune steps per round (default 1500)")
-    d.add_argument("--eval-seeds", type=seed_set, default="5",
-                   help="held-out stored init states per task, evaluated every round: a count N (0..N-1) or ids "
-                        "such as 10-19 (default 5)")
+    d.add_argument("--eval-seeds", type=_eval_seeds, default="5",
+                   help="held-out stored init states per task, evaluated every round: a count N (0..N-1), ids "
+                        "such as 10-19, or none (no per-round evaluation: the rebuild's fastest path) (default 5)")
     d.add_argument("--workers", type=_positive, default=2, help="rollout processes (default 2)")
     d.add_argument("--tokenizer", type=Path, help="Llama-2 tokenizer folder (default: the cached one)")
     d.add_argument("--no-progress", action="store_true")
