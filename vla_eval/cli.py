@@ -47,7 +47,7 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: str) -> None:
         ident.add_argument("--fast-reset", action="store_true",
                            help="reuse the MuJoCo model between episodes (not the published protocol's hard reset)"),
         ident.add_argument("--max-steps", type=_positive_int, help="override the suite's step limit")]
-    p.set_defaults(identity=actions)
+    p.set_defaults(identity=actions, shard=None, resume=None, retry_errors=False)  # sweep's own flags set them
     p.add_argument("--attn", choices=("flash_attention_2", "sdpa", "eager"), help="attention (default sdpa)")
     p.add_argument("--device", help="torch device for the model (default: cuda; cpu for --policy tiny)")
     p.add_argument("--backend", choices=BACKENDS, help="OpenVLA model: native (default; batched, no "
@@ -110,7 +110,7 @@ def _configs(args, tags: tuple[str, ...]) -> list:
     cameras = spec.reads_images if args.cameras == "auto" else args.cameras == "on"
     return [SweepConfig(suite=suite, task_ids=_task_ids(args, suite), seeds=args.seeds, policy=args.policy,
                         tags=tags, cameras=cameras, hard_reset=not args.fast_reset, max_steps=args.max_steps,
-                        checkpoint=args.checkpoint, revision=args.revision, shard=getattr(args, "shard", None))
+                        checkpoint=args.checkpoint, revision=args.revision, shard=args.shard)
             for suite in suites]
 
 
@@ -130,7 +130,7 @@ def _execution(args):
     return Execution(workers=args.batch or args.workers, overlap=args.overlap, env_timeout_s=args.env_timeout,
                      ray_address=args.ray, policy_actors=args.policy_actors, videos=args.videos,
                      monitor=args.monitor, stop_on_alert=args.stop_on_alert,
-                     retry_errors=getattr(args, "retry_errors", False), progress=not args.no_progress)
+                     retry_errors=args.retry_errors, progress=not args.no_progress)
 
 
 def _default_out(cfgs, kind: str) -> Path:
@@ -155,7 +155,7 @@ def _execute(args, tags: tuple[str, ...], kind: str) -> int:
     from vla_eval import sweep
 
     ex = _execution(args)
-    resume = getattr(args, "resume", None)
+    resume = args.resume
     if resume is not None:  # the folder's own config: flags that would change it are refused, not ignored
         given = _given_identity(args) + ["--out"] * bool(args.out)
         if given:
