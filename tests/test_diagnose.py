@@ -40,6 +40,7 @@ def test_diagnose_ranks_the_injected_fault_first_on_held_out_seeds(drills):
         tag, verdict = ln.split(" task ")[0], ln.split("): ")[1].split("   ")[0]
         assert verdict == ("no known fault" if tag == "baseline" else tag), ln
     assert "grip_closed_at_0" in r.stdout  # the evidence names the statistic
+    assert "gripper_no_invert        2/2   named right" in r.stdout and "healthy runs: 2/2 = 100% right" in r.stdout
 
 
 def test_library_export_round_trips_and_refuses_to_overwrite(drills, tmp_path):
@@ -92,3 +93,10 @@ def test_features_and_ranking_on_hand_made_episodes():
                   "libero_object", "x", (0,), "test")
     assert diagnose_rows(f[None], lib).verdict == "no known fault"
     assert diagnose_rows(episode_features(_steps(half))[None], lib).verdict == "gripper_no_binarize"
+    from vla_eval.diagnose import distinct_from_baseline, score_diagnoses
+
+    assert distinct_from_baseline(lib) == {"gripper_no_binarize": False}  # 4 vs 4 runs: no p < 0.01/12 possible
+    lines = score_diagnoses([diagnose_rows(f[None], lib, "baseline task 0 seed 0"),
+                             diagnose_rows(episode_features(_steps(half))[None], lib, "gripper_no_binarize task 0 seed 0")],
+                            lib)
+    assert lines[0].startswith("baseline") and "1/1" in lines[0] and lines[-1] == "healthy runs: 1/1 = 100% right"

@@ -196,6 +196,47 @@ def diagnose_run(run_dir: Path, library: Library, per_episode: bool = False,
     return out
 
 
+def distinct_from_baseline(library: Library, alpha: float = 0.01) -> dict[str, bool]:
+    """Per library fault: does it change the statistics at all? Some feature's values differ from
+    the baseline's (two-sided Mann-Whitney, Bonferroni over the features at ``alpha``). Read off
+    the library alone, so the held-out runs judged by ``score_diagnoses`` chose nothing."""
+    from vla_eval.errors import require
+
+    stats = require("scipy.stats", "report", "vla-eval diagnose --per-episode")
+    base, out = library.rows["baseline"], {}
+    for tag, x in library.rows.items():
+        if tag == "baseline":
+            continue
+        ps = []
+        for i in range(len(FEATURES)):
+            a, b = base[:, i][np.isfinite(base[:, i])], x[:, i][np.isfinite(x[:, i])]
+            if len(a) and len(b) and not (np.ptp(np.r_[a, b]) == 0):
+                ps.append(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+        out[tag] = bool(ps) and min(ps) < alpha / len(FEATURES)
+    return out
+
+
+def score_diagnoses(diagnoses: list[Diagnosis], library: Library) -> list[str]:
+    """Per-episode diagnoses of tagged runs against their true tags: per tag how many were named
+    right ("no known fault" for the baseline), and the totals the docs report."""
+    distinct = distinct_from_baseline(library)
+    right: dict[str, list[bool]] = {}
+    for d in diagnoses:
+        tag = d.tag.split(" task ")[0]
+        right.setdefault(tag, []).append(d.verdict == ("no known fault" if tag == "baseline" else tag))
+    lines = []
+    for tag, hits in right.items():
+        kind = ("healthy" if tag == "baseline" else "changes the statistics" if distinct.get(tag)
+                else "not told apart from the baseline in the library" if tag in distinct else "not in the library")
+        lines.append(f"{tag:22} {sum(hits):3d}/{len(hits):<3d} named right   ({kind})")
+    for label, tags in (("faults that change the statistics", [t for t in right if distinct.get(t)]),
+                        ("healthy runs", ["baseline"])):
+        hits = [h for t in tags for h in right.get(t, [])]
+        if hits:
+            lines.append(f"{label}: {sum(hits)}/{len(hits)} = {100 * sum(hits) / len(hits):.0f}% right")
+    return lines
+
+
 def format_diagnosis(d: Diagnosis, top: int = 3) -> str:
     best = d.ranking[0][1]
     ranked = ", ".join(f"{t} ({s - best:+.1f})" for t, s in d.ranking[:top])
@@ -244,6 +285,11 @@ def cmd_diagnose(args) -> int:
         overlap = set(library.seeds) & set(identity[2])
         if overlap:
             print(f"note: the run shares seeds {sorted(overlap)} with the library; a fair test uses other seeds")
-        for d in diagnose_run(args.run_dir, library, args.per_episode, identity):
+        diagnoses = diagnose_run(args.run_dir, library, args.per_episode, identity)
+        for d in diagnoses:
             print(format_diagnosis(d))
+        if args.per_episode:  # the run's tags are its truth: how often was each named right?
+            print("\nper run tag (the tag is the truth):")
+            for line in score_diagnoses(diagnoses, library):
+                print(f"  {line}")
     return 0
