@@ -21,12 +21,15 @@ stage() { echo "== $(date -u +%FT%TZ) $*" | tee -a "$ROOT/stages.log"; }
 
 stage "held-out baseline, seeds 0-4"
 $VLA sweep "${POLICY[@]}" --seeds 0-4 --retry-errors --out "$ROOT/heldout"
-stage "held-out faults, seeds 0-1 (full episodes; the baseline's are in heldout/)"
-$VLA sweep "${POLICY[@]}" --seeds 0-1 --fault "${FAULTS:-all}" --videos none --no-report --out "$ROOT/faults-heldout"
+stage "held-out chapter faults, seeds 0-1 (full episodes; the baseline's are in heldout/)"
+$VLA sweep "${POLICY[@]}" --seeds 0-1 --no-flip --bad-prompt --bad-unnorm --videos none --no-report --out "$ROOT/chapter-heldout"
 stage "monitor calibration: baseline seeds 10-17"
 $VLA sweep "${POLICY[@]}" --seeds 10-17 --videos none --no-report --out "$ROOT/calib-baseline"
 stage "monitor calibration: no_flip seeds 10-11 (first 60 steps)"
 $VLA sweep "${POLICY[@]}" --seeds 10-11 --no-flip --max-steps 60 --videos none --no-report --out "$ROOT/calib-noflip"
 stage "diagnose library: every fault, seeds 18-19 (first 60 steps)"
 $VLA drill "${POLICY[@]}" --seeds 18-19 --fault all --max-steps 60 --videos none --no-report --out "$ROOT/library"
+stage "held-out other faults, seeds 0-1 (full episodes; one run tag after the other)"
+others=$(.venv/bin/python -c "from vla_eval.faults import FAULTS; print(','.join(n for n, f in FAULTS.items() if not f.flag))")
+$VLA sweep "${POLICY[@]}" --seeds 0-1 --fault "${FAULTS:-$others}" --videos none --no-report --out "$ROOT/faults-heldout"
 stage "done"
