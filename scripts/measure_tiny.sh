@@ -12,7 +12,8 @@
 # (DAgger's per-round curve uses 5-6; demos and rollouts use sampled scenes, never these.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VLA=${VLA:-.venv/bin/vla-eval}
+PY=${PY:-.venv/bin/python}
+VLA=${VLA:-"$PY -m vla_eval.cli"}
 CKPT=${CKPT:-configs/checkpoints/tiny-openvla-libero_object}
 ROOT=${ROOT:-runs/measure}
 POLICY=(--policy openvla --checkpoint "$CKPT" --device cpu --dtype float32 --all-tasks --batch 2 --no-progress)
@@ -30,6 +31,6 @@ $VLA sweep "${POLICY[@]}" --seeds 10-11 --no-flip --max-steps 60 --videos none -
 stage "diagnose library: every fault, seeds 18-19 (first 60 steps)"
 $VLA drill "${POLICY[@]}" --seeds 18-19 --fault all --max-steps 60 --videos none --no-report --out "$ROOT/library"
 stage "held-out other faults, seeds 0-1 (full episodes; one run tag after the other)"
-others=$(.venv/bin/python -c "from vla_eval.faults import FAULTS; print(','.join(n for n, f in FAULTS.items() if not f.flag))")
+others=$($PY -c "from vla_eval.faults import FAULTS; print(','.join(n for n, f in FAULTS.items() if not f.flag))")
 $VLA sweep "${POLICY[@]}" --seeds 0-1 --fault "${FAULTS:-$others}" --videos none --no-report --out "$ROOT/faults-heldout"
 stage "done"
