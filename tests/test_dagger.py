@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,6 +171,8 @@ def test_dagger_folder_made_with_other_settings_is_refused(tmp_path, monkeypatch
 
     with pytest.raises(UsageError, match="made with other settings.*beta0"):
         dagger.check_config(replace(cfg, beta0=0.9))
+    monkeypatch.chdir(tmp_path)  # the same folders named relative to the working directory resume the run
+    dagger.check_config(replace(cfg, demos=Path("."), start=Path(os.path.relpath(cfg.start, tmp_path))))
     (cfg.out / "dagger.json").write_text("{torn")
     with pytest.raises(UsageError, match="dagger.json is unreadable"):
         dagger.check_config(cfg)

@@ -24,9 +24,9 @@ LAYERS = {
     "vla_eval.sims": 2, "vla_eval.rundir": 2,                          # simulators; the run-folder reader
     "vla_eval.policies": 3,                                           # policies (over sims' Observation)
     "vla_eval.rollout": 4, "vla_eval.runner": 4, "vla_eval.sweep": 4, "vla_eval.api": 4, "vla_eval.preflight": 4,
-    "vla_eval.tinyvla": 4, "vla_eval.videos": 4,                                            # demos and training of the tiny policy
+    "vla_eval.tinyvla": 4, "vla_eval.videos": 4,                       # demos and training of the tiny policy
     "vla_eval.reports": 5, "vla_eval.drills": 5,                       # reports over runs; CPU drills
-    "vla_eval.tinyvla.dagger": 5, "vla_eval.diagnose": 5,  # fault ranking over run folders                                     # rounds of rollouts, training and sweeps
+    "vla_eval.tinyvla.dagger": 5, "vla_eval.diagnose": 5,              # DAgger rounds; fault ranking over run folders
     "vla_eval.cli": 6, "vla_eval.setup": 6, "vla_eval.monitors.cli": 6, "vla_eval.drills.cli": 6, "vla_eval.tinyvla.cli": 6,  # command lines on top
 }
 

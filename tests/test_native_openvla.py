@@ -235,7 +235,7 @@ def test_bad_dtype_and_device_requests(device, dtype, message):
         build_model(NativeConfig.from_hf(hf_config("tiny")), device, dtype)
 
 
-def test_native_policy_toggles_reach_the_model(backend, monkeypatch):
+def test_native_policy_toggles_reach_the_model(backend, ckpt, monkeypatch):
     """The policy (preprocessing + prompts + post-processing) over the real native backend."""
     from vla_eval.faults import RUN_TAGS, toggles_for
     from vla_eval.policies.factory import OpenVLAOptions, make_policies
@@ -243,14 +243,16 @@ def test_native_policy_toggles_reach_the_model(backend, monkeypatch):
     from vla_eval.preflight import image_sensitivity, probe_frame
     from vla_eval.sims.protocol import Observation
 
-    monkeypatch.setattr(backend_mod, "load_native_backend", lambda checkpoint, opts: backend)
+    load = backend_mod.load_native_backend  # the dtype fault loads its own copy of the weights
+    monkeypatch.setattr(backend_mod, "load_native_backend",
+                        lambda checkpoint, opts: backend if opts.dtype == "bfloat16" else load(str(ckpt), opts))
     tags = list(RUN_TAGS)  # the baseline and every fault of the table
     policies = make_policies("openvla", "libero_object", [toggles_for(t) for t in tags],
                              OpenVLAOptions(checkpoint="tiny", device="cpu", native=True))
     assert {p.toggles.tag for p in policies} == set(tags)
     assert {t: p.unnorm_key for t, p in zip(tags, policies) if p.unnorm_key != "libero_object_no_noops"} == {
         "bad_unnorm": "bridge_orig"}
-    assert len({id(p.backend) for p in policies}) == 1  # the weights are loaded once per sweep
+    assert len({id(p.backend) for p in policies}) == 2  # the weights are loaded once per dtype of the sweep
     frame = probe_frame()  # structure at every scale: resize filters, crops and JPEG all differ on it
     obs = [Observation("Pick up the soup", np.zeros(3), np.array([0, 0, 0, 1.0]), np.zeros(2), agentview=frame)] * 2
     batches = {t: p.act(obs, [0, 1]) for t, p in zip(tags, policies)}

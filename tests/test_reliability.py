@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,7 @@ import pytest
 from vla_eval.errors import UsageError
 from conftest import make_episode, make_run
 from vla_eval.records import EpisodeRecord, JsonlWriter, read_jsonl
-from vla_eval.rundir import run_lock
-from vla_eval.rundir import SweepConfig, check_or_write_manifest
+from vla_eval.rundir import SweepConfig, check_or_write_manifest, run_lock
 from vla_eval.sweep import merge_runs
 
 CLI = [sys.executable, "-m", "vla_eval.cli"]
@@ -401,3 +401,14 @@ def test_a_manifest_with_odd_provenance_or_deep_nesting_is_handled(tmp_path):
     (run / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
     r = cli("report", run)
     assert r.returncode == 2 and "not a readable manifest" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_checkpoint_folder_named_relative_or_absolute_is_the_same_run(tmp_path, monkeypatch):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    cfg = SweepConfig(suite="libero_object", task_ids=(0,), seeds=2, policy="openvla", checkpoint=str(ckpt))
+    check_or_write_manifest(tmp_path / "run", cfg)
+    monkeypatch.chdir(tmp_path)
+    check_or_write_manifest(tmp_path / "run", replace(cfg, checkpoint="ckpt"))  # resumes: one folder, two names
+    with pytest.raises(UsageError, match="checkpoint: folder has"):
+        check_or_write_manifest(tmp_path / "run", replace(cfg, checkpoint="openvla/openvla-7b"))

@@ -182,6 +182,17 @@ def _jsonish(v):
     return json.loads(json.dumps(v))
 
 
+def same_path(a, b) -> bool:
+    """One local folder named two ways (relative and absolute) is the same; other strings must be equal."""
+    if a == b:
+        return True
+    return isinstance(a, str) and isinstance(b, str) and Path(a).exists() and Path(a).resolve() == Path(b).resolve()
+
+
+def _same(key: str, old, new) -> bool:
+    return same_path(old, new) if key == "checkpoint" else old == new
+
+
 def check_or_write_manifest(run_dir: Path, cfg: SweepConfig, model_options: dict | None = None,
                             merged: dict | None = None) -> None:
     """A new folder gets the manifest; an existing one must hold the same config (else refused)."""
@@ -190,7 +201,7 @@ def check_or_write_manifest(run_dir: Path, cfg: SweepConfig, model_options: dict
         old = json.loads(path.read_text())["config"]
         if _is_int(old.get("seeds")):  # a manifest from before seed sets: a count N is seeds 0..N-1
             old = {**old, "seeds": list(range(old["seeds"]))}
-        diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if old.get(k) != _jsonish(v)}
+        diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if not _same(k, old.get(k), _jsonish(v))}
         if diff:
             lines = "; ".join(f"{k}: folder has {_shown(k, a)}, command asks {_shown(k, b)}"
                               for k, (a, b) in diff.items())

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from vla_eval.errors import UsageError
+from vla_eval.rundir import same_path
 
 DAGGER_SCENE_BASE = 200_000  # the demos use 100_000 + 1000 T + K: disjoint for K < 1000 and R >= 1
 # An episode is cut at the suite's step limit: the eval never sees states beyond it either.
@@ -102,7 +103,8 @@ def check_config(cfg: DaggerConfig) -> None:
         except (OSError, ValueError) as e:
             raise UsageError(f"{meta} is unreadable ({e}); it records how {cfg.out} was made: restore it or use "
                              f"another --out") from e
-        diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
+        diff = {k: (theirs.get(k), v) for k, v in mine.items()
+                if not (same_path(theirs.get(k), v) if k in ("demos", "start") else theirs.get(k) == v)}
         if diff:
             raise UsageError(f"{cfg.out} was made with other settings ({diff}); use another --out")
     else:
