@@ -15,7 +15,7 @@ demo: setup
 
 test:
 	@WITH_BROWSER=1 bash scripts/setup_env.sh
-	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra --durations=20 $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/vla-eval bench-sim --workers 2
