@@ -108,7 +108,7 @@ def run(args) -> int:
     if args.calibrate:
         th = _calibrate(logs, args.calibrate, args.alpha, args.calib_seeds)
     held_out = (lambda ep: ep.seed not in args.calib_seeds) if args.calib_seeds is not None else (lambda ep: True)
-    from vla_eval.monitors.scoring import COLUMNS, confusion, healthy_false_alarms, score
+    from vla_eval.monitors.scoring import COLUMNS, confusion, healthy_false_alarms, score, unexplained_failures
 
     rows, names = [], []
     for path, log in zip(args.logs, logs):
@@ -127,8 +127,12 @@ def run(args) -> int:
     fa = healthy_false_alarms(rows)
     if any(n for _, n in fa.values()):
         (ks, ns), (kf, nf) = fa["success"], fa["failure"]
-        print(f"\nbaseline runs with any alert (false alarms): {ks + kf}/{ns + nf}; on successful runs {ks}/{ns}, "
-              f"on failed runs {kf}/{nf}")
+        print(f"\nbaseline runs with an online alert (false alarms): {ks + kf}/{ns + nf}; on successful runs "
+              f"{ks}/{ns}, on failed runs {kf}/{nf}")
+        ku, nu = unexplained_failures(rows)
+        if ku:
+            print(f"failed baseline runs given no_flip only at episode end, by elimination: {ku}/{nu} (the verdict "
+                  f"names every failure no online check explains; it is a hypothesis, not an alarm)")
     tagged = confusion(rows)
     if tagged:
         print("\nconfusion (rows: run tag, columns: predicates matched)")

@@ -85,10 +85,18 @@ def predicate_table(rows: list[Scored]) -> list[dict]:
 
 
 def healthy_false_alarms(rows: list[Scored]) -> dict[str, tuple[int, int]]:
-    """Baseline runs on which any predicate fired (the union the calibration budgets), over
-    successful and failed baseline runs apart: outcome -> (alarmed, runs)."""
+    """Baseline runs on which any predicate raised an online alert (the union the calibration
+    budgets), over successful and failed baseline runs apart: outcome -> (alarmed, runs). The
+    end-of-episode no_flip verdict is not an alarm: it names every failure that no online check
+    explains (see ``unexplained_failures``)."""
     out = {}
     for outcome in ("success", "failure"):
         runs = [r for r in rows if r.tag == "baseline" and r.outcome == outcome]
-        out[outcome] = (sum(bool(r.got) for r in runs), len(runs))
+        out[outcome] = (sum(any(v.step is not None for v in r.verdicts) for r in runs), len(runs))
     return out
+
+
+def unexplained_failures(rows: list[Scored]) -> tuple[int, int]:
+    """(failed baseline runs whose only verdicts came at episode end, failed baseline runs)."""
+    failed = [r for r in rows if r.tag == "baseline" and r.outcome == "failure"]
+    return sum(bool(r.verdicts) and all(v.step is None for v in r.verdicts) for r in failed), len(failed)

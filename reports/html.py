@@ -204,7 +204,7 @@ def _replay(cfg: dict, logs: dict[str, RunLog]):
 
 def _monitor(path, rows) -> dict:
     """Per-predicate rates and the confusion matrix of the replayed episodes."""
-    from vla_eval.monitors.scoring import COLUMNS, confusion, healthy_false_alarms, predicate_table
+    from vla_eval.monitors.scoring import COLUMNS, confusion, healthy_false_alarms, predicate_table, unexplained_failures
 
     pct = lambda x: "–" if x != x else f"{100 * x:.0f}%"  # noqa: E731
     table = [{"predicate": r["predicate"], "tpr": f"{pct(r['tpr'])} of {r['n_own']}", "exact": pct(r["exact"]),
@@ -214,8 +214,10 @@ def _monitor(path, rows) -> dict:
              for r in predicate_table(rows) if r["n_own"] or r["n_baseline"]]
     which = f"the thresholds calibrated for this policy ({path.name})" if path else "the generic default thresholds"
     (ks, ns), (kf, nf) = healthy_false_alarms(rows).values()
+    ku, nu = unexplained_failures(rows)
     return {"thresholds": which, "healthy": f"{ks + kf} of {ns + nf} (successful runs {ks} of {ns}, failed runs "
                                             f"{kf} of {nf})" if ns + nf else None,
+            "unexplained": f"{ku} of {nu}" if ku else None,
             "table": table, "columns": list(COLUMNS),
             "confusion": [{"tag": t, "counts": [c[k] for k in COLUMNS]} for t, c in confusion(rows).items()]}
 

@@ -189,9 +189,23 @@ def test_monitor_cli_confusion_matrix_calibration_and_self_check(tmp_path):
                          capture_output=True, text=True)
     assert "false-alarm rate (any predicate) on 20 held-out baseline runs" in cal.stdout, cal.stdout + cal.stderr
     assert "every check at rank" in cal.stdout
-    assert "baseline runs with any alert (false alarms): " in cal.stdout and "on failed runs 0/0" in cal.stdout, cal.stdout
+    assert "baseline runs with an online alert (false alarms): " in cal.stdout and "on failed runs 0/0" in cal.stdout, cal.stdout
     assert "latency" in cal.stdout and (tmp_path / "th.json").exists()
     # A run tagged no_flip whose trace has the bad-prompt signature: the toggle is wrong.
     _write_log(tmp_path / "wrong.jsonl", "no_flip", [synthetic("bad_prompt")], False)
     bad = subprocess.run(cli + [str(tmp_path / "wrong.jsonl")], capture_output=True, text=True)
     assert bad.returncode == 1 and "check the toggle" in bad.stderr
+
+
+def test_an_end_of_episode_verdict_is_a_hypothesis_not_a_false_alarm():
+    from vla_eval.monitors.predicates import ERROR, WARN, Verdict
+    from vla_eval.monitors.scoring import Scored, healthy_false_alarms, unexplained_failures
+
+    online = Verdict("bad_unnorm", ERROR, 4, {})
+    at_end = Verdict("no_flip", WARN, None, {})
+    rows = [Scored("baseline", 0, 0, "failure", frozenset({"no_flip"}), (at_end,)),
+            Scored("baseline", 1, 0, "failure", frozenset({"bad_unnorm", "no_flip"}), (online, at_end)),
+            Scored("baseline", 2, 0, "success", frozenset(), ()),
+            Scored("no_flip", 0, 0, "failure", frozenset({"no_flip"}), (at_end,))]
+    assert healthy_false_alarms(rows) == {"success": (0, 1), "failure": (1, 2)}
+    assert unexplained_failures(rows) == (1, 2)
