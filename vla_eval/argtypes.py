@@ -107,7 +107,8 @@ seed_set.__name__ = "seed count or ids"
 
 
 def format_ids(ids) -> str:
-    """(0, 1, 2, 3) -> '0-3'; (3, 4) -> '3,4'; (0, 1, 2, 7, 8, 9) -> '0-2,7-9': what seed_set reads back."""
+    """(0, 1, 2, 3) -> '0-3'; (3, 4) -> '3,4'; (0, 1, 2, 7, 8, 9) -> '0-2,7-9'; (0,) -> '0-0': what
+    seed_set reads back."""
     s, parts, i = sorted(ids), [], 0
     while i < len(s):
         j = i
@@ -115,4 +116,5 @@ def format_ids(ids) -> str:
             j += 1
         parts.append(f"{s[i]}-{s[j]}" if j - i >= 2 else ",".join(map(str, s[i:j + 1])))
         i = j + 1
-    return ",".join(parts)
+    text = ",".join(parts)
+    return f"{text}-{text}" if text.isdigit() else text  # one id alone would read back as a count
