@@ -184,10 +184,10 @@ def _action(step):
 
 def _flags_no_flip(trace, th: Thresholds) -> bool:
     """Would the online no_flip check fire on this run (the monitor replayed)?"""
-    return any(v.predicate == "no_flip" and v.step is not None for v in evaluate(trace, th)[0])
+    return any(v.predicate == "no_flip" and v.online for v in evaluate(trace, th)[0])
 
 
 def false_alarm_rate(traces: Sequence, th: Thresholds) -> float:
     """Fraction of (held-out healthy) runs on which any streaming predicate fired."""
-    fired = [any(v.step is not None for v in evaluate(t, th)[0]) for t in traces]
+    fired = [any(v.online for v in evaluate(t, th)[0]) for t in traces]
     return float(np.mean(fired)) if fired else float("nan")

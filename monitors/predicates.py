@@ -113,9 +113,14 @@ class Verdict:
     step: int | None  # the step at which it fired (None: at episode end)
     evidence: dict
 
+    @property
+    def online(self) -> bool:
+        """Raised during the run (an alert); else the end-of-episode verdict (a hypothesis)."""
+        return self.step is not None
+
     def __str__(self) -> str:
         ev = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.evidence.items())
-        at = "episode end" if self.step is None else f"step {self.step}"
+        at = f"step {self.step}" if self.online else "episode end"
         return f"{self.level} {self.predicate} @ {at}: {ev}"
 
 

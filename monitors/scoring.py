@@ -42,12 +42,12 @@ class Scored:
 def latency(v: Verdict) -> int | None:
     """Steps the monitor needed to raise an alert: one at step index t (0-based) came after t + 1
     steps; None for an end-of-episode verdict. The one definition every table uses."""
-    return None if v.step is None else v.step + 1
+    return v.step + 1 if v.online else None
 
 
 def first_alert_latency(trace, th: Thresholds, predicate: str) -> int | None:
     """The latency of ``predicate``'s alert on a replayed trace (None: it never fired online)."""
-    return next((latency(v) for v in evaluate(trace, th)[0] if v.predicate == predicate and v.step is not None), None)
+    return next((latency(v) for v in evaluate(trace, th)[0] if v.predicate == predicate and v.online), None)
 
 
 def score(episodes, th: Thresholds) -> list[Scored]:
@@ -75,7 +75,7 @@ def predicate_table(rows: list[Scored]) -> list[dict]:
         own = [r for r in rows if r.tag == pred]
         base = [r for r in rows if r.tag == "baseline"]
         other = [r for r in rows if r.tag in PREDICATES and r.tag != pred]
-        steps = sorted(latency(v) for r in own for v in r.verdicts if v.predicate == pred and v.step is not None)
+        steps = sorted(latency(v) for r in own for v in r.verdicts if v.predicate == pred and v.online)
         rate = lambda xs: (sum(pred in r.got for r in xs) / len(xs)) if xs else float("nan")  # noqa: E731
         out.append({"predicate": pred, "tpr": rate(own), "n_own": len(own), "fa_baseline": rate(base),
                     "n_baseline": len(base), "fa_other": rate(other), "n_other": len(other),
@@ -92,11 +92,11 @@ def healthy_false_alarms(rows: list[Scored]) -> dict[str, tuple[int, int]]:
     out = {}
     for outcome in ("success", "failure"):
         runs = [r for r in rows if r.tag == "baseline" and r.outcome == outcome]
-        out[outcome] = (sum(any(v.step is not None for v in r.verdicts) for r in runs), len(runs))
+        out[outcome] = (sum(any(v.online for v in r.verdicts) for r in runs), len(runs))
     return out
 
 
 def unexplained_failures(rows: list[Scored]) -> tuple[int, int]:
     """(failed baseline runs whose only verdicts came at episode end, failed baseline runs)."""
     failed = [r for r in rows if r.tag == "baseline" and r.outcome == "failure"]
-    return sum(bool(r.verdicts) and all(v.step is None for v in r.verdicts) for r in failed), len(failed)
+    return sum(bool(r.verdicts) and not any(v.online for v in r.verdicts) for r in failed), len(failed)
