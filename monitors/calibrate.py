@@ -152,7 +152,8 @@ def calibrate(baseline: Sequence, alpha: float = 0.05, base: Thresholds = Thresh
                                                                             for c, v in caught.items())
     else:
         name = "both" if "both" in results else next(iter(results))
-        why = "no no_flip runs of the calibration seeds to choose on"
+        why = ("no candidate fits alpha with these runs" if name is None
+               else "no no_flip runs of the calibration seeds to choose on")
     ths, r, reach = results[name]
     skipped = [c for c in NO_FLIP_CANDIDATES if c not in results]
     note = (f"online no_flip signal: {name or 'none (elimination at episode end only)'} ({why}"

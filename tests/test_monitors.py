@@ -115,6 +115,7 @@ def test_no_flip_signals_are_chosen_on_calibration_fault_runs_only():
     # 20 runs at alpha 0.1 (k = 2): five checks whose extremes fall on different runs do not fit
     small = calibrate(healthy[:20], alpha=0.1, no_flip=flipped)
     assert small.calibration_alarms <= small.k == 2
+    assert "none (elimination at episode end only) (no candidate fits alpha" in small.note  # not "no no_flip runs"
 
 
 def test_union_calibration_refuses_when_the_checks_need_more_runs():
