@@ -3,6 +3,9 @@
 #   make test   - the test suite
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Test files run on this many processes, one file per process (module fixtures are built once);
+# most tests wait on a simulator or a subprocess, so two processes keep two cores busy.
+TEST_WORKERS ?= 2
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
@@ -15,7 +18,7 @@ demo: setup
 
 test:
 	@WITH_BROWSER=1 bash scripts/setup_env.sh
-	$(BIN)/python -m pytest -q -ra --durations=20 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra --durations=20 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/vla-eval bench-sim --workers 2

@@ -24,7 +24,7 @@ def _cli(*args):
 @pytest.fixture(scope="module")
 def drills(tmp_path_factory):
     root = tmp_path_factory.mktemp("diagnose")
-    for name, seeds in (("lib", "2"), ("run", "2-3")):
+    for name, seeds in (("lib", "0-1"), ("run", "2-3")):  # the run's seeds are not the library's
         r = subprocess.run(DRILL + ["--seeds", seeds, "--out", str(root / name)], capture_output=True, text=True,
                            timeout=900)
         assert r.returncode == 0, r.stderr[-2000:]
@@ -100,3 +100,18 @@ def test_features_and_ranking_on_hand_made_episodes():
                              diagnose_rows(episode_features(_steps(half))[None], lib, "gripper_no_binarize task 0 seed 0")],
                             lib)
     assert lines[0].startswith("baseline") and "1/1" in lines[0] and lines[-1] == "healthy runs: 1/1 = 100% right"
+
+
+def test_a_fault_is_named_only_above_the_margin_healthy_episodes_reach():
+    """SYNTHETIC features: healthy episodes drawn like the library's baseline are named healthy
+    about as often as HEALTHY_QUANTILE says; a fault far from healthy is named."""
+    rng = np.random.default_rng(1)
+    k = len(FEATURES)
+    lib = Library({"baseline": rng.normal(0, 1, (20, k)), "near": rng.normal(0.3, 1, (20, k)),
+                   "far": rng.normal(3, 1, (20, k))}, "libero_object", "x", (0,), "test")
+    margin = lib.margin()
+    assert margin > 0
+    healthy = [diagnose_rows(rng.normal(0, 1, (1, k)), lib, margin=margin).verdict for _ in range(200)]
+    assert healthy.count("no known fault") >= 0.85 * 200
+    far = diagnose_rows(rng.normal(3, 1, (1, k)), lib, margin=margin)
+    assert far.verdict == "far" and far.gain > margin and far.evidence

@@ -15,10 +15,14 @@ over its first ``WINDOW`` steps (library drills may be capped there):
     img_mean, img_std     the mean pixel of the model's image, and its spread over steps
     token_prob            mean chosen-token probability (native OpenVLA)
 
-Each library tag is a diagonal Gaussian over these features (its spread floored at a tenth
-of the pooled spread, so a constant feature cannot dominate). An episode's causes are the
-tags ranked by log-likelihood; a run (all episodes of one tag) sums its episodes'. When the
-baseline ranks first the answer is "no known fault".
+Each library tag is a diagonal Gaussian over these features. A library holds few episodes
+per tag, so each tag's variance is shrunk towards the variance pooled within all tags (``SHRINK``
+pseudo-episodes of it; a feature a tag holds constant would otherwise be an infinitely sharp
+spike). An episode's causes are the tags ranked by log-likelihood; a run (all episodes of one
+tag) sums its episodes'. A fault is *named* only when its log-likelihood beats the baseline's
+by more than the library's own healthy episodes do: the ``HEALTHY_QUANTILE`` quantile of that
+gain over the baseline's episodes, each left out of the fit in turn (a run compares its mean
+gain per episode). Otherwise the answer is "no known fault".
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ WINDOW = 60
 FEATURES = ("xyz_mean", "xyz_max", "rot_mean", "direction", "grip_flips", "grip_closed", "grip_first_close",
             "grip_closed_at_0", "grip_fractional", "img_mean", "img_std", "token_prob")
 LIBRARY_VERSION = 1
+SHRINK = 5.0  # pseudo-episodes of the pooled within-tag variance added to each tag's own
+HEALTHY_QUANTILE = 0.95  # a fault is named above the gain that 95% of healthy library episodes stay under
 
 
 def episode_features(steps, window: int = WINDOW) -> np.ndarray:
@@ -61,6 +67,19 @@ def episode_features(steps, window: int = WINDOW) -> np.ndarray:
     ])
 
 
+def _fit(rows: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    with np.errstate(all="ignore"):
+        within = np.nanmean([np.nanvar(x, axis=0) for x in rows.values()], axis=0)  # pooled within tags
+        within = np.nan_to_num(within, nan=0.0)
+        floor = np.where(within > 0, 0.1 * np.sqrt(within), 1e-3)
+        out = {}
+        for tag, x in rows.items():
+            n = np.sum(np.isfinite(x), axis=0)
+            var = (n * np.nan_to_num(np.nanvar(x, axis=0), nan=0.0) + SHRINK * within) / (n + SHRINK)
+            out[tag] = (np.nanmean(x, axis=0), np.maximum(np.sqrt(var), floor))
+    return out
+
+
 @dataclass
 class Library:
     """Per run tag, the feature rows of its episodes; plus what it was built on."""
@@ -71,16 +90,23 @@ class Library:
     seeds: tuple[int, ...]
     source: str
 
-    def fit(self):
+    def fit(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """tag -> (mean, spread) over the features, NaN-safe."""
-        pooled = np.nanstd(np.concatenate(list(self.rows.values())), axis=0)
-        floor = np.where(np.isfinite(pooled) & (pooled > 0), 0.1 * pooled, 1e-3)
-        out = {}
-        for tag, x in self.rows.items():
-            with np.errstate(all="ignore"):
-                mu, sd = np.nanmean(x, axis=0), np.nanstd(x, axis=0)
-            out[tag] = (mu, np.maximum(np.nan_to_num(sd, nan=0.0), floor))
-        return out
+        return _fit(self.rows)
+
+    def margin(self) -> float:
+        """Nats per episode a fault must beat the baseline by to be named: the
+        ``HEALTHY_QUANTILE`` quantile of the best fault's gain on each healthy library episode,
+        that episode left out of the fit (0 with fewer than two healthy episodes)."""
+        base = self.rows.get("baseline")
+        if base is None or len(base) < 2 or len(self.rows) < 2:
+            return 0.0
+        gains = []
+        for i in range(len(base)):
+            fit = _fit({**self.rows, "baseline": np.delete(base, i, axis=0)})
+            ll = {t: float(_loglik(base[i], mu, sd).sum()) for t, (mu, sd) in fit.items()}
+            gains.append(max(v for t, v in ll.items() if t != "baseline") - ll["baseline"])
+        return max(float(np.quantile(gains, HEALTHY_QUANTILE)), 0.0)
 
     def to_json(self) -> dict:
         return {"version": LIBRARY_VERSION, "suite": self.suite, "checkpoint": self.checkpoint, "seeds": list(self.seeds),
@@ -130,6 +156,8 @@ def load_library(path: Path) -> Library:
         if d.get("version") != LIBRARY_VERSION or list(d["features"]) != list(FEATURES):
             raise ValueError(f"version {d.get('version')} / features {d.get('features')}")
         rows = {t: np.array(x, dtype=np.float64).reshape(-1, len(FEATURES)) for t, x in d["rows"].items()}
+        if "baseline" not in rows or len(rows) < 2:
+            raise ValueError(f"it needs the baseline and at least one fault; it has {sorted(rows)}")
         return Library(rows, str(d["suite"]), str(d["checkpoint"]), tuple(d["seeds"]), str(path))
     except FileNotFoundError:
         raise UsageError(f"--library {path}: no such file or folder") from None
@@ -150,27 +178,33 @@ class Diagnosis:
     tag: str  # the run tag diagnosed (as recorded; may be unknown to the library)
     n: int  # episodes
     ranking: tuple[tuple[str, float], ...]  # (library tag, log-likelihood), best first
-    evidence: tuple[str, ...]  # the features that set the top cause apart from the baseline
+    gain: float  # the best fault's log-likelihood over the baseline's, per episode
+    margin: float  # the gain a fault needs to be named (the library's, see Library.margin)
+    evidence: tuple[str, ...]  # the features that set the best fault apart from the baseline
+
+    @property
+    def best_fault(self) -> str:
+        return next(t for t, _ in self.ranking if t != "baseline")
 
     @property
     def verdict(self) -> str:
-        return "no known fault" if self.ranking[0][0] == "baseline" else self.ranking[0][0]
+        return self.best_fault if self.gain > self.margin else "no known fault"
 
 
-def diagnose_rows(x: np.ndarray, library: Library, tag: str = "?") -> Diagnosis:
-    """Rank the library's tags for episodes ``x`` (n, len(FEATURES)) taken together."""
+def diagnose_rows(x: np.ndarray, library: Library, tag: str = "?", margin: float | None = None) -> Diagnosis:
+    """Rank the library's tags for episodes ``x`` (n, len(FEATURES)) taken together. ``margin``:
+    the library's (``Library.margin``) unless given; pass it when diagnosing many runs."""
     fit = library.fit()
+    margin = library.margin() if margin is None else margin
     scores = {t: float(_loglik(x, mu, sd).sum()) for t, (mu, sd) in fit.items()}
     ranking = tuple(sorted(scores.items(), key=lambda kv: -kv[1]))
-    top = ranking[0][0]
-    evidence = ()
-    if top != "baseline" and "baseline" in fit:
-        gain = (_loglik(x, *fit[top]) - _loglik(x, *fit["baseline"])).sum(axis=0)
-        mean = np.nanmean(x, axis=0)
-        order = [i for i in np.argsort(-gain) if gain[i] > 0][:3]
-        evidence = tuple(f"{FEATURES[i]} {mean[i]:.3g} (baseline {fit['baseline'][0][i]:.3g}, "
-                         f"{top} {fit[top][0][i]:.3g})" for i in order)
-    return Diagnosis(tag, len(x), ranking, evidence)
+    top = next(t for t, _ in ranking if t != "baseline")
+    per_feature = (_loglik(x, *fit[top]) - _loglik(x, *fit["baseline"])).sum(axis=0)
+    mean = np.nanmean(x, axis=0)
+    order = [i for i in np.argsort(-per_feature) if per_feature[i] > 0][:3]
+    evidence = tuple(f"{FEATURES[i]} {mean[i]:.3g} (baseline {fit['baseline'][0][i]:.3g}, "
+                     f"{top} {fit[top][0][i]:.3g})" for i in order)
+    return Diagnosis(tag, len(x), ranking, (scores[top] - scores["baseline"]) / len(x), margin, evidence)
 
 
 def check_compatible(library: Library, run_dir: Path, identity: tuple | None = None) -> None:
@@ -185,14 +219,14 @@ def diagnose_run(run_dir: Path, library: Library, per_episode: bool = False,
                  identity: tuple | None = None) -> list[Diagnosis]:
     """One diagnosis per run tag (all its episodes together), or per episode."""
     check_compatible(library, run_dir, identity)
-    out = []
+    out, margin = [], library.margin()
     for tag, eps in run_features(run_dir).items():
         x = np.stack([f for _, f in eps])
         if per_episode:
-            out += [diagnose_rows(x[i:i + 1], library, f"{tag} task {e.task_id} seed {e.seed}")
+            out += [diagnose_rows(x[i:i + 1], library, f"{tag} task {e.task_id} seed {e.seed}", margin)
                     for i, (e, _) in enumerate(eps)]
         else:
-            out.append(diagnose_rows(x, library, tag))
+            out.append(diagnose_rows(x, library, tag, margin))
     return out
 
 
@@ -240,8 +274,9 @@ def score_diagnoses(diagnoses: list[Diagnosis], library: Library) -> list[str]:
 def format_diagnosis(d: Diagnosis, top: int = 3) -> str:
     best = d.ranking[0][1]
     ranked = ", ".join(f"{t} ({s - best:+.1f})" for t, s in d.ranking[:top])
-    line = f"{d.tag} ({d.n} episodes): {d.verdict}   [ranked: {ranked}]"
-    return line + "".join(f"\n    {e}" for e in d.evidence)
+    line = (f"{d.tag} ({d.n} episodes): {d.verdict}   [{d.best_fault} {d.gain:+.1f} nats/episode over healthy, "
+            f"named above {d.margin:.1f}; ranked: {ranked}]")
+    return line + "".join(f"\n    {e}" for e in d.evidence) if d.verdict != "no known fault" else line
 
 
 def default_library(suite: str) -> Path | None:
