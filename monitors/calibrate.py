@@ -41,9 +41,13 @@ SMALL = Check("small translations (bad_unnorm)", "unnorm_small", lambda s: s.ear
 CONFIDENCE = Check("token confidence (no_flip)", "conf_min", lambda s: s.conf_mean, low=True)
 CONSISTENCY = Check("direction consistency (no_flip)", "cos_min",
                     lambda s: math.inf if s.cos_mean is None else s.cos_mean, low=True)
+# Half the earliest healthy first-close step: a healthy run's grasp comes once the arm is there.
+EARLY_GRASP = Check("early grasp (no_flip)", "grasp_min",
+                    lambda s: math.inf if s.first_close is None else s.first_close, low=True, margin=0.5)
 NO_FLIP_CANDIDATES = {"direction consistency": (CONSISTENCY,), "token confidence": (CONFIDENCE,),
+                      "early grasp": (EARLY_GRASP,),
                       "both": (CONFIDENCE, CONSISTENCY)}  # singles first: a tie keeps one signal
-OFF = {"conf_min": 0.0, "cos_min": -1.0}  # the values that switch the online no_flip checks off
+OFF = {"conf_min": 0.0, "cos_min": -1.0, "grasp_min": 0}  # the values that switch the online no_flip checks off
 
 
 def min_runs(alpha: float) -> int:
@@ -150,6 +154,9 @@ def calibrate(baseline: Sequence, alpha: float = 0.05, base: Thresholds = Thresh
         name = max(caught, key=caught.get)
         why = "no_flip runs of the calibration seeds flagged: " + ", ".join(f"{c} {v}/{len(no_flip)}"
                                                                             for c, v in caught.items())
+        if caught[name] == 0:  # a check that flags none of them would only spend false-alarm budget
+            results.setdefault(None, union_thresholds(table, alpha))
+            name, why = None, why.replace("flagged:", "flagged by no candidate:")
     else:
         name = "both" if "both" in results else next(iter(results))
         why = ("no candidate fits alpha with these runs" if name is None
@@ -176,6 +183,7 @@ def _apply(base: Thresholds, ths: dict[Check, float]) -> Thresholds:
                          "every step, so no scale threshold separates them")
     values["conf_min"] = min(max(values["conf_min"], 0.0), 1.0)
     values["cos_min"] = float(np.clip(values["cos_min"], -1.0, 1.0))
+    values["grasp_min"] = max(int(math.floor(values["grasp_min"])), 0)  # alarms below it: round down
     return replace(base, **values)
 
 

@@ -39,7 +39,8 @@ _RANGES = {"window": (int, 1, 10_000, True), "prompt_norm": (float, 0.0, math.in
            "min_steps": (int, 1, 10_000, True), "flip_min_norm": (float, 0.0, math.inf, True),
            "action_dim": (int, 7, 64, True), "conf_window": (int, 1, 10_000, True),
            "conf_min": (float, 0.0, 1.0, True), "cos_window": (int, 2, 10_000, True),
-           "cos_min": (float, -1.0, 1.0, True)}
+           "cos_min": (float, -1.0, 1.0, True), "grasp_min": (int, 0, 10_000, True),
+           "calm_steps": (int, 0, 100_000, True)}
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,16 @@ class Thresholds:
     # 50 held-out baseline runs); a confused one zig-zags. -1 switches it off (until calibrated).
     cos_window: int = 20
     cos_min: float = -1.0
+    # Early grasp: the gripper commanded closed before step ``grasp_min``. A pick-and-place policy
+    # closes on an object it has reached, which takes the arm tens of steps from the start pose; a
+    # policy that misreads the scene closes at once (tiny OpenVLA on libero_object: healthy runs
+    # first close at step >= 20, no_flip runs at step <= 4). 0 switches it off (until calibrated).
+    grasp_min: int = 0
+    # The calm-window check (bad_prompt) reads the first ``calm_steps`` steps only (0: the whole
+    # episode). A wrong prompt collapses the policy from the start; a healthy policy that is stuck
+    # late in a failed episode also holds still, and calibration runs capped at a few tens of steps
+    # never show that, so a check over the whole episode alarms on them more than calibrated.
+    calm_steps: int = 60
 
     def __post_init__(self):
         for name, (kind, lo, hi, lo_inclusive) in _RANGES.items():
@@ -143,6 +154,7 @@ class StreamState:
         self.grip_sign = 0.0
         self.grip_flips = 0
         self.closed_once = False
+        self.first_close: int | None = None  # the step index of the first "close" command
         self.reward = 0.0
         self.done = False
         self.conf_sum = 0.0  # token_prob over the first conf_window steps that report one
@@ -162,9 +174,9 @@ class StreamState:
             self.window_sum -= self.window[0]
         self.window.append(norm)
         self.window_sum += norm
-        if len(self.window) == th.window:
-            self.min_window_mean = min(self.min_window_mean, self.window_mean)
         self.n += 1
+        if len(self.window) == th.window and self.in_calm_steps:
+            self.min_window_mean = min(self.min_window_mean, self.window_mean)
         self.norm_sum += norm
         if self.cos_n < th.cos_window - 1:
             cur = action[:3]
@@ -184,9 +196,15 @@ class StreamState:
         if sign and self.grip_sign and sign != self.grip_sign:
             self.grip_flips += 1
         self.grip_sign = sign or self.grip_sign
+        if action[6] > 0 and self.first_close is None:
+            self.first_close = self.n - 1
         self.closed_once |= action[6] > 0
         self.reward += reward
         self.done |= bool(done)
+
+    @property
+    def in_calm_steps(self) -> bool:
+        return self.th.calm_steps == 0 or self.n <= self.th.calm_steps
 
     @property
     def window_mean(self) -> float:
@@ -209,7 +227,7 @@ class StreamState:
 
 def check_bad_prompt(s: StreamState, step: int) -> Verdict | None:
     """Collapsed: the mean ||a[:6]|| of the last ``window`` steps below ``prompt_norm``."""
-    if len(s.window) < s.th.window:
+    if len(s.window) < s.th.window or not s.in_calm_steps:
         return None
     mean = s.window_mean
     if mean < s.th.prompt_norm:
@@ -241,9 +259,14 @@ def _cos_on(s: StreamState) -> bool:
     return s.th.cos_min > -1
 
 
+def _grasp_on(s: StreamState) -> bool:
+    return s.th.grasp_min > 0
+
+
 def online_no_flip_checked(s: StreamState) -> bool:
     """An online no_flip check has judged this run (then elimination at the end is not needed)."""
-    return (_conf_on(s) and s.conf_mean is not None) or (_cos_on(s) and s.cos_mean is not None)
+    return ((_conf_on(s) and s.conf_mean is not None) or (_cos_on(s) and s.cos_mean is not None)
+            or (_grasp_on(s) and (s.first_close is not None or s.n >= s.th.grasp_min)))
 
 
 def check_token_confidence(s: StreamState, step: int) -> Verdict | None:
@@ -267,6 +290,17 @@ def check_direction_consistency(s: StreamState, step: int) -> Verdict | None:
     return None
 
 
+def check_early_grasp(s: StreamState, step: int) -> Verdict | None:
+    """no_flip, online: the gripper closes before step ``grasp_min``, before the arm can have
+    reached any object (a rephrased prompt can do this too; the evidence says so). Off until
+    calibrated (``grasp_min`` 0)."""
+    if _grasp_on(s) and s.first_close is not None and s.first_close < s.th.grasp_min:
+        return Verdict("no_flip", ERROR, step, {"first_close_step": s.first_close, "threshold": s.th.grasp_min,
+                                               "note": "closed before reaching any object: the policy misreads "
+                                                       "the scene (an unflipped image; a wrong prompt can too)"})
+    return None
+
+
 def check_no_flip_at_end(s: StreamState) -> Verdict | None:
     if s.n == 0 or s.done or s.reward > 0:
         return None
@@ -279,7 +313,7 @@ def check_no_flip_at_end(s: StreamState) -> Verdict | None:
     return None
 
 
-STREAMING = (check_bad_prompt, check_bad_unnorm, check_token_confidence, check_direction_consistency)
+STREAMING = (check_bad_prompt, check_bad_unnorm, check_token_confidence, check_direction_consistency, check_early_grasp)
 PREDICATES = ("bad_prompt", "bad_unnorm", "no_flip")
 
 

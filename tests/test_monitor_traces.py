@@ -1,6 +1,6 @@
 """The monitors on real traces of the shipped tiny OpenVLA (tests/data/tiny_traces: tasks 3
-and 7, seed 0, of every run tag, chosen before looking; held-out seeds of the calibration in
-configs/monitors/tiny-libero_object.json, which was fitted on baseline seeds 3-4 only)."""
+and 7, stored init state 0, full episodes of every run tag; held-out for the calibration in
+configs/monitors/tiny-libero_object.json, which was fitted on seeds 10-17 only)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +25,7 @@ def shipped() -> Thresholds:
     path = shipped_thresholds("tiny", "libero_object")
     assert path is not None
     th = Thresholds.load(path)
-    assert th.cos_min > -1 and th.unnorm_small > 0  # calibrated: the online checks are on
+    assert th.grasp_min > 0 and th.unnorm_small > 0  # calibrated: the online checks are on
     return th
 
 
@@ -41,20 +41,20 @@ def test_an_unflipped_image_is_flagged_online(shipped):
     for trace in runs("no_flip"):
         verdicts, _ = evaluate(trace, shipped)
         assert "no_flip" in classify(verdicts)
-        assert min(v.step for v in verdicts if v.predicate == "no_flip") < 20  # within the first 20 steps
+        assert min(v.step for v in verdicts if v.predicate == "no_flip") < shipped.grasp_min  # early grasp
 
 
 def test_a_rephrased_prompt_is_flagged_but_not_told_apart_from_no_flip(shipped):
     """Measured on this policy: a rephrased prompt confuses the model the way an upside-down
-    image does (zig-zag translations, lower confidence), so the online no_flip check fires on
-    it (18 of 20 held-out runs); the frozen-policy signature of bad_prompt on none."""
+    image does (it closes the gripper before reaching anything), so the online no_flip check
+    fires on most held-out bad_prompt runs; the frozen-policy signature of bad_prompt on few."""
     for trace in runs("bad_prompt"):
         assert classify(evaluate(trace, shipped)[0])  # flagged as abnormal
 
 
 def test_baseline_runs_stay_quiet(shipped):
     got = [classify(evaluate(trace, shipped)[0]) for trace in runs("baseline")]
-    assert not any(got)  # held-out false alarms: 0 of 30 in the full split
+    assert not any(got)  # two failed healthy runs: no online alert, no verdict
     for trace in runs("baseline"):  # the generic defaults raise no ERROR on healthy runs
         assert all(v.level != "ERROR" for v in evaluate(trace)[0])
 

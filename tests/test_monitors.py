@@ -115,7 +115,29 @@ def test_no_flip_signals_are_chosen_on_calibration_fault_runs_only():
     # 20 runs at alpha 0.1 (k = 2): five checks whose extremes fall on different runs do not fit
     small = calibrate(healthy[:20], alpha=0.1, no_flip=flipped)
     assert small.calibration_alarms <= small.k == 2
-    assert "none (elimination at episode end only) (no candidate fits alpha" in small.note  # not "no no_flip runs"
+    assert "signal: none (elimination at episode end only)" in small.note and "no no_flip runs" not in small.note
+
+
+def test_early_grasp_is_chosen_when_no_flip_runs_close_the_gripper_at_once():
+    """SYNTHETIC, with the signature measured on the tiny policy: healthy runs first close the
+    gripper at step 15 or later, no_flip runs at step 0. Calibration keeps the early-grasp check;
+    it alarms on every no_flip run at the step the gripper closes and on no healthy run."""
+    def run(first_close: int) -> list[dict]:
+        steps = synthetic("baseline")
+        for t, s in enumerate(steps):
+            s["action"][6] = 1.0 if t >= first_close else -1.0
+        return steps
+
+    healthy = [run(15 + i % 20) for i in range(40)]
+    flipped = [run(0) for _ in range(10)]
+    cal = calibrate(healthy, alpha=0.1, no_flip=flipped)
+    assert "online no_flip signal: early grasp" in cal.note and cal.thresholds.grasp_min == 7  # half of 15
+    for t in flipped:
+        v = [v for v in evaluate(t, cal.thresholds)[0] if v.predicate == "no_flip"]
+        assert v and v[0].online and v[0].step == 0 and v[0].evidence["first_close_step"] == 0
+    assert not any(v.predicate == "no_flip" and v.online for t in healthy for v in evaluate(t, cal.thresholds)[0])
+    assert false_alarm_rate(healthy, cal.thresholds) <= 0.1  # in-sample: the union of all checks
+    assert not any(v.predicate == "no_flip" for v in evaluate(run(0), Thresholds())[0] if v.online)  # off by default
 
 
 def test_union_calibration_refuses_when_the_checks_need_more_runs():
