@@ -4,16 +4,17 @@ Each predicate sees one step at a time in O(1) (running sums over a fixed window
 returns at most one verdict, the first time it fires:
 
 * ``bad_prompt``  - the policy has collapsed: mean ||action[:6]|| over the last ``window``
-  steps below ``prompt_norm`` (0.02), whatever the image shows. Fires at step ``window - 1``
-  at the earliest.
+  steps below ``prompt_norm`` (0.02), whatever the image shows, within the first
+  ``calm_steps``. Fires at step ``window - 1`` at the earliest.
 * ``bad_unnorm``  - translations out of scale, either way: too small (the largest |action[:3]|
   of the first ``min_steps`` steps below ``unnorm_small``: a key with a smaller scale, e.g.
   ``bridge_orig``'s on LIBERO-scale actions, shrinks translations ~25x), or too large (above
   ``unnorm_abs`` on at least ``unnorm_frac`` of the steps; LIBERO's actions live in [-1, 1]).
-* ``no_flip``     - diagnosed by elimination at episode end: actions of healthy size and
-  the gripper cycling like a baseline, yet no reward and never done. Nothing in a single
-  step can see an upside-down image (a 180-degree rotation keeps ``img_mean``), so this one
-  says so in its evidence.
+* ``no_flip``     - online once calibrated, by what an upside-down scene does to the policy
+  (nothing in a single frame shows it: a 180-degree rotation keeps ``img_mean``): low token
+  confidence, zig-zag translations, or a grasp before the arm can have reached anything.
+  Otherwise by elimination at episode end: actions of healthy size and the gripper used,
+  yet no reward and never done (a hypothesis, and it says so in its evidence).
 * ``bad_action``  - a NaN/inf or wrong-length action: ERROR at once (never an exception
   inside the caller's loop).
 
