@@ -115,3 +115,10 @@ def test_a_fault_is_named_only_above_the_margin_healthy_episodes_reach():
     assert healthy.count("no known fault") >= 0.85 * 200
     far = diagnose_rows(rng.normal(3, 1, (1, k)), lib, margin=margin)
     assert far.verdict == "far" and far.gain > margin and far.evidence
+
+
+def test_runs_of_the_shipped_tiny_policy_use_the_shipped_library(drills):
+    """No --library: the library shipped for the tiny policy on libero_object (same weights)."""
+    r = _cli("diagnose", str(drills / "run"))
+    assert r.returncode == 0, r.stderr
+    assert sum("episodes):" in ln for ln in r.stdout.splitlines()) == 3  # baseline and the two faults

@@ -180,7 +180,7 @@ class Diagnosis:
     ranking: tuple[tuple[str, float], ...]  # (library tag, log-likelihood), best first
     gain: float  # the best fault's log-likelihood over the baseline's, per episode
     margin: float  # the gain a fault needs to be named (the library's, see Library.margin)
-    evidence: tuple[str, ...]  # the features that set the best fault apart from the baseline
+    evidence: tuple[str, ...]  # the features that set the named fault apart from the baseline (none if unnamed)
 
     @property
     def best_fault(self) -> str:
@@ -199,12 +199,15 @@ def diagnose_rows(x: np.ndarray, library: Library, tag: str = "?", margin: float
     scores = {t: float(_loglik(x, mu, sd).sum()) for t, (mu, sd) in fit.items()}
     ranking = tuple(sorted(scores.items(), key=lambda kv: -kv[1]))
     top = next(t for t, _ in ranking if t != "baseline")
-    per_feature = (_loglik(x, *fit[top]) - _loglik(x, *fit["baseline"])).sum(axis=0)
-    mean = np.nanmean(x, axis=0)
-    order = [i for i in np.argsort(-per_feature) if per_feature[i] > 0][:3]
-    evidence = tuple(f"{FEATURES[i]} {mean[i]:.3g} (baseline {fit['baseline'][0][i]:.3g}, "
-                     f"{top} {fit[top][0][i]:.3g})" for i in order)
-    return Diagnosis(tag, len(x), ranking, (scores[top] - scores["baseline"]) / len(x), margin, evidence)
+    gain = (scores[top] - scores["baseline"]) / len(x)
+    evidence = ()
+    if gain > margin:  # evidence for a named fault only
+        per_feature = (_loglik(x, *fit[top]) - _loglik(x, *fit["baseline"])).sum(axis=0)
+        mean = np.nanmean(x, axis=0)
+        order = [i for i in np.argsort(-per_feature) if per_feature[i] > 0][:3]
+        evidence = tuple(f"{FEATURES[i]} {mean[i]:.3g} (baseline {fit['baseline'][0][i]:.3g}, "
+                         f"{top} {fit[top][0][i]:.3g})" for i in order)
+    return Diagnosis(tag, len(x), ranking, gain, margin, evidence)
 
 
 def check_compatible(library: Library, run_dir: Path, identity: tuple | None = None) -> None:
@@ -276,7 +279,7 @@ def format_diagnosis(d: Diagnosis, top: int = 3) -> str:
     ranked = ", ".join(f"{t} ({s - best:+.1f})" for t, s in d.ranking[:top])
     line = (f"{d.tag} ({d.n} episodes): {d.verdict}   [{d.best_fault} {d.gain:+.1f} nats/episode over healthy, "
             f"named above {d.margin:.1f}; ranked: {ranked}]")
-    return line + "".join(f"\n    {e}" for e in d.evidence) if d.verdict != "no known fault" else line
+    return line + "".join(f"\n    {e}" for e in d.evidence)
 
 
 def default_library(suite: str) -> Path | None:
