@@ -151,7 +151,8 @@ def calibrate(baseline: Sequence, alpha: float = 0.05, base: Thresholds = Thresh
     caught = {name: sum(_flags_no_flip(t, _apply(base, results[name][0])) for t in no_flip)
               for name in results if name is not None} if no_flip else {}
     if caught:
-        name = max(caught, key=caught.get)
+        steps = {c: _median_alert_step(no_flip, _apply(base, results[c][0])) for c in caught}
+        name = max(caught, key=lambda c: (caught[c], -steps[c]))  # most flagged, then the earliest alert
         why = "no_flip runs of the calibration seeds flagged: " + ", ".join(f"{c} {v}/{len(no_flip)}"
                                                                             for c, v in caught.items())
         if caught[name] == 0:  # a check that flags none of them would only spend false-alarm budget
@@ -189,6 +190,12 @@ def _apply(base: Thresholds, ths: dict[Check, float]) -> Thresholds:
 
 def _action(step):
     return step["action"] if isinstance(step, dict) else step.action
+
+
+def _median_alert_step(traces, th: Thresholds) -> float:
+    """Median step of the online no_flip alert over the runs it fires on (inf if none)."""
+    steps = [v.step for t in traces for v in evaluate(t, th)[0] if v.predicate == "no_flip" and v.online]
+    return float(np.median(steps)) if steps else math.inf
 
 
 def _flags_no_flip(trace, th: Thresholds) -> bool:
