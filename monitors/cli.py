@@ -119,6 +119,8 @@ def run(args) -> int:
         names += [path.name] * len(eps)
     if args.calib_seeds is not None:
         print(f"\nheld-out runs only (seeds not in {format_ids(args.calib_seeds)}):")
+    elif not args.calibrate:  # say which thresholds judged the runs: the defaults are not a policy's calibration
+        print(f"thresholds: {args.thresholds or 'the generic defaults (--thresholds FILE for a calibrated set)'}")
     print(f"{'log':24}{'tag':12}{'seed':>5}  {'outcome':9}{'verdict':14}evidence")
     for name, r in zip(names, rows):
         ev = "; ".join(str(v) for v in r.verdicts) or "-"
