@@ -148,11 +148,12 @@ def calibrate(baseline: Sequence, alpha: float = 0.05, base: Thresholds = Thresh
             continue  # this candidate needs more runs; another may not
     if not results:
         results[None] = union_thresholds(table, alpha)  # no online no_flip check fits: raises if nothing does
-    caught = {name: sum(_flags_no_flip(t, _apply(base, results[name][0])) for t in no_flip)
+    alerts = {name: _no_flip_alert_steps(no_flip, _apply(base, results[name][0]))
               for name in results if name is not None} if no_flip else {}
+    caught = {c: len(steps) for c, steps in alerts.items()}
     if caught:
-        steps = {c: _median_alert_step(no_flip, _apply(base, results[c][0])) for c in caught}
-        name = max(caught, key=lambda c: (caught[c], -steps[c]))  # most flagged, then the earliest alert
+        earliest = {c: float(np.median(steps)) if steps else math.inf for c, steps in alerts.items()}
+        name = max(caught, key=lambda c: (caught[c], -earliest[c]))  # most flagged, then the earliest alert
         why = "no_flip runs of the calibration seeds flagged: " + ", ".join(f"{c} {v}/{len(no_flip)}"
                                                                             for c, v in caught.items())
         if caught[name] == 0:  # a check that flags none of them would only spend false-alarm budget
@@ -192,15 +193,9 @@ def _action(step):
     return step["action"] if isinstance(step, dict) else step.action
 
 
-def _median_alert_step(traces, th: Thresholds) -> float:
-    """Median step of the online no_flip alert over the runs it fires on (inf if none)."""
-    steps = [v.step for t in traces for v in evaluate(t, th)[0] if v.predicate == "no_flip" and v.online]
-    return float(np.median(steps)) if steps else math.inf
-
-
-def _flags_no_flip(trace, th: Thresholds) -> bool:
-    """Would the online no_flip check fire on this run (the monitor replayed)?"""
-    return any(v.predicate == "no_flip" and v.online for v in evaluate(trace, th)[0])
+def _no_flip_alert_steps(traces, th: Thresholds) -> list[int]:
+    """The step of the online no_flip alert on each run it fires on (the monitor replayed)."""
+    return [v.step for t in traces for v in evaluate(t, th)[0] if v.predicate == "no_flip" and v.online]
 
 
 def false_alarm_rate(traces: Sequence, th: Thresholds) -> float:

@@ -154,7 +154,6 @@ class StreamState:
         self.early_max_xyz = math.inf  # bad_unnorm (too small): max |a[:3]| of the first min_steps steps
         self.grip_sign = 0.0
         self.grip_flips = 0
-        self.closed_once = False
         self.first_close: int | None = None  # the step index of the first "close" command
         self.reward = 0.0
         self.done = False
@@ -199,7 +198,6 @@ class StreamState:
         self.grip_sign = sign or self.grip_sign
         if action[6] > 0 and self.first_close is None:
             self.first_close = self.n - 1
-        self.closed_once |= action[6] > 0
         self.reward += reward
         self.done |= bool(done)
 
@@ -306,7 +304,7 @@ def check_no_flip_at_end(s: StreamState) -> Verdict | None:
     if s.n == 0 or s.done or s.reward > 0:
         return None
     mean = s.norm_sum / s.n
-    if mean >= s.th.flip_min_norm and s.closed_once:
+    if mean >= s.th.flip_min_norm and s.first_close is not None:
         return Verdict("no_flip", WARN, None, {
             "mean_norm6": mean, "gripper_flips": s.grip_flips, "reward": s.reward,
             "note": "by elimination: healthy actions and gripper use, no success; an upside-down "

@@ -109,11 +109,11 @@ def test_a_fault_is_named_only_above_the_margin_healthy_episodes_reach():
     k = len(FEATURES)
     lib = Library({"baseline": rng.normal(0, 1, (20, k)), "near": rng.normal(0.3, 1, (20, k)),
                    "far": rng.normal(3, 1, (20, k))}, "libero_object", "x", (0,), "test")
-    margin = lib.margin()
+    margin = lib.margin
     assert margin > 0
-    healthy = [diagnose_rows(rng.normal(0, 1, (1, k)), lib, margin=margin).verdict for _ in range(200)]
+    healthy = [diagnose_rows(rng.normal(0, 1, (1, k)), lib).verdict for _ in range(200)]
     assert healthy.count("no known fault") >= 0.85 * 200
-    far = diagnose_rows(rng.normal(3, 1, (1, k)), lib, margin=margin)
+    far = diagnose_rows(rng.normal(3, 1, (1, k)), lib)
     assert far.verdict == "far" and far.gain > margin and far.evidence
 
 

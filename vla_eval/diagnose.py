@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -90,10 +91,12 @@ class Library:
     seeds: tuple[int, ...]
     source: str
 
+    @cached_property
     def fit(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """tag -> (mean, spread) over the features, NaN-safe."""
+        """tag -> (mean, spread) over the features, NaN-safe (computed once per library)."""
         return _fit(self.rows)
 
+    @cached_property
     def margin(self) -> float:
         """Nats per episode a fault must beat the baseline by to be named: the
         ``HEALTHY_QUANTILE`` quantile of the best fault's gain on each healthy library episode,
@@ -191,11 +194,9 @@ class Diagnosis:
         return self.best_fault if self.gain > self.margin else "no known fault"
 
 
-def diagnose_rows(x: np.ndarray, library: Library, tag: str = "?", margin: float | None = None) -> Diagnosis:
-    """Rank the library's tags for episodes ``x`` (n, len(FEATURES)) taken together. ``margin``:
-    the library's (``Library.margin``) unless given; pass it when diagnosing many runs."""
-    fit = library.fit()
-    margin = library.margin() if margin is None else margin
+def diagnose_rows(x: np.ndarray, library: Library, tag: str = "?") -> Diagnosis:
+    """Rank the library's tags for episodes ``x`` (n, len(FEATURES)) taken together."""
+    fit, margin = library.fit, library.margin
     scores = {t: float(_loglik(x, mu, sd).sum()) for t, (mu, sd) in fit.items()}
     ranking = tuple(sorted(scores.items(), key=lambda kv: -kv[1]))
     top = next(t for t, _ in ranking if t != "baseline")
@@ -222,14 +223,14 @@ def diagnose_run(run_dir: Path, library: Library, per_episode: bool = False,
                  identity: tuple | None = None) -> list[Diagnosis]:
     """One diagnosis per run tag (all its episodes together), or per episode."""
     check_compatible(library, run_dir, identity)
-    out, margin = [], library.margin()
+    out = []
     for tag, eps in run_features(run_dir).items():
         x = np.stack([f for _, f in eps])
         if per_episode:
-            out += [diagnose_rows(x[i:i + 1], library, f"{tag} task {e.task_id} seed {e.seed}", margin)
+            out += [diagnose_rows(x[i:i + 1], library, f"{tag} task {e.task_id} seed {e.seed}")
                     for i, (e, _) in enumerate(eps)]
         else:
-            out.append(diagnose_rows(x, library, tag, margin))
+            out.append(diagnose_rows(x, library, tag))
     return out
 
 
