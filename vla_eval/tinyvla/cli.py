@@ -100,9 +100,22 @@ def cmd_train(args) -> int:
     demos = args.demos or demos_root() / "libero_object"
     if not demos.is_dir():
         raise UsageError(f"no demo folder {demos}; collect demos first: vla-eval collect-demos")
+    from vla_eval.tinyvla.train import shard_paths
+
+    for folder in args.extra_demos:
+        shard_paths(folder)  # "no demonstration shards in ..." before anything is loaded
+    if args.init_from is not None and not (args.init_from / "config.json").is_file():
+        raise UsageError(f"--init-from {args.init_from}: no checkpoint there (no config.json); pass a checkpoint/ "
+                         f"folder written by vla-eval train-tiny")
+    if args.grasp_weight <= 0 or args.grasp_window < 0 or (args.lr is not None and args.lr <= 0):
+        raise UsageError(f"--grasp-weight and --lr must be > 0 and --grasp-window >= 0; got {args.grasp_weight}, "
+                         f"{args.lr}, {args.grasp_window}")
     tokenizer = args.tokenizer or llama_tokenizer.install()
-    cfg = TrainConfig(demos=demos, out=args.out, tokenizer=tokenizer, threads=args.threads, patch=args.patch)
-    cfg = replace(cfg, **{k: v for k, v in (("steps", args.steps), ("batch", args.batch)) if v is not None})
+    cfg = TrainConfig(demos=demos, out=args.out, tokenizer=tokenizer, threads=args.threads, patch=args.patch,
+                      extra_demos=tuple(args.extra_demos), init_from=args.init_from,
+                      grasp_weight=args.grasp_weight, grasp_window=args.grasp_window)
+    cfg = replace(cfg, **{k: v for k, v in (("steps", args.steps), ("batch", args.batch), ("lr", args.lr))
+                          if v is not None})
     out = train(cfg, progress=not args.no_progress)
     print(f"checkpoint: {out}\n  use it: vla-eval sweep --policy openvla --checkpoint {out} "
           f"--device cpu --dtype float32")

@@ -57,6 +57,10 @@ class TrainConfig:
     patch: int = 14             # ViT patch size on the 112 px input: 14 (8x8 grid, shipped) or 8 (14x14)
     extra_demos: tuple[Path, ...] = ()  # more shard folders of the same layout (DAgger rounds' rollouts)
     init_from: Path | None = None  # start from this checkpoint's weights and keep its norm stats (fine-tuning)
+    # Frames within ``grasp_window`` frames of a gripper label change are drawn ``grasp_weight`` times as
+    # often: the grasp is where the policy fails (close, miss, reopen) and it is a few frames of each episode.
+    grasp_weight: float = 1.0
+    grasp_window: int = 4
 
 
 def text_config(cfg: TrainConfig) -> dict:
@@ -144,6 +148,22 @@ def norm_stats_of(actions: np.ndarray, n_episodes: int) -> dict:
     return {"action": {"mean": stat(a.mean(0)), "std": stat(a.std(0)), "max": stat(a.max(0)), "min": stat(a.min(0)),
                        "q01": stat(q01), "q99": stat(q99), "mask": [True] * 6 + [False]},
             "num_transitions": int(len(a)), "num_trajectories": int(n_episodes)}
+
+
+def grasp_weights(d: Demos, weight: float, window: int) -> np.ndarray:
+    """(N,) sampling weights: ``weight`` within ``window`` frames of a gripper label change in the
+    same episode, 1 elsewhere."""
+    w = np.ones(len(d.actions))
+    if weight == 1.0 or window < 0:
+        return w
+    grip, ep = d.actions[:, 6], d.episodes
+    change = np.flatnonzero((grip[1:] != grip[:-1]) & (ep[1:] == ep[:-1])) + 1  # first frame after a change
+    near = np.zeros(len(w), bool)
+    for off in range(-window, window + 1):
+        i = np.clip(change + off, 0, len(w) - 1)
+        near[i[ep[i] == ep[change]]] = True
+    w[near] = weight
+    return w
 
 
 def val_split(d: Demos, per_task: int) -> np.ndarray:
@@ -242,8 +262,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     prompts = {t: list(tokenizer(build_prompt(i, PROMPT)).input_ids) for t, i in demos.instructions.items()}
     val = val_split(demos, cfg.val_episodes_per_task)
     train_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)
+    draw = grasp_weights(demos, cfg.grasp_weight, cfg.grasp_window)[train_idx]
+    draw /= draw.sum()
     print(f"demos: {demos.n_episodes} episodes, {len(train_idx)} train / {len(val_idx)} val frames, "
-          f"{len(prompts)} tasks")
+          f"{len(prompts)} tasks" + (f"; frames near a gripper change drawn {cfg.grasp_weight:g}x "
+                                     f"({(draw > draw.min()).mean():.1%} of them)" if cfg.grasp_weight != 1 else ""))
 
     model = build(cfg, stats)
     if cfg.init_from is not None:
@@ -281,7 +304,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         for step in bar:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
-            loss, acc = batch_loss(rng.choice(train_idx, cfg.batch), augment=True)
+            loss, acc = batch_loss(rng.choice(train_idx, cfg.batch, p=None if cfg.grasp_weight == 1 else draw),
+                                   augment=True)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -326,7 +350,7 @@ def _validate(batch_loss, val_idx: np.ndarray, batch: int, model) -> tuple[float
 
 
 # Fields added after runs were already on disk, with the value those runs had.
-_LATER_FIELDS = {"patch": 14, "extra_demos": [], "init_from": None}
+_LATER_FIELDS = {"patch": 14, "extra_demos": [], "init_from": None, "grasp_weight": 1.0, "grasp_window": 4}
 
 
 def _comparable(mine: dict, theirs: dict) -> dict:
