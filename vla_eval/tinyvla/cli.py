@@ -46,6 +46,13 @@ def register(sub) -> None:
     t.add_argument("--batch", type=_positive, default=None)
     t.add_argument("--patch", type=int, choices=(14, 8), default=14,
                    help="ViT patch size on the 112 px input (default 14: the shipped 8x8 grid; 8: 14x14, ~2x slower: 1.9 vs ~4 steps/s here)")
+    t.add_argument("--extra-demos", type=Path, nargs="+", default=(), metavar="FOLDER",
+                   help="more shard folders of the same layout, e.g. DAgger rounds' rollouts/")
+    t.add_argument("--init-from", type=Path, help="fine-tune this checkpoint (keeps its norm stats)")
+    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: TrainConfig's, 1e-3)")
+    t.add_argument("--grasp-weight", type=float, default=1.0,
+                   help="draw frames near a gripper change this many times as often (default 1: uniform)")
+    t.add_argument("--grasp-window", type=int, default=4, help="frames each side of a gripper change (default 4)")
     t.add_argument("--threads", type=_positive, default=2, help="torch CPU threads (default 2)")
     t.add_argument("--tokenizer", type=Path, help="Llama-2 tokenizer folder (default: the cached one, "
                                                   "installed on first use)")
