@@ -20,6 +20,22 @@ def object_env():
     env.close()
 
 
+@pytest.fixture()
+def cli_main(capsys):
+    """``cli.main`` in this process: ``cli_main(*argv) -> (exit code, stderr)``; argparse's own
+    refusals exit via SystemExit. Cheaper than a subprocess (no interpreter, no imports)."""
+    def call(*argv) -> tuple[int, str]:
+        from vla_eval.cli import main
+
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code
+        return code, capsys.readouterr().err
+
+    return call
+
+
 # -- shared record and run-folder factories (the records, writer and reader are real) ------------
 def make_step(attempt: str = "a0", step: int = 0, *, tag: str = "baseline", task: int = 0, seed: int = 0,
               grip: float = 1.0, **kw):

@@ -4,8 +4,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -138,22 +136,22 @@ def test_dagger_round_end_to_end_and_resume(tiny_demos, tmp_path):
         rollout_summary(cfg, 1)
 
 
-def test_dagger_refuses_bad_input_before_any_work(tmp_path):
+def test_dagger_refuses_bad_input_before_any_work(tmp_path, cli_main):
     from vla_eval.configs import shipped_checkpoint
 
     ckpt = shipped_checkpoint("tiny", "libero_object")
-    base = [sys.executable, "-m", "vla_eval.cli", "dagger", "--out", str(tmp_path / "d"), "--no-progress"]
+    base = ["dagger", "--out", tmp_path / "d", "--no-progress"]
     demos = tmp_path / "demos"
     (demos / "task0").mkdir(parents=True)
     cases = [
-        (["--demos", str(demos), "--start", str(tmp_path / "none")], "no checkpoint there"),
-        (["--demos", str(demos), "--start", str(ckpt)], "no demonstration shards"),
-        (["--demos", str(demos), "--start", str(ckpt), "--tasks", "12"], "task id 12 out of range"),
-        (["--demos", str(demos), "--start", str(ckpt), "--beta", "1.5"], "--beta and --decay must lie in [0, 1]"),
+        (["--demos", demos, "--start", tmp_path / "none"], "no checkpoint there"),
+        (["--demos", demos, "--start", ckpt], "no demonstration shards"),
+        (["--demos", demos, "--start", ckpt, "--tasks", "12"], "task id 12 out of range"),
+        (["--demos", demos, "--start", ckpt, "--beta", "1.5"], "--beta and --decay must lie in [0, 1]"),
     ]
     for args, message in cases:
-        r = subprocess.run(base + args, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+        code, err = cli_main(*base, *args)
+        assert code == 2 and message in err and "Traceback" not in err, (args, err)
     assert not (tmp_path / "d").exists()  # nothing written
 
 

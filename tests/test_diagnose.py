@@ -24,10 +24,12 @@ def _cli(*args):
 @pytest.fixture(scope="module")
 def drills(tmp_path_factory):
     root = tmp_path_factory.mktemp("diagnose")
-    for name, seeds in (("lib", "0-1"), ("run", "2-3")):  # the run's seeds are not the library's
-        r = subprocess.run(DRILL + ["--seeds", seeds, "--out", str(root / name)], capture_output=True, text=True,
-                           timeout=900)
-        assert r.returncode == 0, r.stderr[-2000:]
+    # the run's seeds are not the library's; the two drills run side by side (env building is one core each)
+    procs = [subprocess.Popen(DRILL + ["--seeds", seeds, "--out", str(root / name)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for name, seeds in (("lib", "0-1"), ("run", "2-3"))]
+    for p in procs:
+        _, err = p.communicate(timeout=900)
+        assert p.returncode == 0, err[-2000:]
     return root
 
 

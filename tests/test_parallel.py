@@ -49,8 +49,9 @@ def test_crashed_worker_is_restarted_and_others_go_on(pool):
     assert isinstance(again[0], Observation)
 
 
-def test_runner_records_crash_as_error_outcome(tmp_path):
-    """A worker dying mid-episode turns into outcome 'error', kept apart from failures."""
+def test_runner_records_crash_as_error_outcome(pool, tmp_path):
+    """A worker dying mid-episode turns into outcome 'error', kept apart from failures; the
+    other episodes run to their step cap."""
     from vla_eval.policies.simple import ScriptedExpert
     from vla_eval.records import JsonlWriter, read_jsonl
     from vla_eval.runner import RunConfig, make_jobs, run_episodes
@@ -75,12 +76,13 @@ def test_runner_records_crash_as_error_outcome(tmp_path):
             return super().act(obs, slots)
 
     path = tmp_path / "baseline.jsonl"
-    with EnvPool(2) as pool, JsonlWriter(path) as w:
+    with JsonlWriter(path) as w:
         eps = run_episodes(KillsSecondEpisodesWorker(pool), make_jobs("libero_object", [0], [0, 1, 2]), w,
-                           "baseline", RunConfig(cameras=False, hard_reset=False, workers=2), pool=pool)
+                           "baseline", RunConfig(cameras=False, hard_reset=False, workers=2, max_steps=20),
+                           pool=pool)
     by_seed = {e.seed: e for e in eps}
     assert by_seed[1].outcome == "error" and by_seed[1].error.startswith("crash")
-    assert by_seed[0].outcome == "success" and by_seed[2].outcome == "success"
+    assert (by_seed[0].outcome, by_seed[0].steps) == (by_seed[2].outcome, by_seed[2].steps) == ("failure", 20)
     assert len(read_jsonl(path).episodes) == 3
 
 
@@ -133,11 +135,11 @@ def test_a_policy_that_raises_ends_its_episode_as_an_error_and_the_sweep_goes_on
     path = tmp_path / "baseline.jsonl"
     with JsonlWriter(path) as w:
         eps = run_episodes(RaisesOnSeedOne(), make_jobs("libero_object", [0], [0, 1, 2]), w, "baseline",
-                           RunConfig(cameras=False, hard_reset=False))
+                           RunConfig(cameras=False, hard_reset=False, max_steps=20))
     by_seed = {e.seed: e for e in eps}
     assert by_seed[1].outcome == "error" and by_seed[1].error.startswith("policy: KeyError: 'basket_1_pos'")
     assert "Traceback" in by_seed[1].error
-    assert by_seed[0].outcome == "success" and by_seed[2].outcome == "success"
+    assert (by_seed[0].outcome, by_seed[0].steps) == (by_seed[2].outcome, by_seed[2].steps) == ("failure", 20)
     assert len(read_jsonl(path).episodes) == 3
 
 

@@ -205,6 +205,14 @@ def test_run_log_into_a_run_folder_and_calibrate_over_a_file_are_refused(tmp_pat
 
 # -- bad command lines: one message, exit 2, nothing written ------------------------------------
 BAD_ARGS = [
+    (["sweep", "--policy", "scripted", "--suite", "nope"], "unknown suite 'nope'"),
+    (["sweep", "--policy", "scripted", "--task", "10"], "task id 10 out of range"),
+    (["sweep", "--policy", "scripted", "--seeds", "51"], "seed 50 has no stored init state"),
+    (["sweep", "--policy", "scripted", "--seeds", "0"], "--seeds: must be at least 1"),
+    (["sweep", "--policy", "scripted", "--shard", "3/2"], "bad --shard '3/2'"),
+    (["drill", "--policy", "scripted"], "cannot apply to it"),
+    (["train-tiny", "--demos", ".", "--out", "t"], "no demonstration shards in ."),
+    (["train-tiny", "--grasp-weight", "0"], "--grasp-weight: must be a finite number > 0"),
     (["sweep", "--workers", "-1"], "--workers: must be at least 0"),
     (["sweep", "--max-steps", "0"], "--max-steps: must be at least 1"),
     (["sweep", "--max-steps", "-5"], "--max-steps: must be at least 1"),
@@ -235,35 +243,24 @@ BAD_ARGS = [
 ]
 
 
-def main_in_process(argv, capsys) -> tuple[int, str]:
-    """``cli.main`` in this process: (exit code, stderr). argparse's own refusals exit via SystemExit."""
-    from vla_eval.cli import main
-
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize("argv", [
     ["run", "--policy", "zero", "--log", "{f}/x.jsonl"], ["small", "baseline", "--out", "{f}"],
     ["merge", "{f}/out", "{f}"], ["sweep", "--policy", "zero", "--out", "{f}/run"],
     ["train-tiny", "--out", "{f}"], ["dagger", "--demos", "d", "--start", "s", "--out", "{f}/x"],
 ])
-def test_an_output_path_at_or_under_a_file_is_refused_before_any_work(tmp_path, monkeypatch, capsys, argv):
+def test_an_output_path_at_or_under_a_file_is_refused_before_any_work(tmp_path, monkeypatch, cli_main, argv):
     blocker = tmp_path / "afile"
     blocker.write_text("mine")
     monkeypatch.chdir(tmp_path)
-    code, err = main_in_process([a.replace("{f}", str(blocker)) for a in argv], capsys)
+    code, err = cli_main(*[a.replace("{f}", str(blocker)) for a in argv])
     assert code == 2 and "Traceback" not in err and str(blocker) in err, err
     assert sorted(tmp_path.iterdir()) == [blocker] and blocker.read_text() == "mine"
 
 
 @pytest.mark.parametrize("argv,message", BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
-def test_bad_input_is_one_clear_message_and_writes_nothing(tmp_path, monkeypatch, capsys, argv, message):
+def test_bad_input_is_one_clear_message_and_writes_nothing(tmp_path, monkeypatch, cli_main, argv, message):
     monkeypatch.chdir(tmp_path)
-    code, err = main_in_process(argv, capsys)
+    code, err = cli_main(*argv)
     assert code == 2, err
     assert message in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if "error:" in line]) == 1, err  # one message
@@ -282,12 +279,12 @@ def test_bad_input_through_the_console_script_is_the_same_one_line(tmp_path):
     ("libero", ["run", "--policy", "zero", "--max-steps", "2"], "pip install --no-deps libero==0.1.1, then vla-eval setup"),
     ("mujoco", ["collect-demos", "--tasks", "0", "--per-task", "1"], "pip install 'vla-eval-libero[sim]'"),
 ])
-def test_a_missing_simulator_package_is_one_message_naming_the_install(tmp_path, monkeypatch, capsys, missing, argv,
+def test_a_missing_simulator_package_is_one_message_naming_the_install(tmp_path, monkeypatch, cli_main, missing, argv,
                                                                        fix):
     """A pip install of the core package alone: the command says what to install, writes nothing."""
     monkeypatch.setitem(sys.modules, missing, None)  # import of it fails as if not installed
     monkeypatch.chdir(tmp_path)
-    code, err = main_in_process(argv + ["--no-progress"], capsys)
+    code, err = cli_main(*argv, "--no-progress")
     assert code == 2 and f"needs {missing}" in err and fix in err and "Traceback" not in err, err
     assert list(tmp_path.iterdir()) == []
 

@@ -214,3 +214,14 @@ def test_collect_demos_refuses_a_bad_burst_rate_and_writes_nothing(tmp_path):
                         "--no-progress"], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "--bursts" in r.stderr and "1.5" in r.stderr, r.stderr
     assert not out.exists()
+
+
+def test_grasp_weights_mark_frames_near_a_gripper_change_within_each_episode():
+    from vla_eval.tinyvla.train import Demos, grasp_weights
+
+    actions = np.zeros((12, 7))
+    actions[:, 6] = [-1, -1, -1, 1, 1, 1, -1, -1, -1, 1, 1, 1]
+    d = Demos(np.zeros((12, 1, 1, 3), np.uint8), actions, np.zeros(12, int), np.repeat([0, 1], 6), {}, 2)
+    # changes at frames 3 and 9; the -1 at frame 6 starts a new episode, not a change
+    assert grasp_weights(d, 3.0, 1).tolist() == [1, 1, 3, 3, 3, 1, 1, 1, 3, 3, 3, 1]
+    assert grasp_weights(d, 1.0, 4).tolist() == [1] * 12

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vla_eval.argtypes import id_set, int_at_least, out_dir, seed_set
+from vla_eval.argtypes import float_between, id_set, int_at_least, out_dir, seed_set
 
 from vla_eval.errors import UsageError
 
@@ -49,10 +49,11 @@ def register(sub) -> None:
     t.add_argument("--extra-demos", type=Path, nargs="+", default=(), metavar="FOLDER",
                    help="more shard folders of the same layout, e.g. DAgger rounds' rollouts/")
     t.add_argument("--init-from", type=Path, help="fine-tune this checkpoint (keeps its norm stats)")
-    t.add_argument("--lr", type=float, default=None, help="peak learning rate (default: TrainConfig's, 1e-3)")
-    t.add_argument("--grasp-weight", type=float, default=1.0,
+    t.add_argument("--lr", type=float_between(0), default=None, help="peak learning rate (default: TrainConfig's, 1e-3)")
+    t.add_argument("--grasp-weight", type=float_between(0), default=1.0,
                    help="draw frames near a gripper change this many times as often (default 1: uniform)")
-    t.add_argument("--grasp-window", type=int, default=4, help="frames each side of a gripper change (default 4)")
+    t.add_argument("--grasp-window", type=int_at_least(0), default=4,
+                   help="frames each side of a gripper change (default 4)")
     t.add_argument("--threads", type=_positive, default=2, help="torch CPU threads (default 2)")
     t.add_argument("--tokenizer", type=Path, help="Llama-2 tokenizer folder (default: the cached one, "
                                                   "installed on first use)")
@@ -109,14 +110,11 @@ def cmd_train(args) -> int:
         raise UsageError(f"no demo folder {demos}; collect demos first: vla-eval collect-demos")
     from vla_eval.tinyvla.train import shard_paths
 
-    for folder in args.extra_demos:
-        shard_paths(folder)  # "no demonstration shards in ..." before anything is loaded
+    for folder in (demos, *args.extra_demos):
+        shard_paths(folder)  # "no demonstration shards in ..." before anything is installed or loaded
     if args.init_from is not None and not (args.init_from / "config.json").is_file():
         raise UsageError(f"--init-from {args.init_from}: no checkpoint there (no config.json); pass a checkpoint/ "
                          f"folder written by vla-eval train-tiny")
-    if args.grasp_weight <= 0 or args.grasp_window < 0 or (args.lr is not None and args.lr <= 0):
-        raise UsageError(f"--grasp-weight and --lr must be > 0 and --grasp-window >= 0; got {args.grasp_weight}, "
-                         f"{args.lr}, {args.grasp_window}")
     tokenizer = args.tokenizer or llama_tokenizer.install()
     cfg = TrainConfig(demos=demos, out=args.out, tokenizer=tokenizer, threads=args.threads, patch=args.patch,
                       extra_demos=tuple(args.extra_demos), init_from=args.init_from,
