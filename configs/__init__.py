@@ -29,8 +29,15 @@ def shipped_checkpoint(family: str, suite: str) -> Path:
     return path
 
 
-def shipped_thresholds(policy: str, suite: str) -> Path | None:
+def shipped_thresholds(policy: str, suite: str, checkpoint: str | None = None) -> Path | None:
     """Monitor thresholds calibrated for a shipped policy (``monitors/<policy>-<suite>.json``:
-    fitted on calibration seeds of its real traces), or None (the generic defaults apply)."""
+    fitted on calibration seeds of its real traces), or None (the generic defaults apply). A run
+    of ``--policy openvla --checkpoint <a shipped checkpoint folder>`` is that checkpoint's family
+    (``--policy tiny`` is the same weights by name)."""
+    if checkpoint:
+        for family, suites in load("checkpoints").items():
+            shipped = suites.get(suite) if isinstance(suites, dict) else None
+            if shipped and Path(checkpoint).is_dir() and Path(checkpoint).resolve() == (CONFIG_DIR / shipped).resolve():
+                policy = family
     path = CONFIG_DIR / "monitors" / f"{policy}-{suite}.json"
     return path if path.is_file() else None

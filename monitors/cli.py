@@ -23,7 +23,7 @@ def _alpha(text: str) -> float:
 def register(sub) -> None:
     p = sub.add_parser("monitor", help="classify JSONL logs with the silent-failure predicates")
     p.add_argument("logs", nargs="+", type=Path)
-    p.add_argument("--thresholds", type=Path, help="JSON from calibration (default: the drill's thresholds)")
+    p.add_argument("--thresholds", type=Path, help="JSON from calibration (default: the thresholds shipped for the policy that wrote the logs, read from the manifest beside them; else the generic defaults)")
     p.add_argument("--calibrate", type=Path, metavar="OUT.json",
                    help="fit thresholds on the successful baseline runs of LOGS (half fit, half held out), "
                         "save them here, then classify with them")
@@ -89,6 +89,27 @@ def print_predicate_table(rows) -> None:
               f"{lat:>9}")
 
 
+def _shipped_thresholds_of(paths):
+    """The thresholds shipped for the policy that wrote the logs (read from the manifest beside
+    each log), or None: the generic defaults. Logs of runs calibrated differently are refused."""
+    import json
+
+    from vla_eval.configs import shipped_thresholds
+    from vla_eval.errors import UsageError
+
+    found = {}
+    for p in paths:
+        try:
+            cfg = json.loads((p.parent / "manifest.json").read_text())["config"]
+            found[shipped_thresholds(cfg["policy"], cfg["suite"], cfg.get("checkpoint"))] = p
+        except (OSError, ValueError, KeyError, TypeError):
+            found[None] = p  # a bare log: no policy to look up
+    if len(found) > 1:
+        raise UsageError("the logs come from runs with different shipped thresholds (" + ", ".join(
+            f"{log}: {th or 'none'}" for th, log in found.items()) + "); judge them apart or pass --thresholds FILE")
+    return next(iter(found), None)
+
+
 def run(args) -> int:
     from vla_eval.errors import UsageError
 
@@ -102,7 +123,8 @@ def run(args) -> int:
     from vla_eval.rundir import read_log
 
     logs = [read_log(p) for p in args.logs]
-    th = Thresholds.load(args.thresholds) if args.thresholds else Thresholds()
+    th_path = args.thresholds or (None if args.calibrate else _shipped_thresholds_of(args.logs))
+    th = Thresholds.load(th_path) if th_path else Thresholds()
     if args.calib_seeds is not None and not args.calibrate:
         raise UsageError("--calib-seeds chooses the calibration runs of --calibrate; give --calibrate OUT.json too")
     if args.calibrate:
@@ -120,7 +142,7 @@ def run(args) -> int:
     if args.calib_seeds is not None:
         print(f"\nheld-out runs only (seeds not in {format_ids(args.calib_seeds)}):")
     elif not args.calibrate:  # say which thresholds judged the runs: the defaults are not a policy's calibration
-        print(f"thresholds: {args.thresholds or 'the generic defaults (--thresholds FILE for a calibrated set)'}")
+        print(f"thresholds: {th_path or 'the generic defaults (--thresholds FILE for a calibrated set)'}")
     print(f"{'log':24}{'tag':12}{'seed':>5}  {'outcome':9}{'verdict':14}evidence")
     for name, r in zip(names, rows):
         ev = "; ".join(str(v) for v in r.verdicts) or "-"

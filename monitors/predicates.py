@@ -109,12 +109,13 @@ class Thresholds:
             raise UsageError(f"thresholds file {path}: {e}") from None
 
 
-def thresholds_for(policy: str, suite: str) -> tuple[Thresholds, Path | None]:
-    """The thresholds calibrated for a shipped policy and suite (``configs/monitors/``) and
-    their file, else the generic defaults and None: what ``--monitor`` and the report use."""
+def thresholds_for(policy: str, suite: str, checkpoint: str | None = None) -> tuple[Thresholds, Path | None]:
+    """The thresholds calibrated for a shipped policy (by name, or by its shipped checkpoint
+    folder) and suite (``configs/monitors/``) and their file, else the generic defaults and
+    None: what ``--monitor``, the report and ``vla-eval monitor`` use."""
     from vla_eval.configs import shipped_thresholds  # data only; keeps this module numpy-only
 
-    path = shipped_thresholds(policy, suite)
+    path = shipped_thresholds(policy, suite, checkpoint)
     return (Thresholds.load(path) if path else Thresholds()), path
 
 

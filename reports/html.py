@@ -198,7 +198,7 @@ def _replay(cfg: dict, logs: dict[str, RunLog]):
     from vla_eval.monitors.predicates import thresholds_for
     from vla_eval.monitors.scoring import score
 
-    th, path = thresholds_for(cfg["policy"], cfg["suite"])
+    th, path = thresholds_for(cfg["policy"], cfg["suite"], cfg.get("checkpoint"))
     return path, score([(e, log.steps_of(e)) for log in logs.values() for e in log.episodes], th)
 
 

@@ -232,3 +232,23 @@ def test_an_end_of_episode_verdict_is_a_hypothesis_not_a_false_alarm():
             Scored("no_flip", 0, 0, "failure", frozenset({"no_flip"}), (at_end,))]
     assert healthy_false_alarms(rows) == {"success": (0, 1), "failure": (1, 2)}
     assert unexplained_failures(rows) == (1, 2)
+
+
+def test_monitor_judges_runs_with_the_thresholds_shipped_for_their_checkpoint(tmp_path):
+    """``--policy openvla --checkpoint <the shipped tiny folder>`` is the tiny policy: the sweep's
+    monitor, the report and ``vla-eval monitor`` all take its calibrated thresholds."""
+    from conftest import make_run
+    from vla_eval.configs import shipped_checkpoint, shipped_thresholds
+    from vla_eval.errors import UsageError
+    from vla_eval.monitors.cli import _shipped_thresholds_of
+
+    tiny = shipped_checkpoint("tiny", "libero_object")
+    calibrated = shipped_thresholds("tiny", "libero_object")
+    assert calibrated is not None and shipped_thresholds("openvla", "libero_object", str(tiny)) == calibrated
+    assert shipped_thresholds("openvla", "libero_object", str(tmp_path)) is None  # another checkpoint: defaults
+    by_path = make_run(tmp_path / "a", {(0, 0): "success"}, policy="openvla", checkpoint=str(tiny))
+    other = make_run(tmp_path / "b", {(0, 0): "success"}, policy="zero")
+    assert _shipped_thresholds_of([by_path / "baseline.jsonl"]) == calibrated
+    assert _shipped_thresholds_of([other / "baseline.jsonl"]) is None
+    with pytest.raises(UsageError, match="different shipped thresholds"):
+        _shipped_thresholds_of([by_path / "baseline.jsonl", other / "baseline.jsonl"])

@@ -140,7 +140,7 @@ def _monitor_factory(cfg: SweepConfig):
     from vla_eval.monitors import RuntimeMonitor
     from vla_eval.monitors.predicates import thresholds_for
 
-    return functools.partial(RuntimeMonitor, thresholds_for(cfg.policy, cfg.suite)[0])
+    return functools.partial(RuntimeMonitor, thresholds_for(cfg.policy, cfg.suite, cfg.checkpoint)[0])
 
 
 def resume(run_dir: Path, model: OpenVLAOptions | None = None, execution: Execution = Execution()) -> SweepResult:
