@@ -14,22 +14,35 @@ from vla_eval.records import StepRecord
 
 pytestmark = pytest.mark.libero
 DRILL = [sys.executable, "-m", "vla_eval.cli", "drill", "--policy", "tiny", "--tasks", "0", "--max-steps", "12",
-         "--fault", "gripper_no_invert,vocab_32064", "--batch", "2", "--no-progress", "--no-report"]
+         "--fault", "gripper_no_invert,vocab_32064", "--batch", "2", "--fast-reset", "--no-progress", "--no-report"]
 
 
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "vla_eval.cli", *args], capture_output=True, text=True, timeout=600)
 
 
+def _split_by_seed(src, dst, seeds) -> None:
+    """A copy of drill folder ``src`` holding only the episodes of ``seeds`` (records and
+    manifest), as if the drill had run on those seeds alone."""
+    dst.mkdir()
+    manifest = json.loads((src / "manifest.json").read_text())
+    manifest["config"]["seeds"] = sorted(seeds)
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    for log in src.glob("*.jsonl"):
+        lines = [ln for ln in log.read_text().splitlines() if json.loads(ln).get("seed") in seeds]
+        (dst / log.name).write_text("".join(ln + "\n" for ln in lines))
+
+
 @pytest.fixture(scope="module")
 def drills(tmp_path_factory):
+    """One real drill on seeds 0-3 (one env build, one model load), split into the library's
+    seeds 0-1 and a run on seeds 2-3 that the library has not seen."""
     root = tmp_path_factory.mktemp("diagnose")
-    # the run's seeds are not the library's; the two drills run side by side (env building is one core each)
-    procs = [subprocess.Popen(DRILL + ["--seeds", seeds, "--out", str(root / name)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for name, seeds in (("lib", "0-1"), ("run", "2-3"))]
-    for p in procs:
-        _, err = p.communicate(timeout=900)
-        assert p.returncode == 0, err[-2000:]
+    r = subprocess.run(DRILL + ["--seeds", "0-3", "--out", str(root / "all")], capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    _split_by_seed(root / "all", root / "lib", {0, 1})
+    _split_by_seed(root / "all", root / "run", {2, 3})
     return root
 
 

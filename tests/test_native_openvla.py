@@ -331,21 +331,16 @@ def test_native_drill_on_real_libero_with_two_batched_envs(ckpt, tmp_path):
     assert 'id="monitor-table"' in html and 'id="monitor-confusion"' in html and "generic default thresholds" in html
 
 
-def test_batch_flag_conflicts_are_refused(ckpt):
-    import subprocess
-    import sys
-
-    base = [sys.executable, "-m", "vla_eval.cli", "sweep", "--policy", "openvla", "--native", "--checkpoint", str(ckpt),
-            "--device", "cpu", "--seeds", "1"]
-    r = subprocess.run(base + ["--batch", "2", "--workers", "3"], capture_output=True, text=True)
-    assert r.returncode == 2 and "--batch 2 runs 2 env workers; drop --workers 3" in r.stderr
-    r = subprocess.run(base + ["--batch", "0"], capture_output=True, text=True)
-    assert r.returncode == 2 and "--batch: must be at least 1, got 0" in r.stderr
-    r = subprocess.run(base + ["--overlap"], capture_output=True, text=True)
-    assert r.returncode == 2 and "--overlap needs two env groups: --batch (or --workers) of at least 2, got 1" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "vla_eval.cli", "run", "--policy", "zero", "--batch", "4"],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "--batch, --overlap, --workers, --ray and --policy-actors apply to sweep and drill" in r.stderr
+def test_batch_flag_conflicts_are_refused(ckpt, cli_main):
+    base = ["sweep", "--policy", "openvla", "--native", "--checkpoint", ckpt, "--device", "cpu", "--seeds", "1"]
+    code, err = cli_main(*base, "--batch", "2", "--workers", "3")
+    assert code == 2 and "--batch 2 runs 2 env workers; drop --workers 3" in err
+    code, err = cli_main(*base, "--batch", "0")
+    assert code == 2 and "--batch: must be at least 1, got 0" in err
+    code, err = cli_main(*base, "--overlap")
+    assert code == 2 and "--overlap needs two env groups: --batch (or --workers) of at least 2, got 1" in err
+    code, err = cli_main("run", "--policy", "zero", "--batch", "4")
+    assert code == 2 and "--batch, --overlap, --workers, --ray and --policy-actors apply to sweep and drill" in err
 
 
 def test_bench_policy_cli_prints_native_and_hf_loop_rows():
