@@ -92,18 +92,18 @@ def print_predicate_table(rows) -> None:
 def _shipped_thresholds_of(paths):
     """The thresholds shipped for the policy that wrote the logs (read from the manifest beside
     each log), or None: the generic defaults. Logs of runs calibrated differently are refused."""
-    import json
-
     from vla_eval.configs import shipped_thresholds
     from vla_eval.errors import UsageError
+    from vla_eval.rundir import load_manifest
 
     found = {}
     for p in paths:
         try:
-            cfg = json.loads((p.parent / "manifest.json").read_text())["config"]
-            found[shipped_thresholds(cfg["policy"], cfg["suite"], cfg.get("checkpoint"))] = p
-        except (OSError, ValueError, KeyError, TypeError):
-            found[None] = p  # a bare log: no policy to look up
+            cfg = load_manifest(p.parent)["config"]
+        except UsageError:  # a bare log or a damaged manifest: no policy to look up
+            found[None] = p
+            continue
+        found[shipped_thresholds(str(cfg.get("policy")), str(cfg.get("suite")), cfg.get("checkpoint"))] = p
     if len(found) > 1:
         raise UsageError("the logs come from runs with different shipped thresholds (" + ", ".join(
             f"{log}: {th or 'none'}" for th, log in found.items()) + "); judge them apart or pass --thresholds FILE")

@@ -154,7 +154,7 @@ def grasp_weights(d: Demos, weight: float, window: int) -> np.ndarray:
     """(N,) sampling weights: ``weight`` within ``window`` frames of a gripper label change in the
     same episode, 1 elsewhere."""
     w = np.ones(len(d.actions))
-    if weight == 1.0 or window < 0:
+    if weight == 1.0:
         return w
     grip, ep = d.actions[:, 6], d.episodes
     change = np.flatnonzero((grip[1:] != grip[:-1]) & (ep[1:] == ep[:-1])) + 1  # first frame after a change
@@ -262,11 +262,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     prompts = {t: list(tokenizer(build_prompt(i, PROMPT)).input_ids) for t, i in demos.instructions.items()}
     val = val_split(demos, cfg.val_episodes_per_task)
     train_idx, val_idx = np.flatnonzero(~val), np.flatnonzero(val)
-    draw = grasp_weights(demos, cfg.grasp_weight, cfg.grasp_window)[train_idx]
-    draw /= draw.sum()
+    draw = None  # uniform: the random stream of runs made before grasp weighting existed
+    if cfg.grasp_weight != 1:
+        draw = grasp_weights(demos, cfg.grasp_weight, cfg.grasp_window)[train_idx]
+        draw /= draw.sum()
     print(f"demos: {demos.n_episodes} episodes, {len(train_idx)} train / {len(val_idx)} val frames, "
           f"{len(prompts)} tasks" + (f"; frames near a gripper change drawn {cfg.grasp_weight:g}x "
-                                     f"({(draw > draw.min()).mean():.1%} of them)" if cfg.grasp_weight != 1 else ""))
+                                     f"({(draw > draw.min()).mean():.1%} of them)" if draw is not None else ""))
 
     model = build(cfg, stats)
     if cfg.init_from is not None:
@@ -304,8 +306,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         for step in bar:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg)
-            loss, acc = batch_loss(rng.choice(train_idx, cfg.batch, p=None if cfg.grasp_weight == 1 else draw),
-                                   augment=True)
+            loss, acc = batch_loss(rng.choice(train_idx, cfg.batch, p=draw), augment=True)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
