@@ -145,8 +145,6 @@ def rollout_shard(cfg: DaggerConfig, r: int, task: int, k: int) -> Path:
 
 
 def _rollout_worker(cfg: DaggerConfig, r: int, jobs) -> None:
-    import queue
-
     import torch
 
     from vla_eval.policies.factory import OpenVLAOptions, make_policy
@@ -164,11 +162,8 @@ def _rollout_worker(cfg: DaggerConfig, r: int, jobs) -> None:
         checkpoint=str(cfg.checkpoint(r - 1)), device="cpu", dtype="float32"))
     expert, max_steps, envs = StatelessExpert(), cfg.max_steps or suite_spec(cfg.suite).max_steps, {}
     try:
-        while True:
-            try:
-                task, k = jobs.get(timeout=2.0)
-            except queue.Empty:
-                return
+        while (job := jobs.get()) is not None:
+            task, k = job
             path = rollout_shard(cfg, r, task, k)
             if path.exists():
                 continue
@@ -239,8 +234,9 @@ def evaluate(cfg: DaggerConfig, r: int, progress: bool = True) -> tuple[int, int
 
     sc = SweepConfig(suite=cfg.suite, task_ids=cfg.tasks, seeds=cfg.eval_seeds, policy="openvla",
                      checkpoint=str(cfg.checkpoint(r)), hard_reset=False, max_steps=cfg.max_steps)
+    workers = min(2, cfg.workers) if cfg.workers > 1 else 0  # one env: in this process, no spawn
     result = run_sweep(sc, cfg.round_dir(r) / "eval", OpenVLAOptions(device="cpu", dtype="float32"),
-                       Execution(workers=min(2, cfg.workers), progress=progress, videos="none"))
+                       Execution(workers=workers, progress=progress, videos="none"))
     eps = result.episodes["baseline"]
     return sum(e.outcome == "success" for e in eps), len(eps)
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,10 +184,8 @@ def _write_atomic(rows: list[dict], path: Path) -> None:
 
 
 def _worker(cfg: DemoConfig, tasks) -> None:
-    """Take tasks from the shared queue until it is empty (a hard task keeps one worker busy,
+    """Take tasks from the shared queue until its end marker (a hard task keeps one worker busy,
     the others move on)."""
-    import queue
-
     from vla_eval.sims.libero_env import LiberoEnv, configure_gl
 
     from vla_eval.sims.stopping import die_with_parent
@@ -196,11 +193,7 @@ def _worker(cfg: DemoConfig, tasks) -> None:
     die_with_parent()
     configure_gl()
     expert = make_expert(cfg.expert)
-    while True:
-        try:
-            task = tasks.get(timeout=2.0)
-        except queue.Empty:
-            return
+    while (task := tasks.get()) is not None:
         folder = task_dir(cfg.out, task)
         folder.mkdir(parents=True, exist_ok=True)
         if successes(cfg.out, task) >= cfg.per_task:
@@ -264,29 +257,35 @@ def collect(cfg: DemoConfig, progress: bool = True) -> dict[int, int]:
     require("pandas", "data", "collecting demonstrations")
     require("pyarrow", "data", "collecting demonstrations")
     _check_config(cfg)
-    order = sorted(cfg.tasks, key=lambda t: successes(cfg.out, t))
+    order = sorted((t for t in cfg.tasks if successes(cfg.out, t) < cfg.per_task), key=lambda t: successes(cfg.out, t))
     run_worker_pool(_worker, (cfg,), order, min(cfg.workers, len(cfg.tasks)), cfg.per_task * len(cfg.tasks),
                     lambda: sum(min(successes(cfg.out, t), cfg.per_task) for t in cfg.tasks), "demos", progress)
     return {t: successes(cfg.out, t) for t in cfg.tasks}
 
 
 def run_worker_pool(target, args: tuple, items, n_workers: int, total: int, done, desc: str, progress: bool) -> None:
-    """``n_workers`` spawned processes run ``target(*args, queue)`` over a queue of ``items``;
-    a progress bar follows ``done()`` (work counted on disk, so a resumed run starts where it
-    stopped). A worker that dies is an error naming the way to resume."""
+    """``n_workers`` spawned processes run ``target(*args, queue)`` over a queue of ``items``
+    followed by one ``None`` per worker (its end marker); a progress bar follows ``done()``
+    (work counted on disk, so a resumed run starts where it stopped). A worker that dies is an
+    error naming the way to resume. Nothing is spawned when there are no items."""
+    from multiprocessing.connection import wait
+
     from tqdm import tqdm
 
+    items = list(items)
+    if not items:
+        return
     ctx = mp.get_context("spawn")  # MuJoCo/EGL state must not be forked
     queue = ctx.Queue()
-    for item in items:
+    for item in [*items, *[None] * n_workers]:
         queue.put(item)
     procs = [ctx.Process(target=target, args=(*args, queue), daemon=True) for _ in range(n_workers)]
     for p in procs:
         p.start()
     bar = tqdm(total=total, initial=done(), desc=desc, unit="ep", disable=not progress)
     try:
-        while any(p.is_alive() for p in procs):
-            time.sleep(2.0)
+        while alive := [p.sentinel for p in procs if p.is_alive()]:
+            wait(alive, timeout=2.0)  # returns as soon as a worker exits
             bar.update(done() - bar.n)
     finally:
         for p in procs:
