@@ -108,13 +108,12 @@ def cmd_train(args) -> int:
     demos = args.demos or demos_root() / "libero_object"
     if not demos.is_dir():
         raise UsageError(f"no demo folder {demos}; collect demos first: vla-eval collect-demos")
-    from vla_eval.tinyvla.train import shard_paths
+    from vla_eval.tinyvla.train import require_checkpoint, shard_paths
 
     for folder in (demos, *args.extra_demos):
         shard_paths(folder)  # "no demonstration shards in ..." before anything is installed or loaded
-    if args.init_from is not None and not (args.init_from / "config.json").is_file():
-        raise UsageError(f"--init-from {args.init_from}: no checkpoint there (no config.json); pass a checkpoint/ "
-                         f"folder written by vla-eval train-tiny")
+    if args.init_from is not None:
+        require_checkpoint("--init-from", args.init_from)
     tokenizer = args.tokenizer or llama_tokenizer.install()
     cfg = TrainConfig(demos=demos, out=args.out, tokenizer=tokenizer, threads=args.threads, patch=args.patch,
                       extra_demos=tuple(args.extra_demos), init_from=args.init_from,

@@ -87,10 +87,9 @@ def check_config(cfg: DaggerConfig) -> None:
         raise UsageError(f"--beta and --decay must lie in [0, 1]; got {cfg.beta0}, {cfg.decay}")
     if cfg.rollouts_per_task >= 1000:
         raise UsageError(f"--rollouts {cfg.rollouts_per_task}: at most 999 per task and round (scene seeds)")
-    if not (cfg.start / "config.json").is_file():
-        raise UsageError(f"--start {cfg.start}: no checkpoint there (no config.json); train one with "
-                         f"vla-eval train-tiny, or pass its checkpoint/ folder")
-    from vla_eval.tinyvla.train import shard_paths
+    from vla_eval.tinyvla.train import require_checkpoint, shard_paths
+
+    require_checkpoint("--start", cfg.start)
 
     shard_paths(cfg.demos)  # "no demonstration shards ... collect them first"
     meta = cfg.out / "dagger.json"

@@ -326,6 +326,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     return export(model, cfg, stats, cfg.out / "checkpoint")
 
 
+def require_checkpoint(flag: str, folder: Path) -> None:
+    """``folder`` holds a checkpoint (its config.json), or one message naming the flag and the fix."""
+    if not (folder / "config.json").is_file():
+        raise UsageError(f"{flag} {folder}: no checkpoint there (no config.json); pass a checkpoint/ folder "
+                         f"written by vla-eval train-tiny")
+
+
 def _init_stats(checkpoint: Path) -> dict:
     """A fine-tune keeps its starting checkpoint's statistics: the same action maps to the same tokens."""
     from vla_eval.policies.native.checkpoint import read_config
