@@ -21,17 +21,28 @@ def object_env():
 
 
 @pytest.fixture()
-def cli_main(capsys):
-    """``cli.main`` in this process: ``cli_main(*argv) -> (exit code, stderr)``; argparse's own
-    refusals exit via SystemExit. Cheaper than a subprocess (no interpreter, no imports)."""
-    def call(*argv) -> tuple[int, str]:
+def cli_run(capsys):
+    """``cli.main`` in this process: ``cli_run(*argv) -> (exit code, stdout, stderr)``; argparse's
+    own refusals exit via SystemExit. Cheaper than a subprocess (no interpreter, no imports)."""
+    def call(*argv) -> tuple[int, str, str]:
         from vla_eval.cli import main
 
         try:
             code = main([str(a) for a in argv])
         except SystemExit as e:
             code = e.code
-        return code, capsys.readouterr().err
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return call
+
+
+@pytest.fixture()
+def cli_main(cli_run):
+    """``cli_main(*argv) -> (exit code, stderr)``: ``cli_run`` for refusals."""
+    def call(*argv) -> tuple[int, str]:
+        code, _, err = cli_run(*argv)
+        return code, err
 
     return call
 

@@ -13,8 +13,9 @@ import pytest
 from vla_eval.records import read_jsonl
 
 pytestmark = pytest.mark.libero
-SWEEP = [sys.executable, "-m", "vla_eval.cli", "sweep", "--policy", "scripted", "--suite", "libero_object",
-         "--task", "0", "--fast-reset", "--no-progress"]
+SWEEP_ARGS = ["sweep", "--policy", "scripted", "--suite", "libero_object", "--task", "0", "--fast-reset",
+              "--no-progress"]
+SWEEP = [sys.executable, "-m", "vla_eval.cli", *SWEEP_ARGS]
 
 
 def _episode_lines(path: Path) -> int:
@@ -63,36 +64,35 @@ def test_third_party_noise_is_silenced_at_the_source(resumed_run):
     assert "No private macro file" not in stdout and "using task orders" not in stdout
 
 
-def test_rerun_of_a_finished_sweep_runs_nothing(resumed_run):
+def test_rerun_of_a_finished_sweep_runs_nothing(resumed_run, cli_run):
     out, _, _ = resumed_run
-    again = subprocess.run(SWEEP + ["--seeds", "4", "--out", str(out), "--no-report"], capture_output=True, text=True)
-    assert again.returncode == 0 and "0 episodes run, 4 already done" in again.stdout
+    code, stdout, _ = cli_run(*SWEEP_ARGS, "--seeds", "4", "--out", out, "--no-report")
+    assert code == 0 and "0 episodes run, 4 already done" in stdout
 
 
-def test_resume_with_another_config_is_refused(resumed_run):
+def test_resume_with_another_config_is_refused(resumed_run, cli_main):
     out, _, _ = resumed_run
     before = (out / "baseline.jsonl").read_text()
-    bad = subprocess.run(SWEEP + ["--seeds", "5", "--out", str(out)], capture_output=True, text=True)
-    assert bad.returncode == 2 and "seeds: folder has 0-3, command asks 0-4" in bad.stderr
+    code, err = cli_main(*SWEEP_ARGS, "--seeds", "5", "--out", out)
+    assert code == 2 and "seeds: folder has 0-3, command asks 0-4" in err
     assert (out / "baseline.jsonl").read_text() == before
 
 
-def test_shards_merge_and_mismatches_are_refused(tmp_path):
+def test_shards_merge_and_mismatches_are_refused(tmp_path, cli_run, cli_main):
     for i in (0, 1):
-        r = subprocess.run(SWEEP + ["--seeds", "2", "--shard", f"{i}/2", "--out", str(tmp_path / f"s{i}"), "--no-report",
-                                    "--max-steps", "5"], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-    merge = [sys.executable, "-m", "vla_eval.cli", "merge"]
-    ok = subprocess.run(merge + [str(tmp_path / "all"), str(tmp_path / "s0"), str(tmp_path / "s1")],
-                        capture_output=True, text=True)
-    assert ok.returncode == 0, ok.stderr
+        code, _, err = cli_run(*SWEEP_ARGS, "--seeds", "2", "--shard", f"{i}/2", "--out", tmp_path / f"s{i}",
+                               "--no-report", "--max-steps", "5")
+        assert code == 0, err
+    code, _, err = cli_run("merge", tmp_path / "all", tmp_path / "s0", tmp_path / "s1")
+    assert code == 0, err
     assert sorted(e.seed for e in read_jsonl(tmp_path / "all" / "baseline.jsonl").episodes) == [0, 1]
-    # A shard of another config (different step limit) must not be merged.
-    r = subprocess.run(SWEEP + ["--seeds", "2", "--shard", "1/2", "--out", str(tmp_path / "odd"), "--no-report",
-                                "--max-steps", "6"], capture_output=True, text=True)
-    bad = subprocess.run(merge + [str(tmp_path / "mixed"), str(tmp_path / "s0"), str(tmp_path / "odd")],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "configs differ in max_steps" in bad.stderr
+    # A shard of another config (its step limit differs) must not be merged.
+    shutil.copytree(tmp_path / "s1", tmp_path / "odd")
+    manifest = json.loads((tmp_path / "odd" / "manifest.json").read_text())
+    manifest["config"]["max_steps"] = 6
+    (tmp_path / "odd" / "manifest.json").write_text(json.dumps(manifest))
+    code, err = cli_main("merge", tmp_path / "mixed", tmp_path / "s0", tmp_path / "odd")
+    assert code == 2 and "configs differ in max_steps" in err
     assert not (tmp_path / "mixed").exists() and not (tmp_path / "mixed.partial").exists()
 
 
