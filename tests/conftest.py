@@ -22,17 +22,21 @@ def object_env():
 
 @pytest.fixture()
 def cli_run(capsys):
-    """``cli.main`` in this process: ``cli_run(*argv) -> (exit code, stdout, stderr)``; argparse's
-    own refusals exit via SystemExit. Cheaper than a subprocess (no interpreter, no imports)."""
-    def call(*argv) -> tuple[int, str, str]:
+    """``cli.main`` in this process: ``cli_run(*argv)`` returns what ``subprocess.run`` would
+    (``returncode``, ``stdout``, ``stderr``); argparse's own refusals exit via SystemExit.
+    Cheaper than a subprocess (no interpreter, no imports)."""
+    import subprocess
+
+    def call(*argv) -> subprocess.CompletedProcess:
         from vla_eval.cli import main
 
+        argv = [str(a) for a in argv]
         try:
-            code = main([str(a) for a in argv])
+            code = main(argv)
         except SystemExit as e:
             code = e.code
         captured = capsys.readouterr()
-        return code, captured.out, captured.err
+        return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
 
     return call
 
@@ -41,8 +45,8 @@ def cli_run(capsys):
 def cli_main(cli_run):
     """``cli_main(*argv) -> (exit code, stderr)``: ``cli_run`` for refusals."""
     def call(*argv) -> tuple[int, str]:
-        code, _, err = cli_run(*argv)
-        return code, err
+        r = cli_run(*argv)
+        return r.returncode, r.stderr
 
     return call
 

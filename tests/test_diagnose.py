@@ -17,10 +17,6 @@ DRILL = [sys.executable, "-m", "vla_eval.cli", "drill", "--policy", "tiny", "--t
          "--fault", "gripper_no_invert,vocab_32064", "--batch", "2", "--fast-reset", "--no-progress", "--no-report"]
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "vla_eval.cli", *args], capture_output=True, text=True, timeout=600)
-
-
 def _split_by_seed(src, dst, seeds) -> None:
     """A copy of drill folder ``src`` holding only the episodes of ``seeds`` (records and
     manifest), as if the drill had run on those seeds alone."""
@@ -46,8 +42,8 @@ def drills(tmp_path_factory):
     return root
 
 
-def test_diagnose_ranks_the_injected_fault_first_on_held_out_seeds(drills):
-    r = _cli("diagnose", str(drills / "run"), "--library", str(drills / "lib"), "--per-episode")
+def test_diagnose_ranks_the_injected_fault_first_on_held_out_seeds(drills, cli_run):
+    r = cli_run("diagnose", drills / "run", "--library", drills / "lib", "--per-episode")
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stdout.splitlines() if "episodes):" in ln]
     assert len(lines) == 6
@@ -58,34 +54,34 @@ def test_diagnose_ranks_the_injected_fault_first_on_held_out_seeds(drills):
     assert "gripper_no_invert        2/2   named right" in r.stdout and "healthy runs: 2/2 = 100% right" in r.stdout
 
 
-def test_library_export_round_trips_and_refuses_to_overwrite(drills, tmp_path):
+def test_library_export_round_trips_and_refuses_to_overwrite(drills, tmp_path, cli_run):
     out = tmp_path / "lib.json"
-    assert _cli("diagnose", "--library", str(drills / "lib"), "--export-library", str(out)).returncode == 0
+    assert cli_run("diagnose", "--library", drills / "lib", "--export-library", out).returncode == 0
     d = json.loads(out.read_text())
     assert d["features"] == list(FEATURES) and set(d["rows"]) == {"baseline", "gripper_no_invert", "vocab_32064"}
     assert d["checkpoint"].startswith("sha256:")
-    again = _cli("diagnose", "--library", str(drills / "lib"), "--export-library", str(out))
+    again = cli_run("diagnose", "--library", drills / "lib", "--export-library", out)
     assert again.returncode == 2 and "exists" in again.stderr
-    r = _cli("diagnose", str(drills / "run"), "--library", str(out))
+    r = cli_run("diagnose", drills / "run", "--library", out)
     assert r.returncode == 0 and "vocab_32064 (2 episodes): vocab_32064" in r.stdout
 
 
-def test_a_library_of_another_checkpoint_or_suite_is_refused_naming_both(drills, tmp_path):
-    d = json.loads(_cli_export(drills, tmp_path))
+def test_a_library_of_another_checkpoint_or_suite_is_refused_naming_both(drills, tmp_path, cli_run):
+    d = json.loads(_cli_export(drills, tmp_path, cli_run))
     d["checkpoint"] = "sha256:0000"
     other = tmp_path / "other.json"
     other.write_text(json.dumps(d))
-    r = _cli("diagnose", str(drills / "run"), "--library", str(other))
+    r = cli_run("diagnose", drills / "run", "--library", other)
     assert r.returncode == 2 and "sha256:0000" in r.stderr and "libero_object" in r.stderr
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
-    r = _cli("diagnose", str(drills / "run"), "--library", str(bad))
+    r = cli_run("diagnose", drills / "run", "--library", bad)
     assert r.returncode == 2 and "not a diagnose library" in r.stderr and "Traceback" not in r.stderr
 
 
-def _cli_export(drills, tmp_path) -> str:
+def _cli_export(drills, tmp_path, cli_run) -> str:
     out = tmp_path / "x.json"
-    assert _cli("diagnose", "--library", str(drills / "lib"), "--export-library", str(out)).returncode == 0
+    assert cli_run("diagnose", "--library", drills / "lib", "--export-library", out).returncode == 0
     return out.read_text()
 
 
@@ -132,8 +128,8 @@ def test_a_fault_is_named_only_above_the_margin_healthy_episodes_reach():
     assert far.verdict == "far" and far.gain > margin and far.evidence
 
 
-def test_runs_of_the_shipped_tiny_policy_use_the_shipped_library(drills):
+def test_runs_of_the_shipped_tiny_policy_use_the_shipped_library(drills, cli_run):
     """No --library: the library shipped for the tiny policy on libero_object (same weights)."""
-    r = _cli("diagnose", str(drills / "run"))
+    r = cli_run("diagnose", drills / "run")
     assert r.returncode == 0, r.stderr
     assert sum("episodes):" in ln for ln in r.stdout.splitlines()) == 3  # baseline and the two faults

@@ -1,8 +1,6 @@
 """The fault table: names, tags, toggles and the CLI that reads them."""
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -56,14 +54,10 @@ def test_image_and_gripper_knobs_do_what_their_names_say():
     assert np.allclose(postprocess_gripper(a, "no_binarize")[:, 6], [1.0, -0.6])
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "vla_eval.cli", *args], capture_output=True, text=True, timeout=120)
-
-
-def test_unknown_fault_on_the_cli_lists_the_valid_ones_and_writes_nothing(tmp_path):
+def test_unknown_fault_on_the_cli_lists_the_valid_ones_and_writes_nothing(tmp_path, cli_run):
     out = tmp_path / "run"
     for cmd in ("drill", "sweep", "run"):
-        r = _cli(cmd, "--policy", "tiny", "--fault", "no_crop,nope", "--out", str(out))
+        r = cli_run(cmd, "--policy", "tiny", "--fault", "no_crop,nope", "--out", out)
         assert r.returncode == 2 and "unknown fault 'nope'; valid: all, no_flip" in r.stderr, (cmd, r.stderr)
         assert "Traceback" not in r.stderr
     assert not out.exists()

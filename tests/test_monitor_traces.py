@@ -1,6 +1,6 @@
 """The monitors on real traces of the shipped tiny OpenVLA (tests/data/tiny_traces: tasks 3
 and 7, stored init state 0, full episodes of every run tag; held-out for the calibration in
-configs/monitors/tiny-libero_object.json, which was fitted on seeds 10-17 only)."""
+configs/monitors/tiny-libero_object.json, which was fitted on seeds 10-29 only)."""
 import subprocess
 import sys
 from pathlib import Path

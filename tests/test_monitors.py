@@ -199,24 +199,22 @@ def _write_log(path, tag, traces, success):
                                   len(trace), None, 1.0, 0.0, 0.0))
 
 
-def test_monitor_cli_confusion_matrix_calibration_and_self_check(tmp_path):
+def test_monitor_cli_confusion_matrix_calibration_and_self_check(tmp_path, cli_run):
     _write_log(tmp_path / "baseline.jsonl", "baseline", [synthetic("baseline", success=True) for _ in range(40)], True)
     for tag in ("bad_prompt", "bad_unnorm", "no_flip"):
         _write_log(tmp_path / f"{tag}.jsonl", tag, [synthetic(tag) for _ in range(2)], False)
     logs = [str(tmp_path / f"{t}.jsonl") for t in ("baseline", "bad_prompt", "bad_unnorm", "no_flip")]
-    cli = [sys.executable, "-m", "vla_eval.cli", "monitor"]
-    ok = subprocess.run(cli + logs, capture_output=True, text=True)
+    ok = cli_run("monitor", *logs)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "confusion" in ok.stdout
-    cal = subprocess.run(cli + logs + ["--calibrate", str(tmp_path / "th.json"), "--alpha", "0.25"],
-                         capture_output=True, text=True)
+    cal = cli_run("monitor", *logs, "--calibrate", tmp_path / "th.json", "--alpha", "0.25")
     assert "false-alarm rate (any predicate) on 20 held-out baseline runs" in cal.stdout, cal.stdout + cal.stderr
     assert "every check at rank" in cal.stdout
     assert "baseline runs with an online alert (false alarms): " in cal.stdout and "on failed runs 0/0" in cal.stdout, cal.stdout
     assert "latency" in cal.stdout and (tmp_path / "th.json").exists()
     # A run tagged no_flip whose trace has the bad-prompt signature: the toggle is wrong.
     _write_log(tmp_path / "wrong.jsonl", "no_flip", [synthetic("bad_prompt")], False)
-    bad = subprocess.run(cli + [str(tmp_path / "wrong.jsonl")], capture_output=True, text=True)
+    bad = cli_run("monitor", tmp_path / "wrong.jsonl")
     assert bad.returncode == 1 and "check the toggle" in bad.stderr
 
 

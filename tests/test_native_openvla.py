@@ -299,19 +299,15 @@ def test_hf_config_of_the_7b_model_has_openvla_sizes():
     assert json.loads(json.dumps(hf_config("7b")))["text_config"]["vocab_size"] == 32064
 
 
-def test_native_drill_on_real_libero_with_two_batched_envs(ckpt, tmp_path):
+def test_native_drill_on_real_libero_with_two_batched_envs(ckpt, tmp_path, cli_run):
     """`vla-eval drill --native --batch 2` end to end: two spawned LIBERO workers with cameras,
     one batched model call per step, four run tags sharing one set of envs and one model."""
-    import subprocess
-    import sys
-
     from vla_eval.records import read_jsonl
 
     out = tmp_path / "drill"
-    cmd = [sys.executable, "-m", "vla_eval.cli", "drill", "--policy", "openvla", "--native", "--checkpoint", str(ckpt),
-           "--device", "cpu", "--dtype", "float32", "--seeds", "2", "--batch", "2", "--max-steps", "3",
-           "--fast-reset", "--no-progress", "--no-report", "--out", str(out)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    r = cli_run("drill", "--policy", "openvla", "--native", "--checkpoint", ckpt, "--device", "cpu", "--dtype",
+                "float32", "--seeds", "2", "--batch", "2", "--max-steps", "3", "--fast-reset", "--no-progress",
+                "--no-report", "--out", out)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count("native OpenVLA: ") == 1  # one model for the four tags
     means = {}
@@ -343,18 +339,13 @@ def test_batch_flag_conflicts_are_refused(ckpt, cli_main):
     assert code == 2 and "--batch, --overlap, --workers, --ray and --policy-actors apply to sweep and drill" in err
 
 
-def test_bench_policy_cli_prints_native_and_hf_loop_rows():
-    import subprocess
-    import sys
-
-    r = subprocess.run([sys.executable, "-m", "vla_eval.cli", "bench-policy", "--dtype", "float32", "--batches", "1,3",
-                        "--iters", "1"], capture_output=True, text=True, timeout=300)
+def test_bench_policy_cli_prints_native_and_hf_loop_rows(cli_run):
+    r = cli_run("bench-policy", "--dtype", "float32", "--batches", "1,3", "--iters", "1")
     assert r.returncode == 0, r.stderr
     rows = [line for line in r.stdout.splitlines() if "ms/call" in line]
     assert [line.split("batch")[0].strip() for line in rows] == ["hf-loop", "native", "native"]
     assert "prompt 30 tokens + 16 patches" in r.stdout
-    bad = subprocess.run([sys.executable, "-m", "vla_eval.cli", "bench-policy", "--batches", "4,x"],
-                         capture_output=True, text=True)
+    bad = cli_run("bench-policy", "--batches", "4,x")
     assert bad.returncode == 2 and "expected comma-separated integers" in bad.stderr
 
 

@@ -1,8 +1,6 @@
 """The debugging puzzle: every hidden cause is exposed by the check its catalogue entry names."""
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 
@@ -41,22 +39,21 @@ def test_every_cause_is_drawn_by_some_seed():
     assert {pz.cause_of(s).name for s in range(200)} == set(pz.BUGS)
 
 
-def test_puzzle_cli_never_shows_the_cause_until_asked(tmp_path):
-    cli = [sys.executable, "-m", "vla_eval.cli", "small"]
+def test_puzzle_cli_never_shows_the_cause_until_asked(tmp_path, cli_run):
     out = tmp_path / "pz"
-    r = subprocess.run(cli + ["puzzle", "--seed", "5", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    r = cli_run("small", "puzzle", "--seed", "5", "--out", out)
     assert r.returncode == 0, r.stderr
     cause = pz.cause_of(5)
     shown = r.stdout + "".join(p.read_text() for p in out.glob("*.csv")) + (out / "puzzle.json").read_text()
     assert cause.story not in shown
     wrong = next(b.name for b in pz.CATALOGUE if b.name != cause.name)
-    r = subprocess.run(cli + ["puzzle", str(out), "--guess", wrong], capture_output=True, text=True)
+    r = cli_run("small", "puzzle", out, "--guess", wrong)
     assert r.returncode == 1 and f"not {wrong}" in r.stdout
-    r = subprocess.run(cli + ["puzzle", str(out), "--guess", cause.name], capture_output=True, text=True)
+    r = cli_run("small", "puzzle", out, "--guess", cause.name)
     assert r.returncode == 0 and r.stdout.startswith("right")
-    r = subprocess.run(cli + ["check", str(out), "--check", cause.place], capture_output=True, text=True)
+    r = cli_run("small", "check", out, "--check", cause.place)
     assert r.returncode == 0 and f"== {cause.place}" in r.stdout
-    r = subprocess.run(cli + ["puzzle", str(out), "--reveal"], capture_output=True, text=True)
+    r = cli_run("small", "puzzle", out, "--reveal")
     assert f"cause: {cause.name}" in r.stdout and f"exposed by the check '{cause.place}'" in r.stdout
-    r = subprocess.run(cli + ["check", str(out), "--check", "vibes"], capture_output=True, text=True)
+    r = cli_run("small", "check", out, "--check", "vibes")
     assert r.returncode == 2 and "unknown check 'vibes'; valid: action_stats" in r.stderr

@@ -3,8 +3,6 @@ with known answers; the notebook API. Run folders here are written by the real w
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -34,11 +32,10 @@ def test_unpaired_comparison_uses_fisher(tmp_path):
     assert lo < 0 < hi
 
 
-def test_identical_runs_differ_by_nothing_and_the_cli_prints_it(tmp_path):
+def test_identical_runs_differ_by_nothing_and_the_cli_prints_it(tmp_path, cli_run):
     outcomes = {(t, s): "success" if (t + s) % 3 else "failure" for t in (0, 1) for s in range(6)}
     a, b = make_run(tmp_path / "a", outcomes), make_run(tmp_path / "b", outcomes)
-    r = subprocess.run([sys.executable, "-m", "vla_eval.cli", "compare", str(a), str(b), "--html",
-                        str(tmp_path / "cmp.html")], capture_output=True, text=True)
+    r = cli_run("compare", a, b, "--html", tmp_path / "cmp.html")
     assert r.returncode == 0, r.stderr
     assert "overall" in r.stdout and "B-A +0.0 pp" in r.stdout and "p = 1 (McNemar exact, 12 pairs)" in r.stdout
     assert "task 1" in r.stdout and (tmp_path / "cmp.html").read_text().count("<tr") == 4
@@ -150,7 +147,7 @@ def test_report_diagnoses_each_run_tag_against_a_library_of_the_same_checkpoint(
     assert ctx["diagnosis"] is None and "built on another checkpoint" in ctx["diagnosis_note"]
 
 
-def test_drill_report_puts_each_fault_next_to_the_baseline_on_the_same_seeds(tmp_path):
+def test_drill_report_puts_each_fault_next_to_the_baseline_on_the_same_seeds(tmp_path, cli_run):
     run = make_run(tmp_path / "d", {(0, s): "success" for s in range(6)}, tags=("baseline", "no_flip"))
     with JsonlWriter(run / "no_flip.jsonl") as w:  # the fault's own outcomes: every episode failed
         for s in range(6):
@@ -158,6 +155,5 @@ def test_drill_report_puts_each_fault_next_to_the_baseline_on_the_same_seeds(tmp
     rows = {r["tag"]: r for r in context(run)["drill"]["rows"]}
     assert rows["baseline"]["vs_baseline"] == "–"
     assert rows["no_flip"]["vs_baseline"] == "-100 pp (p 0.031)"  # 6 discordant pairs: 2 * 0.5**6
-    r = subprocess.run([sys.executable, "-m", "vla_eval.cli", "compare", str(run), str(run), "--tag-b", "no_flip"],
-                       capture_output=True, text=True)
+    r = cli_run("compare", run, run, "--tag-b", "no_flip")
     assert r.returncode == 0 and "B-A -100.0 pp" in r.stdout, r.stderr

@@ -66,8 +66,8 @@ def test_third_party_noise_is_silenced_at_the_source(resumed_run):
 
 def test_rerun_of_a_finished_sweep_runs_nothing(resumed_run, cli_run):
     out, _, _ = resumed_run
-    code, stdout, _ = cli_run(*SWEEP_ARGS, "--seeds", "4", "--out", out, "--no-report")
-    assert code == 0 and "0 episodes run, 4 already done" in stdout
+    r = cli_run(*SWEEP_ARGS, "--seeds", "4", "--out", out, "--no-report")
+    assert r.returncode == 0 and "0 episodes run, 4 already done" in r.stdout
 
 
 def test_resume_with_another_config_is_refused(resumed_run, cli_main):
@@ -80,11 +80,11 @@ def test_resume_with_another_config_is_refused(resumed_run, cli_main):
 
 def test_shards_merge_and_mismatches_are_refused(tmp_path, cli_run, cli_main):
     for i in (0, 1):
-        code, _, err = cli_run(*SWEEP_ARGS, "--seeds", "2", "--shard", f"{i}/2", "--out", tmp_path / f"s{i}",
-                               "--no-report", "--max-steps", "5")
-        assert code == 0, err
-    code, _, err = cli_run("merge", tmp_path / "all", tmp_path / "s0", tmp_path / "s1")
-    assert code == 0, err
+        r = cli_run(*SWEEP_ARGS, "--seeds", "2", "--shard", f"{i}/2", "--out", tmp_path / f"s{i}", "--no-report",
+                    "--max-steps", "5")
+        assert r.returncode == 0, r.stderr
+    r = cli_run("merge", tmp_path / "all", tmp_path / "s0", tmp_path / "s1")
+    assert r.returncode == 0, r.stderr
     assert sorted(e.seed for e in read_jsonl(tmp_path / "all" / "baseline.jsonl").episodes) == [0, 1]
     # A shard of another config (its step limit differs) must not be merged.
     shutil.copytree(tmp_path / "s1", tmp_path / "odd")
@@ -151,14 +151,13 @@ def test_report_escapes_text_from_tasks_and_configs(tmp_path):
     assert "<img src=x" not in text and "<b>sweep" not in text
 
 
-def test_report_bad_input(tmp_path):
-    cli = [sys.executable, "-m", "vla_eval.cli", "report"]
-    r = subprocess.run(cli + [str(tmp_path / "missing")], capture_output=True, text=True)
+def test_report_bad_input(tmp_path, cli_run):
+    r = cli_run("report", tmp_path / "missing")
     assert r.returncode == 2 and "does not exist" in r.stderr
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "manifest.json").write_text(json.dumps({"config": {
         "suite": "libero_object", "task_ids": [0], "seeds": 1, "policy": "scripted", "tags": ["baseline"]}}))
-    r = subprocess.run(cli + [str(tmp_path / "empty")], capture_output=True, text=True)
+    r = cli_run("report", tmp_path / "empty")
     assert r.returncode == 2 and "holds no episode records" in r.stderr
 
 

@@ -44,14 +44,13 @@ def test_shipped_checkpoint_is_in_the_released_layout():
 
 
 @pytest.mark.libero
-def test_shipped_tiny_policy_runs_a_real_episode(tmp_path):
+def test_shipped_tiny_policy_runs_a_real_episode(tmp_path, cli_run):
     """One short real LIBERO episode of the shipped policy through the CLI, cameras on."""
     from vla_eval.records import read_jsonl
 
     log = tmp_path / "ep.jsonl"
-    r = subprocess.run([sys.executable, "-m", "vla_eval.cli", "run", "--policy", "tiny", "--seed", "0",
-                        "--max-steps", "12", "--fast-reset", "--no-progress", "--log", str(log)],
-                       capture_output=True, text=True, timeout=600)
+    r = cli_run("run", "--policy", "tiny", "--seed", "0", "--max-steps", "12", "--fast-reset", "--no-progress",
+                "--log", log)
     assert r.returncode == 0, r.stdout + r.stderr
     steps = read_jsonl(log).steps
     assert len(steps) == 12 and all(s.img_mean is not None for s in steps)
