@@ -258,7 +258,7 @@ def collect(cfg: DemoConfig, progress: bool = True) -> dict[int, int]:
     require("pyarrow", "data", "collecting demonstrations")
     _check_config(cfg)
     order = sorted((t for t in cfg.tasks if successes(cfg.out, t) < cfg.per_task), key=lambda t: successes(cfg.out, t))
-    run_worker_pool(_worker, (cfg,), order, min(cfg.workers, len(cfg.tasks)), cfg.per_task * len(cfg.tasks),
+    run_worker_pool(_worker, (cfg,), order, min(cfg.workers, len(order)), cfg.per_task * len(cfg.tasks),
                     lambda: sum(min(successes(cfg.out, t), cfg.per_task) for t in cfg.tasks), "demos", progress)
     return {t: successes(cfg.out, t) for t in cfg.tasks}
 
