@@ -215,6 +215,14 @@ def test_collect_demos_refuses_a_bad_burst_rate_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+def test_worker_pool_spawns_nothing_without_work_and_names_a_dead_worker():
+    from vla_eval.tinyvla.demos import run_worker_pool
+
+    run_worker_pool(None, (), [], 2, 0, lambda: 0, "nothing", False)  # no target needed: nothing spawned
+    with pytest.raises(RuntimeError, match=r"workers exited with \[1\]; re-run the same command to resume"):
+        run_worker_pool(sys.exit, (), [1], 1, 1, lambda: 0, "doomed", False)  # sys.exit(queue) raises: exit 1
+
+
 def test_grasp_weights_mark_frames_near_a_gripper_change_within_each_episode():
     from vla_eval.tinyvla.train import Demos, grasp_weights
 
