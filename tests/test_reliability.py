@@ -234,6 +234,7 @@ BAD_ARGS = [
     (["bench-monitor", "--steps", "0"], "--steps: must be at least 100"),
     (["small", "baseline", "--threads", "0"], "--threads: must be at least 1"),
     (["collect-demos", "--per-task", "0"], "--per-task: must be at least 1"),
+    (["collect-demos", "--bursts", "1.5", "--out", "demos", "--no-progress"], "0.2, 1.5, scripted"),
     (["bench-sim", "--steps", "0"], "--steps: must be at least 1"),
     (["bench-sim", "--workers", "-1"], "--workers: must be at least 1"),
     (["small", "baseline", "--seed", "-1"], "--seed: must be at least 0"),
