@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from vla_eval.argtypes import int_at_least, out_dir
+from vla_eval.argtypes import add_threads_flag, int_at_least, out_dir
 
 
 def register(sub) -> None:
@@ -24,15 +24,17 @@ def register(sub) -> None:
     p.add_argument("--fault", help="one fault only (faults drill)")
     p.add_argument("--out", type=out_dir, default=Path("runs/small"))
     p.add_argument("--seed", type=int_at_least(0), default=0)
-    p.add_argument("--threads", type=int_at_least(1), default=2, help="torch CPU threads")
+    add_threads_flag(p)
     p.set_defaults(fn=run)
 
 
 def run(args) -> int:
     from vla_eval.errors import UsageError, require
 
+    from vla_eval.threads import set_torch_threads
+
     torch = require("torch", "drills", "vla-eval small")
-    torch.set_num_threads(args.threads)
+    set_torch_threads(torch)
     if args.drill in ("puzzle", "check"):
         return _puzzle(args)
     if args.puzzle_dir or args.guess or args.reveal or args.check:
@@ -43,7 +45,6 @@ def run(args) -> int:
     from vla_eval.drills.faults import FAULTS, run_faults
     from vla_eval.errors import bad_choice
 
-    torch.set_num_threads(args.threads)
     if args.fault is not None and args.fault not in FAULTS:
         raise bad_choice("fault", args.fault, [f for f in FAULTS if f != "baseline"])
     t0 = time.perf_counter()

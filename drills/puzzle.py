@@ -309,7 +309,11 @@ def load_puzzle(folder: Path):
     meta = folder / "puzzle.json"
     if not meta.exists():
         raise UsageError(f"{folder} is not a puzzle folder (no puzzle.json); make one: vla-eval small puzzle")
-    seed = json.loads(meta.read_text())["seed"]
+    from vla_eval.safe_json import read_json
+
+    seed = read_json(meta, "puzzle record", max_bytes=2**16).get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**31:
+        raise UsageError(f"{meta}: 'seed' must be an integer 0..2**31-1, got {seed!r}; make a new puzzle")
     cfg = PuzzleConfig(seed=seed)
     p = build_pipeline(cause_of(seed), cfg)
     model = make_model(p, seed)

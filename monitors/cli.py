@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vla_eval.argtypes import format_ids, id_set
+from vla_eval.argtypes import format_ids, seeds
 from vla_eval.monitors.predicates import Thresholds
 from vla_eval.monitors.scoring import FAULT_TAGS
 
@@ -28,8 +28,9 @@ def register(sub) -> None:
                    help="fit thresholds on the successful baseline runs of LOGS (half fit, half held out), "
                         "save them here, then classify with them")
     p.add_argument("--alpha", type=_alpha, default=0.05, help="target false-alarm rate for --calibrate (0 < a < 1)")
-    p.add_argument("--calib-seeds", type=id_set("--calib-seeds"), metavar="S",
-                   help="with --calibrate: fit on the baseline runs of these seeds (e.g. 3,4; successes and "
+    p.add_argument("--calib-seeds", type=seeds("--calib-seeds", count=False), metavar="S",
+                   help="with --calibrate: fit on the baseline runs of these seed ids (7, 3,4 or 10-29: a lone "
+                        "number is one seed, not a count; successes and "
                         "failures), then judge only the runs of the other seeds (held out), every tag")
     p.add_argument("--force", action="store_true", help="let --calibrate replace an existing file")
     p.set_defaults(fn=run)
@@ -112,6 +113,13 @@ def _shipped_thresholds_of(paths):
 
 def run(args) -> int:
     from vla_eval.errors import UsageError
+
+    seen: dict = {}
+    for p in args.logs:  # the same log twice would count every run twice
+        key = p.resolve()
+        if key in seen:
+            raise UsageError(f"{p} is given twice (also as {seen[key]}); each log is read once")
+        seen[key] = p
 
     if args.calibrate is not None:  # checked before anything is read or written
         if any(args.calibrate.resolve() == p.resolve() for p in args.logs):

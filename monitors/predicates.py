@@ -90,15 +90,10 @@ class Thresholds:
     @classmethod
     def load(cls, path: str | Path) -> "Thresholds":
         """Read a thresholds file; a missing, malformed or misspelled one is one clear error."""
+        from vla_eval.safe_json import read_json
+
         path = Path(path)
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UsageError(f"no thresholds file {path}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise UsageError(f"thresholds file {path} is not readable JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise UsageError(f"thresholds file {path} must hold a JSON object, got {type(d).__name__}")
+        d = read_json(path, "thresholds file", max_bytes=2**20)
         unknown = sorted(set(d) - set(cls.__dataclass_fields__))
         if unknown:
             raise UsageError(f"thresholds file {path}: unknown keys {', '.join(unknown)}; valid: "

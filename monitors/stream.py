@@ -31,6 +31,10 @@ def _get(step, key, default=None):
 
 class RuntimeMonitor:
     def __init__(self, thresholds: Thresholds | None = None):
+        if thresholds is not None and not isinstance(thresholds, Thresholds):  # a path is a common slip
+            hint = f"; load a file with RuntimeMonitor(Thresholds.load({thresholds!r}))" if isinstance(
+                thresholds, (str, bytes)) or hasattr(thresholds, "__fspath__") else ""
+            raise TypeError(f"RuntimeMonitor takes a Thresholds or None, got {type(thresholds).__name__}{hint}")
         self.th = thresholds or Thresholds()
         self.state = StreamState(self.th)
         self.verdicts: list[Verdict] = []

@@ -74,7 +74,15 @@ def compare_episodes(a: dict, b: dict, scope: str) -> Difference:
 
 
 def compare_runs(run_a: Path, run_b: Path, tag: str = "baseline", tag_b: str | None = None) -> list[Difference]:
+    from vla_eval.rundir import config_from_manifest
+
+    suite_a, suite_b = config_from_manifest(run_a).suite, config_from_manifest(run_b).suite
+    if suite_a != suite_b:  # task 3 of one suite is not task 3 of another: nothing pairs or compares
+        raise UsageError(f"{run_a} is a {suite_a} run and {run_b} a {suite_b} run; compare runs of one suite")
     a, b = _episodes(run_a, tag), _episodes(run_b, tag_b or tag)
+    for run, eps, t in ((run_a, a, tag), (run_b, b, tag_b or tag)):
+        if not eps:
+            raise UsageError(f"{run} has no judged {t} episode yet (only env errors, or none committed)")
     out = [compare_episodes(a, b, "overall")]
     for t in sorted({k[0] for k in a} & {k[0] for k in b}):
         out.append(compare_episodes({k: v for k, v in a.items() if k[0] == t},

@@ -19,6 +19,7 @@ from typing import Mapping
 import numpy as np
 
 from vla_eval.sims.protocol import CAMERAS, RESOLUTION, Observation, StepResult
+from vla_eval.sims.stopping import Stopped, stop_signal_of
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def _worker_main(conn) -> None:
     from vla_eval.sims.stopping import die_with_parent, ignore_interrupts_in_worker
 
     die_with_parent()
-    ignore_interrupts_in_worker()  # the parent decides when to stop; no tracebacks from workers
+    ignore_interrupts_in_worker()  # SIGINT/TERM/HUP: the parent decides when to stop; no tracebacks here
     holder = EnvHolder()
     while True:
         try:
@@ -150,6 +151,7 @@ class EnvPool:
                 self._conns[slot].send(msg)
                 sent[slot] = True
             except (BrokenPipeError, OSError) as e:
+                self._raise_if_stopped(slot)
                 sent[slot] = WorkerError(slot, "crash", f"worker was dead before {msg[0]}: {e!r}")
         return sent
 
@@ -168,11 +170,20 @@ class EnvPool:
                 return WorkerError(slot, "timeout", f"worker gave no answer within {timeout_s:.0f} s")
             reply = conn.recv()
         except (EOFError, ConnectionResetError, OSError):
-            proc.join(timeout=5)
+            self._raise_if_stopped(slot)
             return WorkerError(slot, "crash", f"worker process died (exit code {proc.exitcode})")
         if reply[0] == "ok":
             return reply[1]
         return WorkerError(slot, "exception", reply[1], reply[2])
+
+    def _raise_if_stopped(self, slot: int) -> None:
+        """A worker killed by a stop signal means the run is being stopped (the signal went to the
+        whole process group before the worker could ignore it): the episode in flight is no result."""
+        proc = self._procs[slot]
+        proc.join(timeout=5)
+        signum = stop_signal_of(proc.exitcode)
+        if signum is not None:
+            raise Stopped(signum)
 
     def reset(self, jobs: Mapping[int, tuple[EnvSpec, int]]) -> dict[int, Observation | WorkerError]:
         """``{slot: (spec, init_state_index)}`` -> ``{slot: first observation | WorkerError}``."""

@@ -1,12 +1,14 @@
-"""Clean stops on SIGINT / SIGTERM: a flag checked between env steps, never an exception
+"""Clean stops on SIGINT / SIGTERM / SIGHUP: a flag checked between env steps, never an exception
 raised inside the simulator (robosuite's numba code turned one into an env error before).
 
     with stop_on_signals():
         for step in loop:
             raise_if_stopping()     # -> Stopped(KeyboardInterrupt) at a safe point
 
-The first signal asks for a stop; a second one interrupts at once. Env workers ignore
-SIGINT (a terminal's Ctrl-C reaches the whole process group): their parent stops them.
+The first signal asks for a stop; a second one interrupts at once. Env workers ignore the
+stop signals (a terminal's Ctrl-C, ``docker stop``, systemd and a cluster's pre-emption reach the
+whole process group): their parent stops them. A worker that a stop signal killed before it could
+ignore it (still starting) is a stop too, never an episode result (``stop_signal_of``).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _requested: list[int] = []
 
 
@@ -39,11 +42,11 @@ def _handler(signum, frame) -> None:
 
 @contextlib.contextmanager
 def stop_on_signals():
-    """Install the flag handlers for SIGINT and SIGTERM (main thread only; elsewhere a no-op)."""
+    """Install the flag handlers for the stop signals (main thread only; elsewhere a no-op)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {s: signal.signal(s, _handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, _handler) for s in STOP_SIGNALS}
     _requested.clear()
     try:
         yield
@@ -54,7 +57,15 @@ def stop_on_signals():
 
 
 def ignore_interrupts_in_worker() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
+def stop_signal_of(exitcode: int | None) -> int | None:
+    """The stop signal that ended a child process (``Process.exitcode`` is -signum), else None."""
+    if exitcode is not None and exitcode < 0 and -exitcode in [int(s) for s in STOP_SIGNALS]:
+        return -exitcode
+    return None
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h

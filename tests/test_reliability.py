@@ -216,6 +216,12 @@ BAD_ARGS = [
     (["sweep", "--workers", "-1"], "--workers: must be at least 0"),
     (["sweep", "--max-steps", "0"], "--max-steps: must be at least 1"),
     (["sweep", "--max-steps", "-5"], "--max-steps: must be at least 1"),
+    (["sweep", "--max-steps", "99999999999999999999999"], "--max-steps: must be at most 100,000"),
+    (["sweep", "--batch", "100000"], "--batch: must be at most 256"),
+    (["sweep", "--workers", "1000000"], "--workers: must be at most 256"),
+    (["sweep", "--env-timeout", "1e308"], "--env-timeout: must be a finite number > 0.0 and < 86400.0"),
+    (["sweep", "--policy", "scripted", "--threads", "0"], "--threads: must be at least 1"),
+    (["monitor", "x.jsonl", "--calib-seeds", "3-1"], "--calib-seeds takes ids and ranges"),
     (["sweep", "--env-timeout", "0"], "--env-timeout: must be a finite number > 0"),
     (["sweep", "--tasks", "1,x"], "--tasks takes ids and ranges"),
     (["sweep", "--policy", "scripted", "--checkpoint", "x"], "--checkpoint configure an OpenVLA model"),
@@ -319,12 +325,12 @@ BROKEN_CHECKPOINTS = [
     ("model.safetensors", "garbage", "model.safetensors"),
     ("model.safetensors", "empty", "truncated: 0 bytes"),
     ("model.safetensors", "header", "truncated: 4 bytes"),
-    ("config.json", "{not json", "config.json: not readable JSON"),
+    ("config.json", "{not json", "config.json: is not valid JSON"),
     ("config.json", "[1, 2]", "config.json: holds a JSON list"),
     ("config.json", '{"text_config": 3, "timm_model_ids": []}', "'text_config' is int"),
     ("tokenizer.json", "delete", "has no tokenizer"),
     ("tokenizer.json", '{"model": 5}', "tokenizer.json"),
-    ("preprocessor_config.json", "{oops", "preprocessor_config.json: not readable JSON"),
+    ("preprocessor_config.json", "{oops", "preprocessor_config.json: is not valid JSON"),
 ]
 
 
@@ -364,7 +370,7 @@ def test_a_demo_folder_with_a_broken_or_missing_collection_json_is_refused(tmp_p
     cfg = DemoConfig(tasks=(0,), out=tmp_path / "demos")
     _check_config(cfg)
     (cfg.out / "collection.json").write_text("[1, 2")
-    with pytest.raises(UsageError, match="collection.json is unreadable"):
+    with pytest.raises(UsageError, match="collection.json: is not valid JSON.*restore it"):
         _check_config(cfg)
     (cfg.out / "collection.json").unlink()
     (cfg.out / "task0").mkdir()

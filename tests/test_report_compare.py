@@ -149,6 +149,7 @@ def test_report_diagnoses_each_run_tag_against_a_library_of_the_same_checkpoint(
 
 def test_drill_report_puts_each_fault_next_to_the_baseline_on_the_same_seeds(tmp_path, cli_run):
     run = make_run(tmp_path / "d", {(0, s): "success" for s in range(6)}, tags=("baseline", "no_flip"))
+    (run / "no_flip.jsonl").unlink()
     with JsonlWriter(run / "no_flip.jsonl") as w:  # the fault's own outcomes: every episode failed
         for s in range(6):
             w.write(make_episode(f"late{s}", tag="no_flip", seed=s, outcome="failure"))

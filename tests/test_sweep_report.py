@@ -162,23 +162,34 @@ def test_report_bad_input(tmp_path, cli_run):
 
 
 @pytest.mark.libero
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signals_stop_cleanly_between_steps(tmp_path, sig, code):
-    """Ctrl-C / SIGTERM mid-episode: a clean stop with the resume hint, no traceback, no `error`
-    episode, the committed ones intact."""
+@pytest.mark.parametrize("sig,code,group,workers", [
+    (signal.SIGINT, 130, False, 0),   # Ctrl-C to the parent
+    (signal.SIGTERM, 143, True, 2),   # docker stop / systemd / pre-emption: the whole group, env workers too
+    (signal.SIGHUP, 129, True, 0),    # the terminal closed
+])
+def test_signals_stop_cleanly_between_steps_and_resume_reruns_what_was_in_flight(tmp_path, sig, code, group, workers):
+    """A stop signal mid-episode: a clean stop with the resume hint, no traceback, no `error`
+    episode (an env worker the signal reached is no crash), and the resume ends with every
+    episode a real success or failure."""
     out = tmp_path / "run"
-    proc = subprocess.Popen(SWEEP + ["--seeds", "3", "--out", str(out), "--no-report"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = SWEEP + ["--seeds", "3", "--out", str(out), "--no-report", "--workers", str(workers)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     log = out / "baseline.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 30):
         time.sleep(0.1)
-    proc.send_signal(sig)
+    os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
     assert f"stopped ({signal.Signals(sig).name})" in err and "re-run the same command" in err
     assert "Traceback" not in err
     assert all(e.outcome != "error" for e in read_jsonl(log).episodes)
+    if group:  # resume: the episodes in flight are rerun, every one a real result
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        eps = read_jsonl(log).episodes
+        assert sorted(e.seed for e in eps) == [0, 1, 2]
+        assert {e.outcome for e in eps} <= {"success", "failure"}, [e.error for e in eps]
 
 
 def test_summary_of_a_several_suite_run_that_has_not_started(tmp_path):

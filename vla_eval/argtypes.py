@@ -6,21 +6,28 @@ import math
 from typing import Callable
 
 
-def int_at_least(low: int, what: str = "") -> Callable[[str], int]:
+MAX_INT_FLAG = 10**6  # no count, step limit or worker number the toolkit takes is near this
+
+
+def int_at_least(low: int, what: str = "", high: int = MAX_INT_FLAG) -> Callable[[str], int]:
+    """An integer in [low, high]: every integer flag has a range (a 10**20 step limit would run,
+    then break the report)."""
     def parse(text: str) -> int:
         try:
             n = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}") from None
         if n < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}{what}, got {n}")
+        if n > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high:,}{what}, got {str(n)[:30]}")
         return n
 
     parse.__name__ = f"integer >= {low}"
     return parse
 
 
-def float_between(low: float, high: float = math.inf, low_inclusive: bool = False) -> Callable[[str], float]:
+def float_between(low: float, high: float = 1e9, low_inclusive: bool = False) -> Callable[[str], float]:
     def parse(text: str) -> float:
         try:
             x = float(text)
@@ -92,18 +99,27 @@ def out_file(text: str):
     return p
 
 
-def seed_set(text: str) -> tuple[int, ...]:
-    """--seeds: a plain count N means seeds 0..N-1 (seed i -> stored init state i); ids and ranges
-    ('10-59', '3,4', '0-4,7') name the seeds themselves."""
-    if text.strip().isdigit():
-        n = int(text)
-        if n < 1:
-            raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-        return tuple(range(n))
-    return id_set("--seeds")(text)
+def seeds(flag: str, count: bool) -> Callable[[str], tuple[int, ...]]:
+    """The one seed-set grammar of every seed flag: ids and ranges separated by commas ('3,4',
+    '10-59', '0-4,7'). A lone number is where the flags differ, and each flag's help says which:
+    on a flag that takes a count (``count=True``: sweep/drill/demo ``--seeds``, dagger
+    ``--eval-seeds``) 'N' means seeds 0..N-1, as in the published protocol's "50 seeds per task",
+    and a lone seed is written '7-7'; on a flag that takes ids (``--calib-seeds``) '7' is seed 7."""
+    ids = id_set(flag)
+
+    def parse(text: str) -> tuple[int, ...]:
+        if count and text.strip().isdigit():
+            n = int(text)
+            if n < 1:
+                raise argparse.ArgumentTypeError(f"must be at least 1 (a count; the lone seed 0 is written 0-0), got {n}")
+            return tuple(range(n))
+        return ids(text)
+
+    parse.__name__ = "seed count or ids" if count else "seed ids"
+    return parse
 
 
-seed_set.__name__ = "seed count or ids"
+seed_set = seeds("--seeds", count=True)  # sweep, drill, demo: 'N' is a count
 
 
 def format_ids(ids) -> str:
@@ -118,3 +134,11 @@ def format_ids(ids) -> str:
         i = j + 1
     text = ",".join(parts)
     return f"{text}-{text}" if text.isdigit() else text  # one id alone would read back as a count
+
+
+def add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch (and BLAS) threads of this run's processes; default: the cores this
+    process may use (affinity, cgroup quota), shared among the processes the run keeps busy."""
+    parser.add_argument("--threads", type=int_at_least(1), default=None, metavar="N",
+                        help="CPU threads for torch in each process of this run (default: sized from the usable "
+                             "cores: affinity and cgroup quota)")

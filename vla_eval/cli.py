@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 from vla_eval import __version__
-from vla_eval.argtypes import float_between, format_ids, id_set, int_at_least, out_dir, out_file, seed_set
+from vla_eval.argtypes import (add_threads_flag, float_between, format_ids, id_set, int_at_least, out_dir, out_file,
+                               seed_set)
 from vla_eval.errors import DIST, MissingDependency, UsageError, install_hint
 from vla_eval.faults import CHAPTER_FAULTS, FAULTS, parse_faults
 
@@ -16,6 +17,8 @@ DEFAULT_SUITE = "libero_object"
 _non_negative = int_at_least(0)
 _positive_int = int_at_least(1)
 _positive_float = float_between(0.0)
+_step_limit = int_at_least(1, " steps (LIBERO's longest suite allows 520)", high=100_000)  # rundir.MAX_STEP_LIMIT
+_process_count = int_at_least(0, " processes", high=256)
 
 
 _task_list = id_set("--tasks")
@@ -36,7 +39,7 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: str) -> None:
                 tasks.add_argument("--tasks", type=_task_list, help="comma-separated task ids, e.g. 0,3,5")]
     actions += [
         ident.add_argument("--seeds", type=seed_set, default=seeds_default,
-                           help=f"a count N (seeds 0..N-1) or seed ids such as 10-59 or 3,4; seed i -> stored init "
+                           help=f"a count N (seeds 0..N-1) or seed ids such as 10-59, 3,4 or 7-7 (one seed); seed i -> stored init "
                                 f"state i (default {seeds_default})"),
         ident.add_argument("--policy", default="openvla", choices=POLICIES,
                            help="; ".join(f"{n}: {s.help}" for n, s in POLICIES.items())),
@@ -46,7 +49,7 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: str) -> None:
                            help="auto: on for pixel policies, off (physics only, ~10x faster) for state-based ones"),
         ident.add_argument("--fast-reset", action="store_true",
                            help="reuse the MuJoCo model between episodes (not the published protocol's hard reset)"),
-        ident.add_argument("--max-steps", type=_positive_int, help="override the suite's step limit")]
+        ident.add_argument("--max-steps", type=_step_limit, help="override the suite's step limit (1..100000)")]
     p.set_defaults(identity=actions, shard=None, resume=None, retry_errors=False)  # sweep's own flags set them
     p.add_argument("--attn", choices=("flash_attention_2", "sdpa", "eager"), help="attention (default sdpa)")
     p.add_argument("--device", help="torch device for the model (default: cuda; cpu for --policy tiny)")
@@ -55,19 +58,20 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: str) -> None:
     p.add_argument("--native", dest="backend", action="store_const", const="native", help=argparse.SUPPRESS)
     p.add_argument("--dtype", choices=DTYPES,
                    help="native model weights and activations (default: bfloat16; float32 for --policy tiny)")
-    p.add_argument("--workers", type=_non_negative, default=0, help="parallel env processes (0: env in this process)")
-    p.add_argument("--env-timeout", type=_positive_float, default=None, metavar="S",
+    p.add_argument("--workers", type=_process_count, default=0, help="parallel env processes (0: env in this process)")
+    p.add_argument("--env-timeout", type=float_between(0.0, 86_400.0), default=None, metavar="S",
                    help="with workers: a reset or step taking longer than S seconds ends that episode as an error "
                         "and restarts its worker (default 180 s reset / 60 s step)")
-    p.add_argument("--batch", type=_positive_int, help="N parallel envs feeding one model call per step (= --workers N; batched on the native backend, a loop on the remote code)")
+    p.add_argument("--batch", type=int_at_least(1, high=256), help="N parallel envs feeding one model call per step (= --workers N; batched on the native backend, a loop on the remote code)")
     p.add_argument("--overlap", action="store_true",
                    help="split the envs into two groups: one simulates while the model acts for the other")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="env workers as Ray actors on a cluster (ADDRESS, e.g. auto or host:6379; no value: a local "
                         "Ray instance); the run folder stays in this process")
-    p.add_argument("--policy-actors", type=_non_negative, metavar="N",
+    p.add_argument("--policy-actors", type=_process_count, metavar="N",
                    help="with --ray: the policy in N Ray actors, each batching the observations of its env "
                         "actors (default: one per cluster GPU for a CUDA model; 0 for CPU: the policy in this process)")
+    add_threads_flag(p)
     p.add_argument("--out", type=out_dir, help="run folder (default: runs/<policy>-<suite>-<tasks>-<tags>)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
@@ -316,6 +320,8 @@ def cmd_demo(args) -> int:
     its baseline next to the three silent failures, two env workers, then the report."""
     argv = ["drill", "--policy", "tiny", "--suite", "libero_object", "--tasks", args.tasks,
             "--seeds", format_ids(args.seeds), "--batch", "2", "--out", str(args.out)]
+    if args.threads is not None:
+        argv += ["--threads", str(args.threads)]
     return main(argv)
 
 
@@ -366,9 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="CPU main job: the tiny OpenVLA's drill (baseline + 3 silent failures) "
                                      "on LIBERO libero_object + report")
-    dm.add_argument("--seeds", type=seed_set, default="1", help="a seed count or ids per task and run tag (default 1)")
+    dm.add_argument("--seeds", type=seed_set, default="1", help="a count N (seeds 0..N-1) or seed ids (10-12, 3,4; one seed: 7-7) per task and run tag (default 1)")
     dm.add_argument("--tasks", default=DEMO_TASKS, help=f"task ids (default {DEMO_TASKS})")
     dm.add_argument("--out", type=out_dir, default=Path("runs/demo"))
+    add_threads_flag(dm)
     dm.set_defaults(fn=cmd_demo)
 
     for name, module, extra in (("monitor", "vla_eval.monitors.cli", None), ("small", "vla_eval.drills.cli", "drills"),
@@ -378,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("collect-demos", "vla_eval.tinyvla.cli", "data"),
                                 ("compare", "vla_eval.reports.compare", "report"),
                                 ("bench-report", "vla_eval.reports.bench", "report"),
-                                ("setup", "vla_eval.setup", None), ("diagnose", "vla_eval.diagnose", None)):
+                                ("setup", "vla_eval.setup", None), ("diagnose", "vla_eval.diagnose", None),
+                                ("bench-threads", "vla_eval.drills.bench", "drills")):
         _lazy(sub, name, module, extra)
     _add_examples(sub)
     return p
@@ -402,6 +410,7 @@ EXAMPLES = {
     "bench-policy": ["vla-eval bench-policy --size tiny --device cpu --batches 1,2",
                      "vla-eval bench-policy --size 7b --device cuda"],
     "bench-report": ["vla-eval bench-report --episodes 50,500"],
+    "bench-threads": ["vla-eval bench-threads", "vla-eval bench-threads --spin"],
     "check-backend": ["vla-eval check-backend --checkpoint openvla/openvla-7b-finetuned-libero-object --device cuda"],
     "collect-demos": ["vla-eval collect-demos", "vla-eval collect-demos --tasks 0-9 --per-task 5 --expert stateless "
                       "--out runs/dagger/demos"],
@@ -444,8 +453,12 @@ def _lazy(sub, name: str, module: str, extra: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vla_eval.threads import prepare_process
+
+    prepare_process(None)  # before numpy or torch load: idle OpenMP threads spin briefly, then sleep
     parser = build_parser()
     args = parser.parse_args(argv)
+    prepare_process(getattr(args, "threads", None))  # --threads N reaches torch and every child process
     if not getattr(args, "fn", None):
         parser.print_help()
         return 0
@@ -456,14 +469,15 @@ def main(argv: list[str] | None = None) -> int:
     def terminate(signum, frame):
         raise Stopped(signum)
 
-    previous = signal.signal(signal.SIGTERM, terminate)  # SIGTERM: the same clean stop as Ctrl-C
+    # SIGTERM (docker stop, systemd, pre-emption) and SIGHUP (a closed terminal): the same clean stop as Ctrl-C
+    previous = {s: signal.signal(s, terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return args.fn(args)
     except UsageError as e:
         print(f"vla-eval: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        for sig in (signal.SIGTERM, signal.SIGINT):  # a further signal while we report is not a crash
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a further signal while we report: no crash
             signal.signal(sig, signal.SIG_IGN)
         signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
         print(f"\nstopped ({signal.Signals(signum).name}): committed episodes are kept; re-run the same command "
@@ -479,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
             return 3
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 

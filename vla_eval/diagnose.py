@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from vla_eval.errors import UsageError
+from vla_eval.faults import is_run_tag
 
 WINDOW = 60
 FEATURES = ("xyz_mean", "xyz_max", "rot_mean", "direction", "grip_flips", "grip_closed", "grip_first_close",
@@ -114,7 +115,8 @@ class Library:
     def to_json(self) -> dict:
         return {"version": LIBRARY_VERSION, "suite": self.suite, "checkpoint": self.checkpoint, "seeds": list(self.seeds),
                 "features": list(FEATURES), "window": WINDOW,
-                "rows": {t: np.round(x, 6).tolist() for t, x in self.rows.items()}}
+                "rows": {t: [[None if math.isnan(v) else v for v in row] for row in np.round(x, 6).tolist()]
+                         for t, x in self.rows.items()}}  # null: a feature the run did not log (strict JSON)
 
 
 def run_identity(run_dir: Path, manifest: dict | None = None) -> tuple[str, str, tuple[int, ...]]:
@@ -154,17 +156,30 @@ def load_library(path: Path) -> Library:
             raise UsageError(f"{path}: a library needs the baseline and at least one fault with finished episodes "
                              f"(build it with: vla-eval drill --fault all --out {path}); it has {sorted(feats) or 'none'}")
         return Library({t: np.stack([f for _, f in v]) for t, v in feats.items()}, suite, ckpt, seeds, str(path))
+    from vla_eval.safe_json import read_json
+
+    if not path.exists():
+        raise UsageError(f"--library {path}: no such file or folder")
+    d = read_json(path, "--library", max_bytes=64 * 2**20, allow_nan=True)  # NaN: a feature not logged
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
         if d.get("version") != LIBRARY_VERSION or list(d["features"]) != list(FEATURES):
             raise ValueError(f"version {d.get('version')} / features {d.get('features')}")
-        rows = {t: np.array(x, dtype=np.float64).reshape(-1, len(FEATURES)) for t, x in d["rows"].items()}
+        if d.get("window", WINDOW) != WINDOW:
+            raise ValueError(f"window {d.get('window')!r}: this version's features read the first {WINDOW} steps")
+        rows = {}
+        for t, x in d["rows"].items():
+            if not is_run_tag(t):
+                raise ValueError(f"{t!r} is no run tag")
+            rows[t] = np.array(x, dtype=np.float64).reshape(-1, len(FEATURES))
+            if not len(rows[t]):
+                raise ValueError(f"run tag {t!r} has no rows")
+            if np.abs(np.nan_to_num(rows[t])).max() > 1e9:  # null (absent) is NaN; NaN/inf never parse
+                raise ValueError(f"run tag {t!r} holds a feature outside +-1e9")
         if "baseline" not in rows or len(rows) < 2:
             raise ValueError(f"it needs the baseline and at least one fault; it has {sorted(rows)}")
-        return Library(rows, str(d["suite"]), str(d["checkpoint"]), tuple(d["seeds"]), str(path))
-    except FileNotFoundError:
-        raise UsageError(f"--library {path}: no such file or folder") from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        seeds = tuple(int(s) for s in d["seeds"])
+        return Library(rows, str(d["suite"]), str(d["checkpoint"]), seeds, str(path))
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:
         raise UsageError(f"--library {path}: not a diagnose library ({type(e).__name__}: {str(e)[:120]}); give a "
                          f"drill folder (vla-eval drill --fault all) or its --export-library file") from None
 
@@ -318,7 +333,7 @@ def cmd_diagnose(args) -> int:
         target = out_file(str(args.export_library))
         if target.exists():
             raise UsageError(f"--export-library {target} exists; choose a new file name")
-        target.write_text(json.dumps(library.to_json()))
+        target.write_text(json.dumps(library.to_json(), allow_nan=False))
         print(f"library: {len(library.rows)} tags, {sum(len(x) for x in library.rows.values())} episodes -> {target}")
     if args.run_dir is not None:
         overlap = set(library.seeds) & set(identity[2])

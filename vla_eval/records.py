@@ -317,6 +317,7 @@ def read_jsonl(path: Path, scope: RunScope | None = None) -> RunLog:
         raise UsageError(f"no such log file: {path}")
     log = RunLog(path)
     raw_steps: list[StepRecord] = []
+    lines_of: dict[str, int] = {}  # episode attempt -> its line
     lines = list(iter_lines(path))
     for i, (n, d, text) in enumerate(lines):
         last = i == len(lines) - 1
@@ -333,11 +334,23 @@ def read_jsonl(path: Path, scope: RunScope | None = None) -> RunLog:
         if problem:
             raise UsageError(f"{path}:{n}: {problem}; this record does not belong here (was the file copied "
                              f"from another run?)")
-        (log.episodes if isinstance(rec, EpisodeRecord) else raw_steps).append(rec)
-    # An episode may have been retried after an error; the last committed attempt wins.
-    by_key: dict[tuple[int, int], EpisodeRecord] = {}
+        if isinstance(rec, EpisodeRecord):
+            log.episodes.append(rec)
+            lines_of[rec.attempt] = n
+        else:
+            raw_steps.append(rec)
+    # An episode may have been retried after an env error: the rerun replaces the error. Any other
+    # second result for one episode of a run is refused (which one counts is not for a reader to guess).
+    by_key: dict[tuple[str, int, int], EpisodeRecord] = {}
     for ep in log.episodes:
-        by_key[(ep.task_id, ep.seed)] = ep
+        key = (ep.run_tag, ep.task_id, ep.seed)
+        first = by_key.get(key)
+        if scope is not None and first is not None and first.outcome != "error":
+            raise UsageError(f"{path}:{lines_of[ep.attempt]}: a second result ({ep.outcome}) for task {ep.task_id} "
+                             f"seed {ep.seed}, which line {lines_of[first.attempt]} already records "
+                             f"({first.outcome}); only an env error may be followed by its rerun. Keep one of the "
+                             f"two lines (or re-run the episode into a new folder).")
+        by_key[key] = ep
     log.episodes = list(by_key.values())
     committed = {ep.attempt for ep in log.episodes}
     log.steps = [s for s in raw_steps if s.attempt in committed]

@@ -29,11 +29,15 @@ from vla_eval.argtypes import format_ids
 from vla_eval.errors import DIST, UsageError, bad_choice
 from vla_eval.faults import RUN_TAGS, is_run_tag
 from vla_eval.records import EpisodeRecord, RunLog, RunScope, read_jsonl
+from vla_eval.safe_json import read_json
 from vla_eval.sims.protocol import N_INIT_STATES, SUITES
 
 MANIFEST = "manifest.json"
 SUITES_FILE = "suites.json"
 ALL4 = ("libero_spatial", "libero_object", "libero_goal", "libero_10")  # the four suites OpenVLA reports
+
+
+MAX_STEP_LIMIT = 100_000  # --max-steps' range: far above any suite's limit, far below what breaks a report
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,8 @@ class SweepConfig:
         object.__setattr__(self, "task_ids", tuple(self.task_ids))
         object.__setattr__(self, "tags", tuple(self.tags))
         parse_shard(self.shard)
+        if self.max_steps is not None and not (isinstance(self.max_steps, int) and 1 <= self.max_steps <= MAX_STEP_LIMIT):
+            raise UsageError(f"--max-steps {self.max_steps!r}: valid 1..{MAX_STEP_LIMIT} (LIBERO's longest suite: 520)")
 
     def scope(self, tag: str) -> RunScope:
         """What this run's ``<tag>.jsonl`` may hold."""
@@ -118,11 +124,8 @@ def load_manifest(run_dir: Path) -> dict:
     path = Path(run_dir) / MANIFEST
     if not path.is_file():
         raise UsageError(f"{run_dir} is not a vla-eval run folder (no {MANIFEST})")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise UsageError(f"{path}: not a readable manifest ({type(e).__name__}: {str(e)[:100]})") from None
-    if not isinstance(d, dict) or not isinstance(d.get("config"), dict):
+    d = read_json(path, "manifest", max_bytes=16 * 2**20)
+    if not isinstance(d.get("config"), dict):
         raise UsageError(f"{path}: a manifest is a JSON object with a 'config' object")
     return d
 
@@ -145,7 +148,7 @@ _CONFIG_CHECKS = {
              f"a list of {', '.join(RUN_TAGS)} (or fault names joined by +)"),
     "cameras": (lambda v: isinstance(v, bool), "true or false"),
     "hard_reset": (lambda v: isinstance(v, bool), "true or false"),
-    "max_steps": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
+    "max_steps": (lambda v: v is None or (_is_int(v) and 1 <= v <= MAX_STEP_LIMIT), f"null or 1..{MAX_STEP_LIMIT}"),
     "checkpoint": (lambda v: v is None or isinstance(v, str), "null or a string"),
     "revision": (lambda v: v is None or isinstance(v, str), "null or a string"),
     "shard": (lambda v: v is None or isinstance(v, str), "null or 'i/K'"),
@@ -198,7 +201,7 @@ def check_or_write_manifest(run_dir: Path, cfg: SweepConfig, model_options: dict
     """A new folder gets the manifest; an existing one must hold the same config (else refused)."""
     path = Path(run_dir) / MANIFEST
     if path.exists():
-        old = json.loads(path.read_text())["config"]
+        old = load_manifest(run_dir)["config"]
         if _is_int(old.get("seeds")):  # a manifest from before seed sets: a count N is seeds 0..N-1
             old = {**old, "seeds": list(range(old["seeds"]))}
         diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if not _same(k, old.get(k), _jsonish(v))}
@@ -231,7 +234,11 @@ def read_log(path: Path) -> RunLog:
     """A JSONL log; inside a run folder it is checked against the manifest (a foreign record is an error)."""
     path = Path(path)
     if (path.parent / MANIFEST).is_file() and path.suffix == ".jsonl":
-        return read_tag(path.parent, path.stem)
+        log = read_tag(path.parent, path.stem)
+        if log is None:  # a tag this run does not have, or one whose first episode has not started yet
+            there = sorted(p.name for p in path.parent.glob("*.jsonl"))
+            raise UsageError(f"no such log file: {path}; the run folder holds {', '.join(there) or 'no log yet'}")
+        return log
     return read_jsonl(path)
 
 
@@ -278,11 +285,7 @@ def is_multi_suite(run_dir: Path) -> bool:
 
 def read_suites(run_dir: Path) -> tuple[str, ...]:
     path = Path(run_dir) / SUITES_FILE
-    try:
-        suites = json.loads(path.read_text())["suites"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"{path}: not a readable suites file ({type(e).__name__}); it lists the suites of a "
-                         f"several-suite run") from None
+    suites = read_json(path, "suites file", max_bytes=2**20).get("suites")
     if not (isinstance(suites, list) and suites and all(isinstance(s, str) and s in SUITES for s in suites)):
         raise UsageError(f"{path}: 'suites' must be a list of {', '.join(SUITES)}")
     return tuple(suites)
@@ -294,9 +297,9 @@ LOCK, HOLDER = ".lock", ".lock.holder"
 
 def _holder(run_dir: Path) -> str:
     try:
-        h = json.loads((run_dir / HOLDER).read_text())
+        h = read_json(run_dir / HOLDER, "lock holder", max_bytes=2**16)
         return f"pid {h['pid']} on {h['host']} ({h['command']!r}, since {h['since']})"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (UsageError, KeyError, TypeError):
         return "another process"
 
 

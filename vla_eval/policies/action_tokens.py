@@ -70,7 +70,7 @@ def resolve_unnorm_key(norm_stats: dict, suite: str, requested: str | None) -> s
 def shipped_norm_stats(key: str) -> dict | None:
     """Statistics shipped in configs/norm_stats (e.g. bridge_orig for the bad-unnorm drill)."""
     from vla_eval.configs import CONFIG_DIR
-    import json
+    from vla_eval.safe_json import read_json
 
     path = CONFIG_DIR / "norm_stats" / f"{key}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(path, "norm stats file") if path.exists() else None

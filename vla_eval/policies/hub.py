@@ -20,6 +20,10 @@ def resolve_checkpoint_dir(checkpoint: str, revision: str | None) -> Path:
     path = Path(checkpoint).expanduser()
     if path.is_dir():
         return path
+    if path.exists() or path.is_symlink():  # a file, a dangling link or a link loop: local, never a hub id
+        what = "is a file" if path.is_file() else "is a link that leads nowhere (or in a loop)"
+        raise UsageError(f"--checkpoint {checkpoint} {what}; give the checkpoint folder (config.json, *.safetensors, "
+                         f"tokenizer files) or a hub id")
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model"]

@@ -131,7 +131,7 @@ def prepare_unnorm_key(norm_stats: dict, suite: str, requested: str | None) -> s
 
 def load_backend(suite: str, opts):
     """The model behind every run tag of one sweep; all set-up errors surface here."""
-    require("torch", "openvla", "OpenVLA")
+    torch = require("torch", "openvla", "OpenVLA")
     require("transformers", "openvla", "OpenVLA")
     if opts.attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise UsageError(f"unknown attention implementation {opts.attn_implementation!r}; valid: "
@@ -139,6 +139,10 @@ def load_backend(suite: str, opts):
     from vla_eval.policies.native.checkpoint import check_device
 
     check_device(opts.device)
+    if opts.device == "cpu":  # the policy acts while the envs wait (no --overlap): the usable cores are its own
+        from vla_eval.threads import set_torch_threads
+
+        set_torch_threads(torch)
     checkpoint = opts.checkpoint or default_checkpoint(suite)
     if opts.native:
         from vla_eval.policies.native.backend import load_native_backend

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vla_eval.argtypes import float_between, id_set, int_at_least, out_dir, seed_set
+from vla_eval.argtypes import add_threads_flag, float_between, id_set, int_at_least, out_dir, seeds
 
 from vla_eval.errors import UsageError
 
@@ -12,7 +12,7 @@ _positive = int_at_least(1)
 
 
 def _eval_seeds(text: str) -> tuple[int, ...]:
-    return () if text.strip() == "none" else seed_set(text)
+    return () if text.strip() == "none" else seeds("--eval-seeds", count=True)(text)
 
 
 def register(sub) -> None:
@@ -54,7 +54,7 @@ def register(sub) -> None:
                    help="draw frames near a gripper change this many times as often (default 1: uniform)")
     t.add_argument("--grasp-window", type=int_at_least(0), default=4,
                    help="frames each side of a gripper change (default 4)")
-    t.add_argument("--threads", type=_positive, default=2, help="torch CPU threads (default 2)")
+    add_threads_flag(t)
     t.add_argument("--tokenizer", type=Path, help="Llama-2 tokenizer folder (default: the cached one, "
                                                   "installed on first use)")
     t.add_argument("--no-progress", action="store_true")

@@ -97,11 +97,12 @@ def check_config(cfg: DaggerConfig) -> None:
             for k, v in asdict(cfg).items()
             if k not in ("out", "tokenizer", "rounds", "workers", "threads") and not (k == "max_steps" and v is None)}
     if meta.exists():
+        from vla_eval.safe_json import read_json
+
         try:
-            theirs = json.loads(meta.read_text())
-        except (OSError, ValueError) as e:
-            raise UsageError(f"{meta} is unreadable ({e}); it records how {cfg.out} was made: restore it or use "
-                             f"another --out") from e
+            theirs = read_json(meta, "DAgger record", max_bytes=2**20)
+        except UsageError as e:
+            raise UsageError(f"{e}; it records how {cfg.out} was made: restore it or use another --out") from None
         diff = {k: (theirs.get(k), v) for k, v in mine.items()
                 if not (same_path(theirs.get(k), v) if k in ("demos", "start") else theirs.get(k) == v)}
         if diff:
@@ -220,7 +221,7 @@ def train_round(cfg: DaggerConfig, r: int, progress: bool = True) -> Path:
     if (ckpt / "config.json").is_file() and (ckpt / "model.safetensors").is_file():
         return ckpt
     tc = TrainConfig(demos=cfg.demos, out=cfg.round_dir(r) / "train", tokenizer=cfg.tokenizer,
-                     steps=cfg.train_steps, lr=cfg.lr, warmup=min(100, cfg.train_steps // 10), threads=2,
+                     steps=cfg.train_steps, lr=cfg.lr, warmup=min(100, cfg.train_steps // 10), threads=None,
                      extra_demos=tuple(cfg.round_dir(i) / "rollouts" for i in range(1, r + 1)),
                      init_from=cfg.checkpoint(r - 1))
     return train(tc, progress=progress)

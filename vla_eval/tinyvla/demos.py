@@ -234,13 +234,13 @@ def _check_config(cfg: DemoConfig) -> None:
         mine.update(burst_prob=cfg.burst_prob, burst_steps=list(cfg.burst_steps), burst_speed=cfg.burst_speed,
                     grip_burst_share=cfg.grip_burst_share)
     if meta.exists():
+        from vla_eval.safe_json import read_json
+
         try:
-            theirs = json.loads(meta.read_text())
-            if not isinstance(theirs, dict):
-                raise ValueError(f"a JSON {type(theirs).__name__}, not an object")
-        except (OSError, ValueError, RecursionError) as e:
-            raise UsageError(f"{meta} is unreadable ({str(e)[:100]}); it records how {cfg.out} was collected: "
-                             f"restore it, or collect into another --out") from None
+            theirs = read_json(meta, "collection record", max_bytes=2**20)
+        except UsageError as e:
+            raise UsageError(f"{e}; it records how {cfg.out} was collected: restore it, or collect into another "
+                             f"--out") from None
         diff = {k: (theirs.get(k), v) for k, v in mine.items() if theirs.get(k) != v}
         if diff:
             raise UsageError(f"{cfg.out} was collected with other settings ({diff}); use another --out")

@@ -50,7 +50,7 @@ class TrainConfig:
     val_episodes_per_task: int = 1  # the last demo episodes of each task, for token accuracy
     ckpt_every: int = 250
     log_every: int = 50
-    threads: int = 2
+    threads: int | None = None  # torch threads; None: sized from the usable cores (vla_eval.threads)
     seed: int = 0
     llm_width: int = 96
     llm_layers: int = 3
@@ -252,8 +252,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     from vla_eval.policies.action_tokens import libero_to_training_gripper, normalize, normalized_to_tokens
     from vla_eval.policies.native.llama_tokenizer import load_tokenizer
     from vla_eval.policies.preprocess import build_prompt
+    from vla_eval.threads import torch_threads
 
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(cfg.threads or torch_threads())
     cfg.out.mkdir(parents=True, exist_ok=True)
     demos = load_demos([cfg.demos, *cfg.extra_demos], cfg.out / "cache", progress)
     stats = norm_stats_of(demos.actions, demos.n_episodes) if cfg.init_from is None else _init_stats(cfg.init_from)

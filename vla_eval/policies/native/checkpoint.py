@@ -87,15 +87,20 @@ def load_state(model: NativeOpenVLA, tensors) -> LoadReport:
 
 
 def iter_safetensors(ckpt_dir: Path, device: str = "cpu"):
+    """(name, tensor) over the checkpoint's weight files (the shard index's, if it has one); a
+    float tensor holding NaN or inf is refused by name (such a model acts, blind, on garbage)."""
     from safetensors import safe_open
 
-    files = sorted(ckpt_dir.glob("*.safetensors"))
-    if not files:
-        raise UsageError(f"no *.safetensors files in {ckpt_dir}")
-    for path in files:
+    from vla_eval.policies.native.validate import weight_files
+
+    for path in weight_files(Path(ckpt_dir)):
         with safe_open(str(path), framework="pt", device=device) as f:
             for key in f.keys():
-                yield key, f.get_tensor(key)
+                tensor = f.get_tensor(key)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    raise UsageError(f"broken checkpoint file {path}: tensor {key!r} holds NaN or inf values; "
+                                     f"re-download the checkpoint (or re-export it) into an empty folder")
+                yield key, tensor
 
 
 @contextmanager

@@ -36,13 +36,12 @@ def _broken(path: Path, problem: str, fix: str = REFETCH) -> UsageError:
 
 
 def read_json_object(path: Path) -> dict:
+    from vla_eval.safe_json import read_json
+
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise _broken(path, f"not readable JSON ({type(e).__name__}: {str(e)[:120]})") from None
-    if not isinstance(value, dict):
-        raise _broken(path, f"holds a JSON {type(value).__name__}, not an object")
-    return value
+        return read_json(path, "checkpoint file")
+    except UsageError as e:
+        raise UsageError(f"broken {e}; {REFETCH}") from None
 
 
 def check_config(path: Path) -> dict:
@@ -62,9 +61,13 @@ def check_config(path: Path) -> dict:
     return cfg
 
 
-def check_safetensors(path: Path) -> dict[str, list[int]]:
-    """Header -> {tensor name: shape}; every byte range inside the file, the file complete."""
-    size = path.stat().st_size
+def check_safetensors(path: Path, dtypes: dict[str, str] | None = None) -> dict[str, list[int]]:
+    """Header -> {tensor name: shape}; every byte range inside the file, the file complete.
+    ``dtypes``, if given, receives {tensor name: safetensors dtype}."""
+    try:
+        size = path.stat().st_size
+    except OSError as e:  # a link loop or a dangling link
+        raise _broken(path, f"cannot be read ({e.strerror or e})") from None
     if size < 8:
         raise _broken(path, f"truncated: {size} bytes, not even the 8-byte header length")
     with open(path, "rb") as f:
@@ -93,6 +96,8 @@ def check_safetensors(path: Path) -> dict[str, list[int]]:
             raise _broken(path, f"tensor {name!r} has a malformed header entry")
         shapes[name] = shape
         spans.append((begin, stop))
+        if dtypes is not None:
+            dtypes[name] = entry["dtype"]
     if not shapes:
         raise _broken(path, "holds no tensors")
     spans.sort()
@@ -108,12 +113,22 @@ def check_safetensors(path: Path) -> dict[str, list[int]]:
 def check_checkpoint_dir(ckpt_dir: Path) -> dict:
     """Every file the native backend reads; returns config.json. Raises one UsageError naming the file."""
     ckpt_dir = Path(ckpt_dir)
+    try:
+        ckpt_dir.resolve(strict=True)
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop on older Pythons
+        raise UsageError(f"checkpoint folder {ckpt_dir} cannot be opened ({getattr(e, 'strerror', None) or e})") from None
     cfg = check_config(ckpt_dir / "config.json")
-    weights = sorted(ckpt_dir.glob("*.safetensors"))
-    if not weights:
-        raise UsageError(f"no *.safetensors files in {ckpt_dir}; {REFETCH}")
+    weights = weight_files(ckpt_dir)
+    owner: dict[str, Path] = {}
+    dtypes: dict[str, str] = {}
     for path in weights:
-        check_safetensors(path)
+        for name in check_safetensors(path, dtypes):
+            if name in owner:
+                raise _broken(path, f"tensor {name!r} is also in {owner[name].name} (a duplicated or stray shard)",
+                              "keep only the files model.safetensors.index.json names")
+            owner[name] = path
+    _check_index(ckpt_dir, owner)
+    _check_dtypes(ckpt_dir / "config.json", cfg, dtypes, owner)
     tokenizer = ckpt_dir / "tokenizer.json"
     if not tokenizer.is_file() and not (ckpt_dir / "tokenizer.model").is_file():
         raise UsageError(f"{ckpt_dir} has no tokenizer (tokenizer.json or tokenizer.model); {REFETCH}")
@@ -121,3 +136,70 @@ def check_checkpoint_dir(ckpt_dir: Path) -> dict:
         if (ckpt_dir / name).is_file():
             read_json_object(ckpt_dir / name)
     return cfg
+
+
+INDEX = "model.safetensors.index.json"
+FLOAT_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
+
+
+def weight_files(ckpt_dir: Path) -> list[Path]:
+    """The weight files: those the shard index names (each once, each there), else every *.safetensors."""
+    index = ckpt_dir / INDEX
+    if not index.exists() and not index.is_symlink():
+        weights = sorted(ckpt_dir.glob("*.safetensors"))
+        if not weights:
+            raise UsageError(f"no *.safetensors files in {ckpt_dir}; {REFETCH}")
+        return weights
+    weight_map = read_json_object(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+            isinstance(f, str) and f and "/" not in f and f.endswith(".safetensors") for f in weight_map.values()):
+        raise _broken(index, "'weight_map' must map tensor names to .safetensors file names in this folder")
+    named = sorted(set(weight_map.values()))
+    for name in named:
+        if not (ckpt_dir / name).is_file():
+            raise _broken(index, f"names {name}, which is not in {ckpt_dir} (a shard missing)")
+    stray = sorted(p.name for p in ckpt_dir.glob("*.safetensors") if p.name not in named)
+    if stray:
+        raise _broken(ckpt_dir / stray[0], f"is a weight file {INDEX} does not name (a duplicated or stray shard)",
+                      "remove it, or re-download the checkpoint into an empty folder")
+    return [ckpt_dir / n for n in named]
+
+
+def _check_index(ckpt_dir: Path, owner: dict[str, Path]) -> None:
+    """The index and the shards' headers agree tensor by tensor."""
+    index = ckpt_dir / INDEX
+    if not index.is_file():
+        return
+    weight_map = read_json_object(index)["weight_map"]
+    for name, file in weight_map.items():
+        if name not in owner:
+            raise _broken(index, f"says tensor {name!r} is in {file}, which has no such tensor")
+        if owner[name].name != file:
+            raise _broken(index, f"says tensor {name!r} is in {file}; it is in {owner[name].name}")
+    missing = sorted(set(owner) - set(weight_map))
+    if missing:
+        raise _broken(index, f"does not list tensor {missing[0]!r} of {owner[missing[0]].name}")
+
+
+def _check_dtypes(config: Path, cfg: dict, dtypes: dict[str, str], owner: dict[str, Path]) -> None:
+    """Float tensors are stored as config.json's torch_dtype says (float32 extras allowed): bf16
+    bytes relabelled F16 load without an error and run on garbage. And the text model's sizes
+    agree: the embedding holds the vocabulary and the hidden size, the pad id is inside it."""
+    want = cfg.get("torch_dtype")
+    if isinstance(want, str) and want in FLOAT_DTYPES.values():
+        for name, dt in dtypes.items():
+            if dt in FLOAT_DTYPES and FLOAT_DTYPES[dt] not in (want, "float32"):
+                raise _broken(owner[name], f"tensor {name!r} is stored as {dt} but {config.name} says torch_dtype "
+                                           f"{want} (a relabelled or mixed file)")
+    text = cfg["text_config"]
+    vocab, hidden = text.get("vocab_size"), text.get("hidden_size")
+    for key in ("pad_token_id",):
+        for where, value in ((f"text_config.{key}", text.get(key)), (key, cfg.get(key))):
+            if isinstance(value, int) and isinstance(vocab, int) and not 0 <= value < vocab:
+                raise _broken(config, f"{where} {value} is outside the vocabulary of {vocab} tokens")
+    embed = "language_model.model.embed_tokens.weight"
+    if embed in dtypes:
+        shape = check_safetensors(owner[embed])[embed]
+        if isinstance(vocab, int) and isinstance(hidden, int) and shape != [vocab, hidden]:
+            raise _broken(owner[embed], f"{embed} has shape {shape}; {config.name} says vocab_size {vocab} x "
+                                        f"hidden_size {hidden}")
