@@ -12,7 +12,6 @@ from vla_eval.faults import FAULTS, RUN_TAGS
 from vla_eval.monitors.predicates import PREDICATES, Thresholds, Verdict
 from vla_eval.monitors.stream import classify, evaluate
 
-FAULT_TAGS = ("baseline",) + PREDICATES  # the run tags a predicate is meant to match
 COLUMNS = PREDICATES + ("none",)
 
 
@@ -21,6 +20,10 @@ def expected_predicate(tag: str) -> str | None:
     fault = FAULTS.get(tag)
     layers = fault.caught_by if fault else ()
     return next((layer.split(":", 1)[1] for layer in layers if layer.startswith("monitor:")), None)
+
+
+# The run tags the monitor is judged on: the baseline and every fault the table says a predicate catches.
+FAULT_TAGS = ("baseline",) + tuple(t for t in FAULTS if expected_predicate(t))
 
 
 @dataclass(frozen=True)
@@ -72,9 +75,9 @@ def confusion(rows: list[Scored]) -> dict[str, dict[str, int]]:
 def predicate_table(rows: list[Scored]) -> list[dict]:
     out = []
     for pred in PREDICATES:
-        own = [r for r in rows if r.tag == pred]
+        own = [r for r in rows if expected_predicate(r.tag) == pred]  # the faults the table gives it
         base = [r for r in rows if r.tag == "baseline"]
-        other = [r for r in rows if r.tag in PREDICATES and r.tag != pred]
+        other = [r for r in rows if expected_predicate(r.tag) not in (None, pred)]
         steps = sorted(latency(v) for r in own for v in r.verdicts if v.predicate == pred and v.online)
         rate = lambda xs: (sum(pred in r.got for r in xs) / len(xs)) if xs else float("nan")  # noqa: E731
         out.append({"predicate": pred, "tpr": rate(own), "n_own": len(own), "fa_baseline": rate(base),

@@ -94,3 +94,22 @@ def make_run(folder, outcomes: dict, tags=("baseline",), policy: str = "scripted
                     w.write(make_step(att, i, tag=tag, task=t, seed=s))
                 w.write(make_episode(att, tag=tag, task=t, seed=s, outcome=outcome, instruction=f"pick up thing {t}"))
     return folder
+
+
+def build_wheel(tmp) -> "Path":
+    """The wheel built from the tracked files only (a copy: no stale build/ in the clone), checked."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, tmp = Path(__file__).resolve().parents[1], Path(tmp)
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, text=True, check=True).stdout
+    for rel in filter(None, files.split("\0")):
+        if (root / rel).is_file():
+            (tmp / "src" / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / rel, tmp / "src" / rel)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp / "dist"), str(tmp / "src")], check=True, capture_output=True, timeout=900)
+    (wheel,) = (tmp / "dist").glob("vla_eval_libero-*.whl")
+    return wheel

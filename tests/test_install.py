@@ -83,11 +83,9 @@ def test_every_third_party_import_is_declared_in_an_extra():
 # -- the built wheel, installed with its dependencies -----------------------------------------
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
-                    str(ROOT)], check=True, capture_output=True, timeout=600)
-    (whl,) = out.glob("vla_eval_libero-*.whl")
-    return whl
+    from conftest import build_wheel
+
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 def _venv_with(wheel: Path, extra: str, where: Path) -> Path:

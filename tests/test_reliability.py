@@ -416,3 +416,27 @@ def test_a_checkpoint_folder_named_relative_or_absolute_is_the_same_run(tmp_path
     check_or_write_manifest(tmp_path / "run", replace(cfg, checkpoint="ckpt"))  # resumes: one folder, two names
     with pytest.raises(UsageError, match="checkpoint: folder has"):
         check_or_write_manifest(tmp_path / "run", replace(cfg, checkpoint="openvla/openvla-7b"))
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(suite="libero_nope"), "unknown suite 'libero_nope'; valid: libero_spatial"),
+    (dict(task_ids=(10,)), "task id 10 out of range for libero_object; valid: 0..9"),
+    (dict(tags=("baseline", "no_flop")), "unknown run tag 'no_flop'"),
+    (dict(seeds=(50,)), "seed 50 has no stored init state"),
+    (dict(max_steps=10**20), "--max-steps 100000000000000000000: valid 1..100000"),
+    (dict(shard="3/2"), "bad --shard '3/2'"),
+])
+def test_the_run_config_is_the_one_gate_and_names_the_bad_value_before_any_simulator_import(
+        tmp_path, monkeypatch, kw, message):
+    """``SweepConfig`` checks itself: the Python API refuses a bad name or range with the valid
+    ones, on a machine without the simulator, and writes nothing."""
+    import sys
+
+    from vla_eval.api import SweepConfig, run_sweep
+
+    for mod in ("libero", "robosuite", "mujoco"):
+        monkeypatch.setitem(sys.modules, mod, None)  # importing it now raises ImportError
+    fields = {**dict(suite="libero_object", task_ids=(0,), seeds=(0,), policy="scripted"), **kw}
+    with pytest.raises(UsageError, match=message):
+        run_sweep(SweepConfig(**fields), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

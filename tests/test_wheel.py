@@ -4,8 +4,8 @@ the path), then `vla-eval setup --check` and one short real episode of the shipp
 `twine check --strict` reads the wheel's metadata the way PyPI's upload does."""
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -25,15 +25,9 @@ def _run(args, **kw):
 
 
 def test_wheel_installs_in_a_fresh_venv_and_runs_an_episode(tmp_path):
-    src = tmp_path / "src"
-    files = _run(["git", "ls-files", "-z"], cwd=ROOT).stdout.split("\0")
-    for rel in filter(None, files):
-        if (ROOT / rel).is_file():
-            (src / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, src / rel)
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
-          str(src)])
-    (wheel,) = (tmp_path / "dist").glob("vla_eval_libero-*.whl")
+    from conftest import build_wheel
+
+    wheel = build_wheel(tmp_path)
     _run([sys.executable, "-m", "twine", "check", "--strict", str(wheel)])  # metadata and README render on PyPI
     names = zipfile.ZipFile(wheel).namelist()
     for needed in ("vla_eval/tinyvla/dagger.py", "vla_eval/faults.py", "vla_eval/reports/templates/report.html.j2",
@@ -56,6 +50,42 @@ def test_wheel_installs_in_a_fresh_venv_and_runs_an_episode(tmp_path):
     assert where.startswith(str(venv)), where
     cli = str(venv / "bin" / "vla-eval")
     _run([cli, "setup", "--check"], cwd=work, env=env)
-    r = _run([cli, "run", "--policy", "tiny", "--task", "0", "--seed", "0", "--max-steps", "3", "--no-progress",
-              "--log", str(work / "ep.jsonl")], cwd=work, env=env)
+    # The episode through the console script's entry point, noting every module it imported.
+    trace = work / "modules.json"
+    code = ("import json, sys\nfrom vla_eval.cli import main\nrc = main(sys.argv[1:])\n"
+            f"open({str(trace)!r}, 'w').write(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))\n"
+            "sys.exit(rc)")
+    r = _run([str(py), "-c", code, "run", "--policy", "tiny", "--task", "0", "--seed", "0", "--max-steps", "3",
+              "--no-progress", "--log", str(work / "ep.jsonl")], cwd=work, env=env)
     assert "baseline:" in r.stdout and (work / "ep.jsonl").exists()
+    _every_import_is_a_declared_dependency(json.loads(trace.read_text()), extras=("sim", "openvla"))
+
+
+def _every_import_is_a_declared_dependency(modules: list[str], extras: tuple[str, ...]) -> None:
+    """The sim + openvla promise without a second torch install: every third-party module a real
+    episode imported comes from a distribution these extras pull in (their requirements, closed
+    over the requirements of those), or from libero, installed apart as the README says."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    def closure(dist: str, extra: tuple[str, ...] = ()) -> set[str]:
+        seen, todo = set(), [(dist, extra)]
+        while todo:
+            name, ex = todo.pop()
+            key = canon(name)
+            if key in seen:
+                continue
+            seen.add(key)
+            for text in md.requires(name) or ():
+                req = Requirement(text)
+                if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in ex or ("",)):
+                    todo.append((req.name, tuple(req.extras)))
+        return seen
+
+    canon = lambda n: n.lower().replace("_", "-").replace(".", "-")  # noqa: E731
+    allowed = closure("vla-eval-libero", extras) | closure("libero")
+    dists_of = md.packages_distributions()
+    stray = sorted(m for m in modules if m not in sys.stdlib_module_names and m not in ("vla_eval", "__main__")
+                   and dists_of.get(m) and not {canon(d) for d in dists_of[m]} & allowed)
+    assert not stray, f"imported, but no extra of {extras} pulls them in: {stray}"

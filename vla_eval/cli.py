@@ -91,26 +91,19 @@ def _given_identity(args) -> list[str]:
 
 
 def _task_ids(args, suite: str) -> tuple[int, ...]:
-    from vla_eval.sims.protocol import check_task_id, suite_spec
+    from vla_eval.sims.protocol import suite_spec
 
-    if args.all_tasks:
-        return tuple(range(suite_spec(suite).n_tasks))
-    ids = args.tasks or (args.task,)
-    for t in ids:
-        check_task_id(suite, t)
-    return ids
+    return tuple(range(suite_spec(suite).n_tasks)) if args.all_tasks else (args.tasks or (args.task,))
 
 
 def _configs(args, tags: tuple[str, ...]) -> list:
-    """One SweepConfig per suite, checked (suite, tasks, seeds, policy, tags) before any model or device."""
+    """One SweepConfig per suite; the config checks itself (suite, tasks, seeds, tags, shard), the
+    registry the policy, before any model or device."""
     from vla_eval.policies.factory import policy_spec
     from vla_eval.rundir import SweepConfig, parse_suites
-    from vla_eval.sweep import toggles_for
 
     suites = parse_suites(args.suite)
     spec = policy_spec(args.policy)
-    for tag in tags:
-        toggles_for(tag)
     cameras = spec.reads_images if args.cameras == "auto" else args.cameras == "on"
     return [SweepConfig(suite=suite, task_ids=_task_ids(args, suite), seeds=args.seeds, policy=args.policy,
                         tags=tags, cameras=cameras, hard_reset=not args.fast_reset, max_steps=args.max_steps,

@@ -56,6 +56,27 @@ class SweepConfig:
     shard: str | None = None  # "i/K": this run does jobs i, i+K, i+2K, ...
 
     def __post_init__(self):
+        """The one gate of a run's identity: names and ranges, before any simulator or model import."""
+        from vla_eval.faults import toggles_for
+        from vla_eval.sims.protocol import check_task_id, suite_spec
+
+        suite_spec(self.suite)  # an unknown suite names the valid ones
+        if not self.task_ids:
+            raise UsageError("a run needs at least one task id")
+        for t in self.task_ids:
+            if not isinstance(t, int) or isinstance(t, bool):
+                raise UsageError(f"task id {t!r} is not an integer")
+            check_task_id(self.suite, t)
+        if len(set(self.task_ids)) != len(tuple(self.task_ids)):
+            raise UsageError(f"task ids {tuple(self.task_ids)} repeat an id")
+        if not self.tags or len(set(self.tags)) != len(tuple(self.tags)):
+            raise UsageError(f"run tags {tuple(self.tags)}: give at least one, each once")
+        for tag in self.tags:
+            try:
+                toggles_for(tag)
+            except KeyError as e:
+                raise UsageError(f"unknown run tag {tag!r} (fault {e.args[0]!r}); valid: {', '.join(RUN_TAGS)}, or "
+                                 f"fault names joined by +") from None
         seeds = tuple(range(self.seeds)) if isinstance(self.seeds, int) else tuple(sorted(self.seeds))
         bad = [s for s in seeds if not (isinstance(s, int) and 0 <= s < N_INIT_STATES)]
         if not seeds or bad or len(set(seeds)) != len(seeds):

@@ -28,6 +28,7 @@ from vla_eval.runner import RunConfig, make_jobs, run_episodes, slot_groups
 
 
 def toggles_for(tag: str) -> Toggles:
+    """A run tag's toggles; an unknown tag is a UsageError naming the valid ones."""
     try:
         return _fault_toggles(tag)
     except KeyError as e:
