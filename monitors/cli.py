@@ -6,6 +6,7 @@ predicate (baseline: none). A mismatch means the toggle is wrong, not the predic
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -116,7 +117,7 @@ def run(args) -> int:
 
     seen: dict = {}
     for p in args.logs:  # the same log twice would count every run twice
-        key = p.resolve()
+        key = os.path.realpath(p)  # never raises (a link loop is refused when it is read)
         if key in seen:
             raise UsageError(f"{p} is given twice (also as {seen[key]}); each log is read once")
         seen[key] = p

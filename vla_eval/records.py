@@ -317,7 +317,7 @@ def read_jsonl(path: Path, scope: RunScope | None = None) -> RunLog:
         raise UsageError(f"no such log file: {path}")
     log = RunLog(path)
     raw_steps: list[StepRecord] = []
-    lines_of: dict[str, int] = {}  # episode attempt -> its line
+    ep_lines: list[int] = []  # the line of each episode record, in order
     lines = list(iter_lines(path))
     for i, (n, d, text) in enumerate(lines):
         last = i == len(lines) - 1
@@ -336,22 +336,22 @@ def read_jsonl(path: Path, scope: RunScope | None = None) -> RunLog:
                              f"from another run?)")
         if isinstance(rec, EpisodeRecord):
             log.episodes.append(rec)
-            lines_of[rec.attempt] = n
+            ep_lines.append(n)
         else:
             raw_steps.append(rec)
     # An episode may have been retried after an env error: the rerun replaces the error. Any other
     # second result for one episode of a run is refused (which one counts is not for a reader to guess).
-    by_key: dict[tuple[str, int, int], EpisodeRecord] = {}
-    for ep in log.episodes:
+    by_key: dict[tuple[str, int, int], tuple[EpisodeRecord, int]] = {}
+    for ep, n in zip(log.episodes, ep_lines):
         key = (ep.run_tag, ep.task_id, ep.seed)
-        first = by_key.get(key)
+        first, first_n = by_key.get(key, (None, 0))
         if scope is not None and first is not None and first.outcome != "error":
-            raise UsageError(f"{path}:{lines_of[ep.attempt]}: a second result ({ep.outcome}) for task {ep.task_id} "
-                             f"seed {ep.seed}, which line {lines_of[first.attempt]} already records "
-                             f"({first.outcome}); only an env error may be followed by its rerun. Keep one of the "
-                             f"two lines (or re-run the episode into a new folder).")
-        by_key[key] = ep
-    log.episodes = list(by_key.values())
+            raise UsageError(f"{path}:{n}: a second result ({ep.outcome}) for task {ep.task_id} seed {ep.seed}, "
+                             f"which line {first_n} already records ({first.outcome}); only an env error may be "
+                             f"followed by its rerun. Keep one of the two lines (or re-run the episode into a new "
+                             f"folder).")
+        by_key[key] = (ep, n)
+    log.episodes = [ep for ep, _ in by_key.values()]
     committed = {ep.attempt for ep in log.episodes}
     log.steps = [s for s in raw_steps if s.attempt in committed]
     log.orphan_steps = len(raw_steps) - len(log.steps)
