@@ -14,15 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from vla_eval.drills.data import ACT_DIM, OBS_DIM, DataConfig, Dataset
+from vla_eval.drills.train import OptimConfig
 
 N_BINS = 256
 FAMILIES = ("mse", "ce", "denoise")
 
 
 @dataclass(frozen=True)
-class BakeoffConfig:
-    lr: float = 1e-3
-    batch: int = 64
+class BakeoffConfig(OptimConfig):
     # 10, not the faults' 50: the CE head (256 bins x 7) makes this the costly drill, and all
     # three families have converged relative to each other well before (measured: 50 epochs
     # took 234 s here and only deepened memorisation of label noise).

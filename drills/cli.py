@@ -42,11 +42,11 @@ def run(args) -> int:
     if args.epochs is not None and args.drill not in ("bakeoff", "all"):
         raise UsageError("--epochs applies to the bakeoff drill")
     from vla_eval.drills.data import DataConfig, load_dataset
-    from vla_eval.drills.faults import FAULTS, run_faults
+    from vla_eval.drills.faults import TRAINING_FAULTS, run_faults
     from vla_eval.errors import bad_choice
 
-    if args.fault is not None and args.fault not in FAULTS:
-        raise bad_choice("fault", args.fault, [f for f in FAULTS if f != "baseline"])
+    if args.fault is not None and args.fault not in TRAINING_FAULTS:
+        raise bad_choice("fault", args.fault, [f for f in TRAINING_FAULTS if f != "baseline"])
     t0 = time.perf_counter()
     cfg = DataConfig(seed=args.seed)
     data = load_dataset(cfg)
@@ -55,7 +55,7 @@ def run(args) -> int:
     timings = {"data": time.perf_counter() - t0}
     lines, all_match = [], True
     if args.drill in ("baseline", "faults", "all"):
-        names = ["baseline"] if args.drill == "baseline" else ([args.fault] if args.fault else list(FAULTS))
+        names = ["baseline"] if args.drill == "baseline" else ([args.fault] if args.fault else list(TRAINING_FAULTS))
         if "action_outlier_clipped" in names and "action_outlier" not in names:
             names.insert(0, "action_outlier")
         if args.fault == "action_outlier":

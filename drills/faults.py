@@ -11,7 +11,7 @@ from vla_eval.drills.checks import CurveFeatures, read_curve
 from vla_eval.drills.data import DataConfig, Dataset, mse_floor
 from vla_eval.drills.train import History, TrainConfig, train_many
 
-FAULTS: dict[str, TrainConfig] = {
+TRAINING_FAULTS: dict[str, TrainConfig] = {
     "baseline": TrainConfig(),
     "big_lr": TrainConfig(lr=1.0),
     "tiny_lr": TrainConfig(lr=1e-8),
@@ -121,10 +121,10 @@ def run_faults(data: Dataset, data_cfg: DataConfig, out_dir: Path, names=None, e
 
     out_dir = Path(out_dir)
     (out_dir / "curves").mkdir(parents=True, exist_ok=True)
-    names = list(names or FAULTS)
+    names = list(names or TRAINING_FAULTS)
     if "baseline" not in names:
         names.insert(0, "baseline")
-    cfgs = [FAULTS[n] if epochs is None else replace(FAULTS[n], epochs=epochs) for n in names]
+    cfgs = [TRAINING_FAULTS[n] if epochs is None else replace(TRAINING_FAULTS[n], epochs=epochs) for n in names]
     t = time.perf_counter()
     _, hists = train_many(data, cfgs)  # all runs in lockstep, each its own model
     if timings is not None:

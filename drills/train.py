@@ -16,10 +16,15 @@ from vla_eval.drills.data import ACT_DIM, OBS_DIM, Dataset
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class OptimConfig:
+    """What every SmallPolicy training run sets: Adam's learning rate, the batch, the epochs."""
     lr: float = 1e-3
     batch: int = 64
     epochs: int = 50
+
+
+@dataclass(frozen=True)
+class TrainConfig(OptimConfig):
     seed: int = 0
     normalize: bool = True  # per-dimension observation normalisation
     outlier: bool = False  # one sample per batch gets action[3] = 1e3

@@ -27,6 +27,7 @@ import math
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -264,25 +265,24 @@ def online_no_flip_checked(s: StreamState) -> bool:
             or (_grasp_on(s) and (s.first_close is not None or s.n >= s.th.grasp_min)))
 
 
+def _no_flip_below(on: bool, value: float | None, threshold: float, step: int, what: str, window: int):
+    """The online no_flip verdict of a windowed statistic below its calibrated threshold."""
+    if on and value is not None and value < threshold:
+        return Verdict("no_flip", ERROR, step, {what: value, "threshold": threshold, "window": window})
+    return None
+
+
 def check_token_confidence(s: StreamState, step: int) -> Verdict | None:
     """no_flip, online: the model is unsure of its action tokens from the start (an upside-down
     scene is out of its training distribution, with the same image statistics, so img_mean
     cannot see it). Off until calibrated (``conf_min`` 0)."""
-    conf = s.conf_mean
-    if _conf_on(s) and conf is not None and conf < s.th.conf_min:
-        return Verdict("no_flip", ERROR, step, {"mean_token_prob": conf, "threshold": s.th.conf_min,
-                                               "window": s.th.conf_window})
-    return None
+    return _no_flip_below(_conf_on(s), s.conf_mean, s.th.conf_min, step, "mean_token_prob", s.th.conf_window)
 
 
 def check_direction_consistency(s: StreamState, step: int) -> Verdict | None:
     """no_flip, online: the translations zig-zag over the first ``cos_window`` steps (a healthy
     policy moves smoothly). Off until calibrated (``cos_min`` -1)."""
-    cos = s.cos_mean
-    if _cos_on(s) and cos is not None and cos < s.th.cos_min:
-        return Verdict("no_flip", ERROR, step, {"direction_consistency": cos, "threshold": s.th.cos_min,
-                                               "window": s.th.cos_window})
-    return None
+    return _no_flip_below(_cos_on(s), s.cos_mean, s.th.cos_min, step, "direction_consistency", s.th.cos_window)
 
 
 def check_early_grasp(s: StreamState, step: int) -> Verdict | None:
@@ -308,8 +308,41 @@ def check_no_flip_at_end(s: StreamState) -> Verdict | None:
     return None
 
 
-STREAMING = (check_bad_prompt, check_bad_unnorm, check_token_confidence, check_direction_consistency, check_early_grasp)
-PREDICATES = ("bad_prompt", "bad_unnorm", "no_flip")
+def gripper_flips(grip) -> int:
+    """Open <-> close changes of one episode's gripper commands: a change of sign, a zero keeping
+    the previous state. The one definition (the streaming state counts the same, step by step;
+    ``diagnose`` and the report call this)."""
+    flips, state = 0, 0
+    for g in map(float, grip):
+        sign = (g > 0) - (g < 0)
+        if sign and state and sign != state:
+            flips += 1
+        state = sign or state
+    return flips
+
+
+@dataclass(frozen=True)
+class Predicate:
+    """One row of the predicate table: the name a verdict carries (and a fault's ``caught_by``
+    names, ``monitor:<name>``), its streaming checks ``(StreamState, step) -> Verdict | None``,
+    its end-of-episode check, and the ``Thresholds`` fields it reads. The monitor, the replay,
+    the scoring and the docs read this table; ``calibrate`` fits the fields it lists."""
+    name: str
+    streaming: tuple[Callable[[StreamState, int], Verdict | None], ...]
+    fields: tuple[str, ...]
+    at_end: Callable[[StreamState], Verdict | None] | None = None
+
+
+PREDICATE_TABLE: tuple[Predicate, ...] = (
+    Predicate("bad_prompt", (check_bad_prompt,), ("window", "prompt_norm", "calm_steps")),
+    Predicate("bad_unnorm", (check_bad_unnorm,), ("unnorm_abs", "unnorm_frac", "unnorm_small", "min_steps")),
+    Predicate("no_flip", (check_token_confidence, check_direction_consistency, check_early_grasp),
+              ("conf_window", "conf_min", "cos_window", "cos_min", "grasp_min", "flip_min_norm"),
+              at_end=check_no_flip_at_end),
+)
+PREDICATES = tuple(p.name for p in PREDICATE_TABLE)
+STREAMING = tuple(check for p in PREDICATE_TABLE for check in p.streaming)
+SHARED_FIELDS = ("action_dim",)  # read by every check (the action's length), owned by none
 
 
 def finite_action(action, th: Thresholds, step: int) -> tuple[list[float] | None, Verdict | None]:

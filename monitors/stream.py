@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from vla_eval.monitors.predicates import (
-    ERROR, STREAMING, StreamState, Thresholds, Verdict, _finite, as_done, check_no_flip_at_end, finite_action,
+    ERROR, PREDICATES, STREAMING, StreamState, Thresholds, Verdict, _finite, as_done, check_no_flip_at_end, finite_action,
     online_no_flip_checked,
 )
 
@@ -102,4 +102,4 @@ def evaluate(trace: Iterable, thresholds: Thresholds | None = None) -> tuple[lis
 
 def classify(verdicts: Iterable[Verdict]) -> set[str]:
     """The failure predicates a run matched (bad_action is reported, not a class)."""
-    return {v.predicate for v in verdicts if v.predicate in ("bad_prompt", "bad_unnorm", "no_flip")}
+    return {v.predicate for v in verdicts if v.predicate in PREDICATES}

@@ -33,15 +33,18 @@ def _features(log: RunLog) -> list[str]:
     """Per-run numbers of the drill comparison (what the monitors read)."""
     if not log.steps:
         return ["–"] * 5
+    from vla_eval.monitors.predicates import gripper_flips
+
     a = np.array([s.action for s in log.steps], dtype=float)
     img = [s.img_mean for s in log.steps if s.img_mean is not None]
     conf = [s.token_prob for s in log.steps if s.token_prob is not None]
+    flips = [gripper_flips([s.action[6] for s in log.steps_of(e)]) for e in log.episodes]  # within episodes
     return [f"{np.linalg.norm(a[:, :6], axis=1).mean():.3f}", f"{np.abs(a[:, :3]).max():.3f}",
-            str(int((np.diff(np.sign(a[:, 6])) != 0).sum())), f"{np.mean(img):.1f}" if img else "–",
+            f"{np.mean(flips):.1f}" if flips else "–", f"{np.mean(img):.1f}" if img else "–",
             f"{np.mean(conf):.3f}" if conf else "–"]
 
 
-FEATURES = ("mean ||a[:6]||", "max |a[:3]|", "gripper flips", "mean img_mean", "mean token prob")
+FEATURES = ("mean ||a[:6]||", "max |a[:3]|", "gripper flips per episode", "mean img_mean", "mean token prob")
 
 
 def _pct(x: float) -> str:

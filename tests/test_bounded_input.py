@@ -262,3 +262,11 @@ def test_a_checkpoint_path_that_is_no_folder_is_named_as_such(tmp_path, make, me
     make(path)
     with pytest.raises(UsageError, match=message):
         resolve_checkpoint_dir(str(path), None)
+
+
+@pytest.mark.parametrize("window", [0, -5, 2.5, True, 10**9])
+def test_diagnose_features_refuse_a_window_out_of_range(window):
+    from vla_eval.diagnose import episode_features
+
+    with pytest.raises(UsageError, match="window"):
+        episode_features([], window)

@@ -172,7 +172,7 @@ def test_dagger_folder_made_with_other_settings_is_refused(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)  # the same folders named relative to the working directory resume the run
     dagger.check_config(replace(cfg, demos=Path("."), start=Path(os.path.relpath(cfg.start, tmp_path))))
     (cfg.out / "dagger.json").write_text("{torn")
-    with pytest.raises(UsageError, match="dagger.json is unreadable"):
+    with pytest.raises(UsageError, match="dagger.json: is not valid JSON.*restore it"):
         dagger.check_config(cfg)
 
 

@@ -10,6 +10,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vla_eval.monitors import RuntimeMonitor, Thresholds, classify, evaluate
 from vla_eval.monitors.calibrate import calibrate, false_alarm_rate
@@ -250,3 +252,29 @@ def test_monitor_judges_runs_with_the_thresholds_shipped_for_their_checkpoint(tm
     assert _shipped_thresholds_of([other / "baseline.jsonl"]) is None
     with pytest.raises(UsageError, match="different shipped thresholds"):
         _shipped_thresholds_of([by_path / "baseline.jsonl", other / "baseline.jsonl"])
+
+
+def test_the_predicate_table_owns_every_threshold_and_every_monitor_fault_names_a_row():
+    """One table: each Thresholds field belongs to one predicate (or is shared), the streaming
+    checks are the table's, and every ``monitor:<name>`` in the fault table names a row."""
+    from dataclasses import fields
+
+    from vla_eval.faults import FAULTS
+    from vla_eval.monitors.predicates import PREDICATE_TABLE, PREDICATES, SHARED_FIELDS, STREAMING, Thresholds
+
+    owned = [f for p in PREDICATE_TABLE for f in p.fields]
+    assert len(owned) == len(set(owned))
+    assert sorted(owned + list(SHARED_FIELDS)) == sorted(f.name for f in fields(Thresholds))
+    assert STREAMING == tuple(c for p in PREDICATE_TABLE for c in p.streaming)
+    named = {layer.split(":", 1)[1] for f in FAULTS.values() for layer in f.caught_by if layer.startswith("monitor:")}
+    assert named == set(PREDICATES)
+
+
+@given(st.lists(st.sampled_from([-1.0, -0.3, 0.0, 0.4, 1.0]), max_size=40))
+def test_the_streaming_gripper_flip_count_is_the_one_definition(grip):
+    from vla_eval.monitors.predicates import gripper_flips
+
+    m = RuntimeMonitor()
+    for g in grip:
+        m.update({"action": [0.1, 0.0, 0.0, 0.0, 0.0, 0.0, g], "reward": 0.0, "done": False})
+    assert m.state.grip_flips == gripper_flips(grip)

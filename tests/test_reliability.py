@@ -404,7 +404,7 @@ def test_a_manifest_with_odd_provenance_or_deep_nesting_is_handled(tmp_path):
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     (run / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
     r = cli("report", run)
-    assert r.returncode == 2 and "not a readable manifest" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 2 and "nested more than 64 levels" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_a_checkpoint_folder_named_relative_or_absolute_is_the_same_run(tmp_path, monkeypatch):

@@ -79,3 +79,35 @@ def test_the_python_api_starts_the_same_typed_run_as_the_cli(tmp_path):
     assert json.loads((tmp_path / "run" / "manifest.json").read_text())["config"]["seeds"] == [3, 5]
     again = resume(tmp_path / "run", execution=ex)
     assert again.ran == 0 and again.skipped == 2
+
+
+def test_run_episode_records_the_fault_as_given_and_the_old_keywords_warn(monkeypatch):
+    """``fault=`` is the one toggle path of the API: the run tag is the string given (as a sweep
+    records it), an unknown fault names the valid ones, the old keywords still work with a warning."""
+    import warnings
+
+    import pytest
+
+    import vla_eval.rollout as rollout_module
+    from vla_eval.api import run_episode
+    from vla_eval.errors import UsageError
+    from vla_eval.sims.parallel import EnvSpec
+
+    seen = []
+
+    class NoEnv:
+        def close(self):
+            pass
+
+    monkeypatch.setattr(EnvSpec, "build", lambda self: NoEnv())
+    monkeypatch.setattr(rollout_module, "rollout",
+                        lambda env, pol, seed, max_steps, tag: (seen.append((tag, pol.toggles)), ("ep", []))[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the fault path warns about nothing
+        run_episode(policy="tiny", fault="no_jpeg+no_crop")
+    assert seen[-1][0] == "no_jpeg+no_crop" and seen[-1][1].jpeg is False and seen[-1][1].center_crop is False
+    with pytest.warns(DeprecationWarning, match="fault='no_flip'"):
+        run_episode(False, policy="tiny")
+    assert seen[-1][0] == "no_flip" and seen[-1][1].flip == "none"
+    with pytest.raises(UsageError, match="unknown run tag 'no_flop'"):
+        run_episode(policy="tiny", fault="no_flop")

@@ -14,8 +14,8 @@ from vla_eval.sweep import Execution, SweepConfig, resume, run_suites, run_sweep
 
 
 def run_episode(
-    flip_image: bool = True,
-    prompt_template: str = "default",
+    flip_image: bool | None = None,
+    prompt_template: str | None = None,
     unnorm_key: str | None = None,
     seed: int = 0,
     max_steps: int | None = None,
@@ -33,23 +33,33 @@ def run_episode(
 ):
     """One episode: seed -> init state, RNGs seeded from it; step records go to ``log_path``.
 
-    ``unnorm_key=None`` uses the suite's key (``libero_object`` -> ``libero_object_no_noops``
-    if the checkpoint only has that), as the published eval does. ``model``: OpenVLA options
-    (``factory.model_options``); default: the policy's own (``tiny``: shipped checkpoint, CPU).
-    ``fault``: a fault name of ``vla_eval.faults.FAULTS`` (or names joined by ``+``), applied on
-    top of the three keyword toggles. Returns the ``EpisodeRecord``, or ``(episode, steps)``
-    with ``return_steps=True``.
+    ``fault``: a fault name of ``vla_eval.faults.FAULTS`` (or names joined by ``+``), the one
+    way to change the loop; the episode's run tag is that string, as a sweep records it.
+    ``model``: OpenVLA options (``factory.model_options``); default: the policy's own (``tiny``:
+    shipped checkpoint, CPU). The suite's unnorm key is used (``libero_object`` ->
+    ``libero_object_no_noops`` if the checkpoint only has that), as the published eval does.
+    Returns the ``EpisodeRecord``, or ``(episode, steps)`` with ``return_steps=True``.
+
+    Deprecated (kept for one release, with a warning): the keywords ``flip_image``,
+    ``prompt_template`` and ``unnorm_key``, applied on top of ``fault``.
     """
+    import warnings
     from dataclasses import replace
 
+    from vla_eval.faults import toggles_for
     from vla_eval.rollout import rollout
     from vla_eval.sims.parallel import EnvSpec
     from vla_eval.sims.protocol import CAMERAS
-    from vla_eval.sweep import toggles_for
 
-    toggles = replace(toggles_for(fault) if fault else Toggles(), **{
-        k: v for k, v in (("flip", "rotate" if flip_image else "none"), ("prompt_template", prompt_template),
-                          ("unnorm_key", unnorm_key)) if v != getattr(Toggles(), k)})
+    toggles = toggles_for(fault) if fault else Toggles()  # an unknown fault names the valid ones
+    legacy = {k: v for k, v in (("flip", None if flip_image is None else "rotate" if flip_image else "none"),
+                                ("prompt_template", prompt_template), ("unnorm_key", unnorm_key)) if v is not None}
+    if legacy:
+        warnings.warn("run_episode(flip_image=, prompt_template=, unnorm_key=) is deprecated: name the fault instead, "
+                      "e.g. run_episode(fault='no_flip'); the keywords go in the next release",
+                      DeprecationWarning, stacklevel=2)
+        toggles = replace(toggles, **legacy)
+    tag = toggles.tag if legacy else (fault or "baseline")
     make_jobs(suite, [task_id], [seed])  # suite, task and seed before any model loads
     pol = make_policy(policy, suite, toggles, model or model_options(policy))
     cameras = pol.uses_images if cameras is None else cameras  # default: render only for pixel policies
@@ -57,7 +67,7 @@ def run_episode(
         raise UsageError(f"policy {pol.name!r} reads images; run it with cameras on")
     env = EnvSpec(suite, task_id, cameras, hard_reset=hard_reset, camera_names=tuple(pol.cameras) or CAMERAS).build()
     try:
-        ep, steps = rollout(env, pol, seed, max_steps, toggles.tag)
+        ep, steps = rollout(env, pol, seed, max_steps, tag)
     finally:
         env.close()
     if log_path:

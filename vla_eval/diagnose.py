@@ -36,6 +36,7 @@ import numpy as np
 
 from vla_eval.errors import UsageError
 from vla_eval.faults import is_run_tag
+from vla_eval.monitors.predicates import gripper_flips
 
 WINDOW = 60
 FEATURES = ("xyz_mean", "xyz_max", "rot_mean", "direction", "grip_flips", "grip_closed", "grip_first_close",
@@ -48,6 +49,8 @@ HEALTHY_QUANTILE = 0.95  # a fault is named above the gain that 95% of healthy l
 def episode_features(steps, window: int = WINDOW) -> np.ndarray:
     """(len(FEATURES),) statistics of one episode's first ``window`` step records (NaN where a
     signal is absent, e.g. token_prob for a remote-code run)."""
+    if not isinstance(window, int) or isinstance(window, bool) or not 1 <= window <= 100_000:
+        raise UsageError(f"window {window!r}: the features read the first 1..100000 steps (default {WINDOW})")
     steps = list(steps)[:window]
     if not steps:
         return np.full(len(FEATURES), np.nan)
@@ -63,7 +66,7 @@ def episode_features(steps, window: int = WINDOW) -> np.ndarray:
     prob = [s.token_prob for s in steps if s.token_prob is not None]
     return np.array([
         np.abs(xyz).mean(), np.abs(xyz).max(), np.abs(a[:, 3:6]).mean(), direction,
-        float(np.sum(closed[1:] != closed[:-1])), closed.mean(), first / window, float(closed[0]),
+        float(gripper_flips(grip)), closed.mean(), first / window, float(closed[0]),
         float(np.mean(~np.isclose(np.abs(grip), 1.0))),
         np.mean(img) if img else np.nan, np.std(img) if img else np.nan, np.mean(prob) if prob else np.nan,
     ])

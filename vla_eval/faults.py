@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from vla_eval.errors import UsageError
+
 FLIPS = ("rotate", "none", "mirror")
 RESIZES = ("lanczos3", "bicubic")
 GRIPPER_MODES = ("binarize_invert", "no_binarize", "no_invert")
@@ -74,18 +76,21 @@ class Fault:
     caught_by: tuple[str, ...]  # the layers meant to catch it: preflight:<check>, monitor:<predicate>, diagnose
     flag: str | None = None  # the chapter's three keep their own CLI flags (--no-flip, ...)
     native_only: bool = False  # injectable in the native backend's decoding only
+    fix: str = ""  # what the pre-flight tells a user whose loop has this fault
 
 
 _T = Toggles
 FAULTS: dict[str, Fault] = {f.name: f for f in (
     Fault("no_flip", _T(flip="none"), "image not rotated 180 degrees (raw MuJoCo frames are upside down)",
-          "the chapter's first silent failure", ("preflight:image", "monitor:no_flip"), flag="--no-flip"),
+          "the chapter's first silent failure", ("preflight:image", "monitor:no_flip"), flag="--no-flip",
+          fix="img[::-1, ::-1]"),
     Fault("bad_prompt", _T(prompt_template="rephrased"), "prompt template rephrased",
           "the chapter's second silent failure", ("preflight:prompt", "monitor:bad_prompt"), flag="--bad-prompt"),
     Fault("bad_unnorm", _T(unnorm_key="bridge_orig"), "unnorm_key=bridge_orig (another dataset's statistics)",
           "the chapter's third silent failure", ("preflight:unnorm key", "monitor:bad_unnorm"), flag="--bad-unnorm"),
     Fault("mirror_flip", _T(flip="mirror"), "img[::-1] only: upright but left-right mirrored",
-          "a flip bug fixed in a peer harness for another policy", ("preflight:image", "diagnose")),
+          "a flip bug fixed in a peer harness for another policy", ("preflight:image", "diagnose"),
+          fix="img[::-1, ::-1]"),
     Fault("no_crop", _T(center_crop=False), "the 0.9-area centre crop skipped",
           "listed among the causes of a 71.0 -> 76.2 reproduction gap", ("preflight:image", "diagnose")),
     Fault("no_jpeg", _T(jpeg=False), "no JPEG round trip before the resize",
@@ -113,14 +118,23 @@ RUN_TAGS = (BASELINE,) + tuple(FAULTS)
 CHAPTER_FAULTS = tuple(name for name, f in FAULTS.items() if f.flag)
 
 
+class UnknownRunTag(UsageError, KeyError):
+    """A run tag that is neither the baseline nor fault names joined by ``+``."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return UsageError.__str__(self)
+
+
 def toggles_for(tag: str) -> Toggles:
-    """A run tag's toggles: ``baseline``, a fault name, or fault names joined by ``+``."""
+    """A run tag's toggles: ``baseline``, a fault name, or fault names joined by ``+``; anything
+    else is ``UnknownRunTag`` naming the valid ones (the one implementation every caller uses)."""
     if tag == BASELINE:
         return Toggles()
     out = Toggles()
-    for name in tag.split("+"):
+    for name in str(tag).split("+"):
         if name not in FAULTS:
-            raise KeyError(name)
+            raise UnknownRunTag(f"unknown run tag {tag!r} (fault {name!r}); valid: {', '.join(RUN_TAGS)}, or fault "
+                                f"names joined by +")
         out = replace(out, **FAULTS[name].toggles.changed())
     return out
 
@@ -129,7 +143,7 @@ def is_run_tag(tag: str) -> bool:
     try:
         toggles_for(tag)
         return True
-    except KeyError:
+    except UnknownRunTag:
         return False
 
 

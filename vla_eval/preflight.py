@@ -84,13 +84,24 @@ def probe_frame() -> np.ndarray:
     return np.clip(frame, 0, 255).astype(np.uint8)
 
 
-IMAGE_VARIANTS = {  # preprocess_libero_image keywords -> what a match means
-    "not rotated 180 degrees (raw MuJoCo frames are upside down): use img[::-1, ::-1]": {"flip": "none"},
-    "mirrored (img[::-1] only), not rotated 180 degrees: use img[::-1, ::-1]": {"flip": "mirror"},
-    "missing the 0.9-area centre crop": {"center_crop": False},
-    "missing the JPEG round trip (quality 95) before the resize": {"jpeg": False},
-    "resized bicubically; the published chain uses TF's antialiased Lanczos-3": {"resize": "bicubic"},
-}
+IMAGE_KEYWORDS = ("flip", "center_crop", "jpeg", "resize")  # Toggles fields that are preprocess_libero_image keywords
+
+
+def image_variants() -> dict[str, dict]:
+    """Fault name -> its preprocess keywords, for every fault the fault table says the image check
+    catches by its image chain alone (the blank frame is told apart by its constant pixels)."""
+    from vla_eval.faults import FAULTS
+
+    return {name: f.toggles.changed() for name, f in FAULTS.items()
+            if "preflight:image" in f.caught_by and f.toggles.changed()
+            and set(f.toggles.changed()) <= set(IMAGE_KEYWORDS)}
+
+
+def _image_finding(name: str) -> str:
+    from vla_eval.faults import FAULTS
+
+    fault = FAULTS[name]
+    return f"as the {name} fault makes it: {fault.help}" + (f"; fix: {fault.fix}" if fault.fix else "")
 
 
 def check_image_chain(policy) -> list[Finding]:
@@ -103,7 +114,7 @@ def check_image_chain(policy) -> list[Finding]:
         if np.ptp(got) == 0:
             why = "a blank frame, whatever the camera shows"
         else:
-            why = next((text for text, kw in IMAGE_VARIANTS.items()
+            why = next((_image_finding(name) for name, kw in image_variants().items()
                         if got.shape == (224, 224, 3) and np.array_equal(got, preprocess_libero_image(frame, **kw))),
                        "different from the published chain (flip, JPEG, Lanczos-3, 0.9 centre crop)")
         found.append(Finding("image", f"the image the model receives is {why}"))

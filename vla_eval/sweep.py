@@ -17,23 +17,13 @@ from pathlib import Path
 from typing import Sequence
 
 from vla_eval.errors import UsageError
-from vla_eval.faults import RUN_TAGS
-from vla_eval.faults import toggles_for as _fault_toggles
+from vla_eval.faults import toggles_for  # noqa: F401  (re-exported: the API's one toggles_for)
 from vla_eval.policies.factory import OpenVLAOptions, Toggles, make_policies, policy_spec, resolve_options
 from vla_eval.records import EpisodeRecord, JsonlWriter
 from vla_eval.rundir import (  # noqa: F401  (SweepConfig, committed, read_tag: re-exported for the API)
     SweepConfig, check_or_write_manifest, committed, config_from_manifest, parse_shard, read_tag, run_lock)
 from vla_eval.runner import RunConfig, make_jobs, run_episodes, slot_groups
 
-
-
-def toggles_for(tag: str) -> Toggles:
-    """A run tag's toggles; an unknown tag is a UsageError naming the valid ones."""
-    try:
-        return _fault_toggles(tag)
-    except KeyError as e:
-        raise UsageError(f"unknown run tag {tag!r} (fault {e.args[0]!r}); valid: {', '.join(RUN_TAGS)}, or fault "
-                         "names joined by +") from None
 
 
 def _model_provenance(openvla: OpenVLAOptions) -> dict:

@@ -115,7 +115,7 @@ def check_config(cfg: DaggerConfig) -> None:
 
 
 # -- rollouts ----------------------------------------------------------------------------------
-def rollout(env, policy, expert, beta: float, seed: int, max_steps: int, rng: np.random.Generator):
+def mixed_rollout(env, policy, expert, beta: float, seed: int, max_steps: int, rng: np.random.Generator):
     """One mixed rollout in a sampled scene -> (kept steps, success, end reason).
 
     Each kept step is (obs, label, executed, policy action, actor); no-op labels are dropped as
@@ -170,7 +170,7 @@ def _rollout_worker(cfg: DaggerConfig, r: int, jobs) -> None:
             if task not in envs:  # one env per task, reused across its scenes (soft resets)
                 envs[task] = LiberoEnv(cfg.suite, task, cameras=True, hard_reset=False, camera_names=("agentview",))
             seed = cfg.scene_seed(r, task, k)
-            kept, success, end = rollout(envs[task], policy, expert, cfg.beta(r), seed, max_steps,
+            kept, success, end = mixed_rollout(envs[task], policy, expert, cfg.beta(r), seed, max_steps,
                                          np.random.default_rng(seed))
             rows = [dict(demo_row(o, task, k, i, label, executed), round=r, actor=actor,
                          policy_action=proposed.astype(np.float32).tolist(), success=success, end=end)
