@@ -106,8 +106,9 @@ def torch_threads(share: int = 1) -> int:
 def prepare_process(threads: int | None) -> None:
     """Before any import of torch or numpy: idle OpenMP threads spin briefly, then sleep; a given
     ``--threads`` reaches every library (torch, OpenBLAS, MKL) and every child process."""
-    for key, value in _SHORT_SPIN.items():
-        os.environ.setdefault(key, value)
+    if "OMP_WAIT_POLICY" not in os.environ:  # a user's own wait policy stands as set
+        for key, value in _SHORT_SPIN.items():
+            os.environ.setdefault(key, value)
     if threads is not None:
         os.environ[THREADS_ENV] = str(threads)
         for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
