@@ -20,8 +20,9 @@ from vla_eval.argtypes import out_dir, seeds
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench-threads", help="SmallPolicy drills alone and next to a tiny-policy sweep: both wall "
-                                             "times (CPU threads on a shared machine)")
+    from vla_eval.verbs import VERBS
+
+    p = sub.add_parser("bench-threads", help=VERBS["bench-threads"].help)
     p.add_argument("--sweep-seeds", type=seeds("--sweep-seeds", count=True), default="40-49",
                    help="seeds of the background sweep, a count N or ids as in sweep --seeds (all 10 libero_object "
                         "tasks; default 40-49)")

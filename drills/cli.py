@@ -14,7 +14,9 @@ from vla_eval.argtypes import add_threads_flag, int_at_least, out_dir
 
 
 def register(sub) -> None:
-    p = sub.add_parser("small", help="SmallPolicy CPU drills: baseline, five faults, loss bake-off, the puzzle")
+    from vla_eval.verbs import VERBS
+
+    p = sub.add_parser("small", help=VERBS["small"].help)
     p.add_argument("drill", choices=("baseline", "faults", "bakeoff", "all", "puzzle", "check"))
     p.add_argument("puzzle_dir", nargs="?", type=Path, help="puzzle folder (puzzle --guess/--reveal, check)")
     p.add_argument("--guess", metavar="CAUSE", help="puzzle: your answer (see the list the puzzle prints)")

@@ -9,7 +9,9 @@ from vla_eval.argtypes import int_at_least
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench-monitor", help="RuntimeMonitor.update latency, p50/p99")
+    from vla_eval.verbs import VERBS
+
+    p = sub.add_parser("bench-monitor", help=VERBS["bench-monitor"].help)
     p.add_argument("--steps", type=int_at_least(100, " (for a p99)"), default=20000)
     p.set_defaults(fn=lambda a: run(a.steps))
 

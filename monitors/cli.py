@@ -22,7 +22,9 @@ def _alpha(text: str) -> float:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("monitor", help="classify JSONL logs with the silent-failure predicates")
+    from vla_eval.verbs import VERBS
+
+    p = sub.add_parser("monitor", help=VERBS["monitor"].help)
     p.add_argument("logs", nargs="+", type=Path)
     p.add_argument("--thresholds", type=Path, help="JSON from calibration (default: the thresholds shipped for the policy that wrote the logs, read from the manifest beside them; else the generic defaults)")
     p.add_argument("--calibrate", type=Path, metavar="OUT.json",

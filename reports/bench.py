@@ -28,7 +28,9 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench-report", help="report rendering time for synthetic runs of growing size")
+    from vla_eval.verbs import VERBS
+
+    p = sub.add_parser("bench-report", help=VERBS["bench-report"].help)
     p.add_argument("--episodes", type=_sizes, default=(50, 500),
                    help="episodes per run tag, one folder each (default 50,500)")
     p.add_argument("--steps", type=int_at_least(1), default=150, help="steps per episode (default 150)")

@@ -102,7 +102,9 @@ def render_html(rows: list[Difference], run_a: Path, run_b: Path, tag: str) -> s
 
 
 def register(sub) -> None:
-    p = sub.add_parser("compare", help="is run B better than run A? per-task and overall difference, CI, exact test")
+    from vla_eval.verbs import VERBS
+
+    p = sub.add_parser("compare", help=VERBS["compare"].help)
     p.add_argument("run_a", type=Path)
     p.add_argument("run_b", type=Path)
     p.add_argument("--tag", default="baseline", help="run tag to compare (default baseline)")

@@ -20,6 +20,7 @@ LAYERS = {
     "vla_eval": 6,  # the package root re-exports run_episode/load_run lazily: a facade on top
     "vla_eval.errors": 0, "vla_eval.configs": 0, "vla_eval.faults": 0,  # shared errors, data, the fault table
     "vla_eval.argtypes": 0, "vla_eval.safe_json": 0, "vla_eval.threads": 0,  # CLI types; bounded reader; CPU threads
+    "vla_eval.verbs": 0,                                               # the table of lazily imported subcommands
     "vla_eval.records": 1, "vla_eval.monitors": 1,                     # shared types; numpy-only monitor
     "vla_eval.sims": 2, "vla_eval.rundir": 2,                          # simulators; the run-folder reader
     "vla_eval.policies": 3,                                           # policies (over sims' Observation)
@@ -161,3 +162,19 @@ def test_a_subcommand_whose_module_cannot_import_says_what_to_install(monkeypatc
     assert cli.main(["small", "all"]) == 2
     err = capsys.readouterr().err
     assert "vla-eval small is unavailable" in err and "pip install 'vla-eval-libero[drills]'" in err
+
+
+def test_help_imports_no_verb_module_and_a_verb_imports_only_its_own():
+    """``vla-eval --help`` lists every verb from the table without importing one; running a verb
+    imports its module and no other verb's."""
+    from vla_eval.verbs import VERBS
+
+    code = ("import sys\nfrom vla_eval.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "from vla_eval.verbs import VERBS\n"
+            "print(sorted({v.module for v in VERBS.values()} & set(sys.modules)))")
+    for argv, expected in ((["--help"], []), (["monitor", "--help"], ["vla_eval.monitors.cli"])):
+        r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip().splitlines()[-1] == str(expected), r.stdout[-500:]
+        if argv == ["--help"]:
+            assert all(name in r.stdout for name in VERBS)

@@ -318,7 +318,17 @@ def cmd_demo(args) -> int:
     return main(argv)
 
 
-def build_parser() -> argparse.ArgumentParser:
+ALL_VERBS = "*"
+
+
+def chosen_verb(argv: list[str]) -> str | None:
+    """The subcommand of a command line (its first word that is no option), or None."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(chosen: str | None = ALL_VERBS) -> argparse.ArgumentParser:
+    """The parser; ``chosen``: the one table verb whose module is imported (``ALL_VERBS``: every
+    one, to read their flags; None: none, for ``vla-eval --help``)."""
     p = argparse.ArgumentParser(prog="vla-eval", description="Evaluate and monitor OpenVLA-style policies on LIBERO.")
     p.add_argument("--version", action="version", version=f"vla-eval {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -371,16 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_threads_flag(dm)
     dm.set_defaults(fn=cmd_demo)
 
-    for name, module, extra in (("monitor", "vla_eval.monitors.cli", None), ("small", "vla_eval.drills.cli", "drills"),
-                                ("bench-monitor", "vla_eval.monitors.bench", None),
-                                ("bench-policy", "vla_eval.policies.native.bench", "openvla"),
-                                ("check-backend", "vla_eval.policies.check_backend", "openvla"),
-                                ("collect-demos", "vla_eval.tinyvla.cli", "data"),
-                                ("compare", "vla_eval.reports.compare", "report"),
-                                ("bench-report", "vla_eval.reports.bench", "report"),
-                                ("setup", "vla_eval.setup", None), ("diagnose", "vla_eval.diagnose", None),
-                                ("bench-threads", "vla_eval.drills.bench", "drills")):
-        _lazy(sub, name, module, extra)
+    from vla_eval.verbs import VERBS
+
+    for verb in VERBS.values():  # the chosen verb's module first: it may register several verbs
+        if verb.name not in sub.choices and chosen in (ALL_VERBS, verb.name):
+            _lazy(sub, verb.name, verb.module, verb.extra)
+    for verb in VERBS.values():  # the rest: listed in --help from the table, their modules never imported
+        if verb.name not in sub.choices:
+            sub.add_parser(verb.name, help=verb.help)
     _add_examples(sub)
     return p
 
@@ -425,8 +433,8 @@ def _add_examples(sub) -> None:
 
 
 def _lazy(sub, name: str, module: str, extra: str | None) -> None:
-    """Subcommands owned by other packages register their own arguments. If one cannot be
-    imported, it still shows in --help and running it says what to install."""
+    """A table verb's module registers its arguments (``vla_eval.verbs``). If it cannot be
+    imported, the verb still shows in --help and running it says what to install."""
     import importlib
 
     try:
@@ -449,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     from vla_eval.threads import prepare_process
 
     prepare_process(None)  # before numpy or torch load: idle OpenMP threads spin briefly, then sleep
-    parser = build_parser()
+    parser = build_parser(chosen_verb(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     prepare_process(getattr(args, "threads", None))  # --threads N reaches torch and every child process
     if not getattr(args, "fn", None):

@@ -310,7 +310,9 @@ def default_library(suite: str) -> Path | None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("diagnose", help="rank the known faults a run's statistics look like (or: no known fault)")
+    from vla_eval.verbs import VERBS
+
+    p = sub.add_parser("diagnose", help=VERBS["diagnose"].help)
     p.add_argument("run_dir", type=Path, nargs="?", help="a sweep or drill folder")
     p.add_argument("--library", type=Path, help="a drill of every fault on the run's checkpoint, or its export "
                                                 "(default: the shipped one for the tiny policy)")

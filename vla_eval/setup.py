@@ -99,8 +99,9 @@ def run_setup(check_only: bool = False, pins: bool = False) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("setup", help="fetch LIBERO's assets, write its config, install the Llama-2 tokenizer "
-                                     "(idempotent)")
+    from vla_eval.verbs import VERBS
+
+    p = sub.add_parser("setup", help=VERBS["setup"].help)
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a part is missing")
     p.add_argument("--pins", action="store_true",
                    help="also OpenVLA's pinned transformers/tokenizers, for the compatibility tests")

@@ -87,8 +87,9 @@ def render_frames(suite: str, n: int) -> tuple[np.ndarray, list[str]]:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("check-backend", help="native model vs OpenVLA's remote code on the same real frames and "
-                                             "prompts: token agreement per unnorm key")
+    from vla_eval.verbs import VERBS
+
+    p = sub.add_parser("check-backend", help=VERBS["check-backend"].help)
     p.add_argument("--checkpoint", required=True, help="checkpoint folder or HF id (needs its remote code files)")
     p.add_argument("--frames", type=Path, help="an .npz with raw 'frames' (N, 256, 256, 3) and optional "
                                                "'instructions' (default: render from LIBERO)")

@@ -17,9 +17,9 @@ def _eval_seeds(text: str) -> tuple[int, ...]:
 
 def register(sub) -> None:
     from vla_eval.tinyvla.demos import DEFAULT_BURSTS, DEFAULT_NOISE, demos_root
+    from vla_eval.verbs import VERBS
 
-    c = sub.add_parser("collect-demos", help="scripted-expert demos on real LIBERO (sampled scenes, never the "
-                                             "eval init states) as parquet; resumable")
+    c = sub.add_parser("collect-demos", help=VERBS["collect-demos"].help)
     c.add_argument("--suite", default="libero_object", choices=("libero_object",),
                    help="the scripted expert solves pick-and-place (libero_object) tasks")
     c.add_argument("--per-task", type=_positive, default=20, help="successful episodes per task (default 20)")
@@ -39,7 +39,7 @@ def register(sub) -> None:
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(fn=cmd_collect)
 
-    t = sub.add_parser("train-tiny", help="train the tiny OpenVLA on collected demos (CPU, resumable)")
+    t = sub.add_parser("train-tiny", help=VERBS["train-tiny"].help)
     t.add_argument("--demos", type=Path, help=f"demo folder (default {demos_root()}/libero_object)")
     t.add_argument("--out", type=out_dir, default=Path("runs/train-tiny"), help="run folder (default runs/train-tiny)")
     t.add_argument("--steps", type=_positive, default=None, help="optimizer steps (default: TrainConfig's)")
@@ -60,8 +60,7 @@ def register(sub) -> None:
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(fn=cmd_train)
 
-    d = sub.add_parser("dagger", help="DAgger rounds for the tiny OpenVLA: roll out, label every state with the "
-                                      "stateless expert, aggregate, fine-tune; held-out success per round (resumable)")
+    d = sub.add_parser("dagger", help=VERBS["dagger"].help)
     d.add_argument("--demos", type=Path, required=True, help="expert demos (collect-demos --expert stateless)")
     d.add_argument("--start", type=Path, required=True, help="round 0's checkpoint folder (train-tiny's export)")
     d.add_argument("--out", type=out_dir, required=True, help="run folder (rounds, curve.csv)")

@@ -165,8 +165,9 @@ def _batches(text: str) -> list[int]:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench-policy", help="native batched OpenVLA vs the sequential HF-style loop: actions/s, "
-                                            "latency, peak GPU memory")
+    from vla_eval.verbs import VERBS
+
+    p = sub.add_parser("bench-policy", help=VERBS["bench-policy"].help)
     p.add_argument("--size", choices=("tiny", "7b"), default="tiny", help="random-weight architecture (default tiny)")
     p.add_argument("--checkpoint", help="time a real checkpoint folder instead of random weights")
     p.add_argument("--device", default="cpu")
