@@ -71,7 +71,7 @@ def _readers():
     """Every reader of a user's file: (name, fn(path)) where fn raises UsageError on bad input."""
     from vla_eval.diagnose import load_library
     from vla_eval.monitors import Thresholds
-    from vla_eval.policies.native.validate import read_json_object
+    from vla_eval.policies.openvla.native.validate import read_json_object
     from vla_eval.records import read_jsonl
     from vla_eval.rundir import load_manifest
 
@@ -241,7 +241,7 @@ def test_a_checkpoint_that_disagrees_with_itself_is_one_line_naming_the_file(tmp
 
 def test_a_sharded_checkpoint_with_its_index_loads(tmp_path):
     from vla_eval.configs import shipped_checkpoint
-    from vla_eval.policies.native.validate import check_checkpoint_dir, weight_files
+    from vla_eval.policies.openvla.native.validate import check_checkpoint_dir, weight_files
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(shipped_checkpoint("tiny", "libero_object"), ckpt)
@@ -256,7 +256,7 @@ def test_a_sharded_checkpoint_with_its_index_loads(tmp_path):
     (lambda p: p.symlink_to(p), "leads nowhere"),
 ])
 def test_a_checkpoint_path_that_is_no_folder_is_named_as_such(tmp_path, make, message):
-    from vla_eval.policies.hub import resolve_checkpoint_dir
+    from vla_eval.policies.openvla.hub import resolve_checkpoint_dir
 
     path = tmp_path / "ckpt"
     make(path)

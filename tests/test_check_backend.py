@@ -9,10 +9,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
-from vla_eval.policies.check_backend import action_bins, compare, inputs  # noqa: E402
+from vla_eval.policies.openvla.check_backend import action_bins, compare, inputs  # noqa: E402
 from vla_eval.policies.factory import OpenVLAOptions  # noqa: E402
-from vla_eval.policies.native.backend import load_native_backend  # noqa: E402
-from vla_eval.policies.native.random_checkpoints import write_random_checkpoint  # noqa: E402
+from vla_eval.policies.openvla.native.backend import load_native_backend  # noqa: E402
+from vla_eval.policies.openvla.native.random_checkpoints import write_random_checkpoint  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 OPTS = OpenVLAOptions(device="cpu", dtype="float32")
@@ -29,7 +29,7 @@ def frames():
 
 
 def test_action_bins_invert_decoding():
-    from vla_eval.policies.action_tokens import tokens_to_normalized, unnormalize
+    from vla_eval.policies.openvla.tokens import tokens_to_normalized, unnormalize
 
     stats = {"q01": [-0.3] * 6 + [0.0], "q99": [0.7] * 6 + [1.0], "mask": [True] * 6 + [False]}
     bins = np.random.default_rng(0).integers(0, 255, (50, 7))

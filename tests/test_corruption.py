@@ -101,7 +101,7 @@ def shipped_copy(tmp_path_factory):
 def test_a_corrupt_checkpoint_is_one_usage_error_naming_a_file(shipped_copy, tmp_path_factory, data, target):
     from vla_eval.errors import UsageError
     from vla_eval.policies.factory import OpenVLAOptions
-    from vla_eval.policies.openvla import load_backend
+    from vla_eval.policies.openvla.policy import load_backend
 
     ckpt = tmp_path_factory.mktemp("broken") / "ckpt"
     shutil.copytree(shipped_copy, ckpt)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vla_eval.policies.simple import CLOSE, OPEN, ScriptedExpert, StatelessExpert
+from vla_eval.policies.scripted import CLOSE, OPEN, ScriptedExpert, StatelessExpert
 from vla_eval.sims.protocol import Observation
 
 SOUP = "pick up the alphabet soup and place it in the basket"
@@ -106,7 +106,7 @@ def test_dagger_round_end_to_end_and_resume(tiny_demos, tmp_path):
     import pandas as pd
 
     from vla_eval.configs import shipped_checkpoint
-    from vla_eval.policies.native import llama_tokenizer
+    from vla_eval.policies.openvla.native import llama_tokenizer
     from vla_eval.tinyvla.dagger import DaggerConfig, rollout_shard, run
 
     cfg = DaggerConfig(out=tmp_path / "dagger", demos=tiny_demos, start=shipped_checkpoint("tiny", "libero_object"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vla_eval.faults import CHAPTER_FAULTS, FAULTS, RUN_TAGS, Toggles, is_run_tag, parse_faults, toggles_for
-from vla_eval.policies.preprocess import postprocess_gripper, preprocess_libero_image
+from vla_eval.policies.openvla.preprocess import postprocess_gripper, preprocess_libero_image
 
 
 def test_every_fault_changes_the_loop_and_names_its_own_tag():
@@ -64,7 +64,7 @@ def test_unknown_fault_on_the_cli_lists_the_valid_ones_and_writes_nothing(tmp_pa
 
 
 def test_decoding_faults_are_refused_on_the_remote_code_backend():
-    from vla_eval.policies.openvla import OpenVLAPolicy
+    from vla_eval.policies.openvla.policy import OpenVLAPolicy
 
     class RemoteLike:  # the remote-code backend's surface: predict only
         norm_stats: dict = {}

@@ -43,7 +43,7 @@ def test_action_of_wrong_length_is_refused(object_env):
 
 
 def test_scripted_expert_succeeds_and_success_is_done(object_env):
-    from vla_eval.policies.simple import ScriptedExpert
+    from vla_eval.policies.scripted import ScriptedExpert
 
     expert = ScriptedExpert()
     obs = object_env.reset(0)
@@ -90,7 +90,7 @@ def test_bad_gl_backend_is_named(monkeypatch):
 def test_rendering_every_other_step_gives_the_same_frames():
     """Demo collection renders every k-th step; the frames it keeps must equal continuous
     rendering's (robosuite's sampling clock must not shift the camera by a step)."""
-    from vla_eval.policies.simple import ScriptedExpert
+    from vla_eval.policies.scripted import ScriptedExpert
     from vla_eval.sims.libero_env import LiberoEnv
 
     env = LiberoEnv("libero_object", 0, cameras=True, hard_reset=False, camera_names=("agentview",))

@@ -168,7 +168,7 @@ def test_monitor_imports_numpy_only():
 def test_runner_feeds_the_monitor_and_calibration_fits_real_baselines(tmp_path):
     """Real LIBERO traces (scripted expert): the default thresholds raise nothing on these
     healthy LIBERO-scale actions, and calibration on them keeps every predicate on."""
-    from vla_eval.policies.simple import ScriptedExpert
+    from vla_eval.policies.scripted import ScriptedExpert
     from vla_eval.records import JsonlWriter, read_jsonl
     from vla_eval.runner import RunConfig, make_jobs, run_episodes
 

@@ -15,10 +15,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from vla_eval.errors import UsageError  # noqa: E402
-from vla_eval.policies.native.checkpoint import build_model, load_native, read_config  # noqa: E402
-from vla_eval.policies.native.model import EMPTY_TOKEN, NativeConfig  # noqa: E402
-from vla_eval.policies.native.random_checkpoints import hf_config, write_random_checkpoint  # noqa: E402
-from vla_eval.policies.native.vit import ViTFeaturizer  # noqa: E402
+from vla_eval.policies.openvla.native.checkpoint import build_model, load_native, read_config  # noqa: E402
+from vla_eval.policies.openvla.native.model import EMPTY_TOKEN, NativeConfig  # noqa: E402
+from vla_eval.policies.openvla.native.random_checkpoints import hf_config, write_random_checkpoint  # noqa: E402
+from vla_eval.policies.openvla.native.vit import ViTFeaturizer  # noqa: E402
 
 PROMPTS = ["In: What action should the robot take to pick up the soup?\nOut:",
            "What action should the robot take? Pick up the alphabet soup and place it in the basket",
@@ -33,7 +33,7 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def backend(ckpt):
     from vla_eval.policies.factory import OpenVLAOptions
-    from vla_eval.policies.native.backend import load_native_backend
+    from vla_eval.policies.openvla.native.backend import load_native_backend
 
     return load_native_backend(str(ckpt), OpenVLAOptions(device="cpu", dtype="float32", native=True))
 
@@ -206,7 +206,7 @@ def test_random_checkpoint_is_in_the_full_released_layout(ckpt):
     assert json.loads((ckpt / "preprocessor_config.json").read_text())["image_resize_strategy"] == "resize-naive"
     tok_cfg = json.loads((ckpt / "tokenizer_config.json").read_text())
     assert tok_cfg["model_input_names"] == ["input_ids", "attention_mask"]
-    from vla_eval.policies.native.llama_tokenizer import load_tokenizer
+    from vla_eval.policies.openvla.native.llama_tokenizer import load_tokenizer
 
     tok = load_tokenizer(ckpt)
     assert "token_type_ids" not in tok("In: hi\nOut:")
@@ -239,7 +239,7 @@ def test_native_policy_toggles_reach_the_model(backend, ckpt, monkeypatch):
     """The policy (preprocessing + prompts + post-processing) over the real native backend."""
     from vla_eval.faults import RUN_TAGS, toggles_for
     from vla_eval.policies.factory import OpenVLAOptions, make_policies
-    from vla_eval.policies.native import backend as backend_mod
+    from vla_eval.policies.openvla.native import backend as backend_mod
     from vla_eval.preflight import image_sensitivity, probe_frame
     from vla_eval.sims.protocol import Observation
 
@@ -274,7 +274,7 @@ def test_native_policy_toggles_reach_the_model(backend, ckpt, monkeypatch):
     assert batches["blind"].img_mean[0] == 128
     # The gripper's bin for "close" (0 in the training convention): left as is by the released mask,
     # unnormalised to 0.5 by a decoder that ignores the mask, which LIBERO then reads as neither.
-    from vla_eval.policies.action_tokens import normalized_to_tokens
+    from vla_eval.policies.openvla.tokens import normalized_to_tokens
 
     close = normalized_to_tokens(np.zeros((1, 7)), backend.model.cfg.action_vocab_size)  # every dim's bin at 0
     key = "libero_object_no_noops"
@@ -285,7 +285,7 @@ def test_native_policy_toggles_reach_the_model(backend, ckpt, monkeypatch):
 
 
 def test_hf_config_of_the_7b_model_has_openvla_sizes():
-    from vla_eval.policies.native.model import NativeOpenVLA
+    from vla_eval.policies.openvla.native.model import NativeOpenVLA
 
     cfg = NativeConfig.from_hf(hf_config("7b"))
     with torch.device("meta"):  # shapes only, no memory
@@ -354,7 +354,7 @@ def test_batch_too_large_names_the_largest_that_fits(backend, monkeypatch):
     (Out-of-memory is raised by a stand-in here; this machine has no GPU to exhaust.)"""
     from types import SimpleNamespace
 
-    from vla_eval.policies.native.backend import NativeBackend
+    from vla_eval.policies.openvla.native.backend import NativeBackend
 
     tried = []
 

@@ -11,12 +11,12 @@ import pytest
 
 from vla_eval.sims.protocol import Observation
 from vla_eval.errors import UsageError
-from vla_eval.policies.action_tokens import (
+from vla_eval.policies.openvla.tokens import (
     bin_centres, resolve_unnorm_key, tokens_to_normalized, unnormalize,
 )
 from vla_eval.faults import Toggles, toggles_for
-from vla_eval.policies.openvla import OpenVLAPolicy, RemoteCodeBackend, prepare_unnorm_key
-from vla_eval.policies.preprocess import (
+from vla_eval.policies.openvla.policy import OpenVLAPolicy, RemoteCodeBackend, prepare_unnorm_key
+from vla_eval.policies.openvla.preprocess import (
     build_prompt, center_crop_resize, jpeg_decode, jpeg_encode, jpeg_round_trip, lanczos_resize, postprocess_gripper,
     preprocess_libero_image,
 )
@@ -71,7 +71,7 @@ def test_every_stage_is_bit_exact_with_tensorflow(frames, tf_ref, stage):
 def test_lanczos_weights_equal_tensorflows_with_any_sin(monkeypatch, tf_ref):
     """Without the C library's sinf the weights move by an ulp at most, and the resize stays
     within one level of TF (the fallback for platforms without libm)."""
-    import vla_eval.policies.preprocess as pre
+    import vla_eval.policies.openvla.preprocess as pre
 
     monkeypatch.setattr(pre, "_libm_sinf", lambda: None)
     pre._resize_spans.cache_clear()

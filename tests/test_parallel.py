@@ -52,7 +52,7 @@ def test_crashed_worker_is_restarted_and_others_go_on(pool):
 def test_runner_records_crash_as_error_outcome(pool, tmp_path):
     """A worker dying mid-episode turns into outcome 'error', kept apart from failures; the
     other episodes run to their step cap."""
-    from vla_eval.policies.simple import ScriptedExpert
+    from vla_eval.policies.scripted import ScriptedExpert
     from vla_eval.records import JsonlWriter, read_jsonl
     from vla_eval.runner import RunConfig, make_jobs, run_episodes
 
@@ -89,7 +89,7 @@ def test_runner_records_crash_as_error_outcome(pool, tmp_path):
 def test_overlapped_env_groups_give_the_same_rollouts(pool, tmp_path):
     """--overlap: two groups alternate (one steps while the policy acts for the other); the
     episodes must be exactly those of the plain lockstep loop."""
-    from vla_eval.policies.simple import ScriptedExpert
+    from vla_eval.policies.scripted import ScriptedExpert
     from vla_eval.records import JsonlWriter, read_jsonl
     from vla_eval.runner import RunConfig, make_jobs, run_episodes
 
@@ -118,7 +118,7 @@ def test_overlapped_env_groups_give_the_same_rollouts(pool, tmp_path):
 def test_a_policy_that_raises_ends_its_episode_as_an_error_and_the_sweep_goes_on(tmp_path):
     """A policy bug (e.g. a KeyError on a scene it does not know) on one episode: that episode is
     an error with the traceback; the next episodes run as usual."""
-    from vla_eval.policies.simple import ScriptedExpert
+    from vla_eval.policies.scripted import ScriptedExpert
     from vla_eval.records import JsonlWriter, read_jsonl
     from vla_eval.runner import RunConfig, make_jobs, run_episodes
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from vla_eval.configs import shipped_checkpoint
-from vla_eval.policies.native import llama_tokenizer
+from vla_eval.policies.openvla.native import llama_tokenizer
 from vla_eval.setup import pins_dir, pins_installed
 
 PROMPTS = ["In: What action should the robot take to pick up the alphabet soup and place it in the basket?\nOut:",
@@ -58,7 +58,7 @@ def test_shipped_checkpoint_loads_under_openvla_pins():
 @needs_pins
 @pytest.mark.skipif(not llama_tokenizer.is_installed(), reason="Llama-2 tokenizer not installed (vla-eval setup)")
 def test_written_checkpoints_and_the_cached_tokenizer_load_under_openvla_pins(tmp_path):
-    from vla_eval.policies.native.random_checkpoints import write_random_checkpoint
+    from vla_eval.policies.openvla.native.random_checkpoints import write_random_checkpoint
 
     for kind in ("llama2", "char"):
         folder = write_random_checkpoint(tmp_path / kind, tokenizer=kind)

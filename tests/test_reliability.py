@@ -341,7 +341,7 @@ def test_a_broken_checkpoint_is_named_before_any_tensor_is_read(tmp_path, name, 
     from vla_eval.configs import shipped_checkpoint
     from vla_eval.errors import UsageError
     from vla_eval.policies.factory import OpenVLAOptions
-    from vla_eval.policies.openvla import load_backend
+    from vla_eval.policies.openvla.policy import load_backend
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(shipped_checkpoint("tiny", "libero_object"), ckpt)

@@ -36,7 +36,7 @@ def assert_same(reference: dict, batched: dict) -> None:
 
 def test_two_overlapped_env_workers_equal_the_reference_loop(tmp_path):
     """Scripted expert, physics only, hard resets: two worker slots in two alternating groups."""
-    from vla_eval.policies.simple import ScriptedExpert
+    from vla_eval.policies.scripted import ScriptedExpert
 
     env = EnvSpec("libero_object", 0, cameras=False, hard_reset=True).build()
     try:

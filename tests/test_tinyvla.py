@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vla_eval.policies.action_tokens import (libero_to_training_gripper, normalize, normalized_to_tokens,
+from vla_eval.policies.openvla.tokens import (libero_to_training_gripper, normalize, normalized_to_tokens,
                                              tokens_to_normalized, unnormalize)
-from vla_eval.policies.preprocess import postprocess_gripper
+from vla_eval.policies.openvla.preprocess import postprocess_gripper
 
 STATS = {"q01": [-0.9, -0.5, -1.0, 0, 0, 0, 0], "q99": [0.9, 0.7, 1.0, 0, 0, 0, 1], "mask": [True] * 6 + [False]}
 
@@ -92,7 +92,7 @@ def test_finer_patch_grid_is_the_same_architecture_on_a_14x14_grid():
     config names ViT variants the checkpoint loader knows."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from vla_eval.policies.native.vit import VISION_ARCHS
+    from vla_eval.policies.openvla.native.vit import VISION_ARCHS
     from vla_eval.tinyvla.train import TrainConfig, build, hf_config, norm_stats_of
 
     actions = np.concatenate([np.random.default_rng(0).uniform(-1, 1, (50, 3)), np.zeros((50, 3)),
@@ -132,7 +132,7 @@ def demo_dir(tmp_path_factory):
 def test_demo_shards_are_plain_parquet_with_upright_frames(demo_dir):
     import pandas as pd
 
-    from vla_eval.policies.preprocess import jpeg_decode
+    from vla_eval.policies.openvla.preprocess import jpeg_decode
 
     clean, noisy = sorted((demo_dir / "task0").glob("*.parquet"), key=lambda p: int(p.stem[5:]))
     df = pd.read_parquet(clean)
@@ -161,12 +161,12 @@ def test_training_lowers_the_loss_and_exports_a_loadable_checkpoint(demo_dir, tm
     """A few real optimizer steps on the collected demo; the export loads through --native."""
     pytest.importorskip("transformers")
     from vla_eval.policies.factory import OpenVLAOptions
-    from vla_eval.policies.native import llama_tokenizer
-    from vla_eval.policies.native.backend import load_native_backend
+    from vla_eval.policies.openvla.native import llama_tokenizer
+    from vla_eval.policies.openvla.native.backend import load_native_backend
     from vla_eval.tinyvla.train import TrainConfig, train
 
     if not llama_tokenizer.is_installed():
-        pytest.skip("Llama-2 tokenizer not installed (python -m vla_eval.policies.native.llama_tokenizer install)")
+        pytest.skip("Llama-2 tokenizer not installed (python -m vla_eval.policies.openvla.native.llama_tokenizer install)")
     cfg = TrainConfig(demos=demo_dir, out=tmp_path / "run", tokenizer=llama_tokenizer.tokenizer_dir(), steps=30,
                       batch=8, warmup=5, log_every=5, ckpt_every=15, val_episodes_per_task=0)
     ckpt = train(cfg, progress=False)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("transformers")
-from vla_eval.policies.native import llama_tokenizer  # noqa: E402
-from vla_eval.policies.preprocess import build_prompt  # noqa: E402
+from vla_eval.policies.openvla.native import llama_tokenizer  # noqa: E402
+from vla_eval.policies.openvla.preprocess import build_prompt  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 SHIPPED = Path(__file__).parent.parent / "configs" / "checkpoints" / "tiny-openvla-libero_object"
@@ -19,7 +19,7 @@ REFERENCE = json.loads((DATA / "prompt_ids.json").read_text())
 @pytest.fixture(scope="module")
 def cached():
     if not llama_tokenizer.is_installed():
-        pytest.skip("Llama-2 tokenizer not installed (python -m vla_eval.policies.native.llama_tokenizer install)")
+        pytest.skip("Llama-2 tokenizer not installed (python -m vla_eval.policies.openvla.native.llama_tokenizer install)")
     return llama_tokenizer.tokenizer_dir()
 
 

@@ -4,7 +4,7 @@ A fault is data: its name (the run tag and JSONL file name), the loop knobs it c
 (``Toggles``), a one-line help, where users meet it, and the layer expected to catch it.
 The CLI (``--fault NAME`` and the chapter's three flags), the policy factory, the drill,
 the monitors' scoring and the report all read this table; adding a fault is one entry here
-plus, where the loop has no knob for it yet, that knob in ``policies/openvla.py``.
+plus, where the loop has no knob for it yet, that knob in ``policies/openvla/policy.py``.
 
 Pure Python on purpose: the monitors (numpy only) import it inside a robot loop.
 """

@@ -105,7 +105,7 @@ def _image_finding(name: str) -> str:
 
 
 def check_image_chain(policy) -> list[Finding]:
-    from vla_eval.policies.preprocess import preprocess_libero_image
+    from vla_eval.policies.openvla.preprocess import preprocess_libero_image
 
     frame = probe_frame()
     got, prompt = policy.model_inputs(_obs(frame))
@@ -118,7 +118,7 @@ def check_image_chain(policy) -> list[Finding]:
                         if got.shape == (224, 224, 3) and np.array_equal(got, preprocess_libero_image(frame, **kw))),
                        "different from the published chain (flip, JPEG, Lanczos-3, 0.9 centre crop)")
         found.append(Finding("image", f"the image the model receives is {why}"))
-    from vla_eval.policies.preprocess import build_prompt
+    from vla_eval.policies.openvla.preprocess import build_prompt
 
     if prompt != build_prompt(INSTRUCTION):
         found.append(Finding("prompt", f"the prompt {prompt!r} is not OpenVLA's template {build_prompt(INSTRUCTION)!r}"))

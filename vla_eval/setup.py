@@ -49,7 +49,7 @@ def install_pins(folder: Path | None = None) -> Path:
 
 def _parts(pins: bool):
     """(name, check() -> path or raise, install() -> path) for every part of the set-up."""
-    from vla_eval.policies.native import llama_tokenizer
+    from vla_eval.policies.openvla.native import llama_tokenizer
     from vla_eval.sims import assets
 
     def tokenizer_check():

@@ -28,7 +28,7 @@ from vla_eval.runner import RunConfig, make_jobs, run_episodes, slot_groups
 
 def _model_provenance(openvla: OpenVLAOptions) -> dict:
     """The model options as run, with the weights' fingerprint (``diagnose`` matches libraries by it)."""
-    from vla_eval.policies.hub import checkpoint_fingerprint
+    from vla_eval.policies.openvla.hub import checkpoint_fingerprint
 
     return {**asdict(openvla), "checkpoint_id": checkpoint_fingerprint(openvla.checkpoint, openvla.revision)}
 

@@ -24,7 +24,7 @@ from gguf import GGUFReader
 from transformers.utils import sentencepiece_model_pb2_new as pb  # one proto registry for both
 from transformers import LlamaTokenizer, LlamaTokenizerFast
 
-TEMPLATES = {  # vla_eval.policies.preprocess.PROMPT_TEMPLATES
+TEMPLATES = {  # vla_eval.policies.openvla.preprocess.PROMPT_TEMPLATES
     "default": "In: What action should the robot take to {instruction_lower}?\nOut:",
     "rephrased": "What action should the robot take? {instruction}",
 }

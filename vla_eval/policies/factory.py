@@ -84,7 +84,7 @@ def policy_spec(name: str) -> PolicySpec:
 
 
 def _build_openvla(spec: PolicySpec, suite: str, toggles: Sequence[Toggles], opts: OpenVLAOptions | None) -> list:
-    from vla_eval.policies.openvla import make_openvla_policies
+    from vla_eval.policies.openvla.policy import make_openvla_policies
 
     return make_openvla_policies(suite, toggles, spec.options(suite, opts or model_options(spec.name)), spec.name)
 
@@ -100,13 +100,13 @@ def _state_builder(make: Callable[[], object]):
 
 
 def _scripted():
-    from vla_eval.policies.simple import ScriptedExpert
+    from vla_eval.policies.scripted import ScriptedExpert
 
     return ScriptedExpert()
 
 
 def _zero():
-    from vla_eval.policies.simple import ZeroPolicy
+    from vla_eval.policies.zero import ZeroPolicy
 
     return ZeroPolicy()
 

@@ -97,7 +97,7 @@ def cmd_train(args) -> int:
     from dataclasses import replace
 
     from vla_eval.errors import require
-    from vla_eval.policies.native import llama_tokenizer
+    from vla_eval.policies.openvla.native import llama_tokenizer
     from vla_eval.tinyvla.demos import demos_root
 
     require("torch", "drills", "vla-eval train-tiny")
@@ -127,7 +127,7 @@ def cmd_train(args) -> int:
 
 def cmd_dagger(args) -> int:
     from vla_eval.errors import require
-    from vla_eval.policies.native import llama_tokenizer
+    from vla_eval.policies.openvla.native import llama_tokenizer
 
     require("torch", "drills", "vla-eval dagger")
     require("pandas", "data", "vla-eval dagger")

@@ -148,7 +148,7 @@ def _rollout_worker(cfg: DaggerConfig, r: int, jobs) -> None:
     import torch
 
     from vla_eval.policies.factory import OpenVLAOptions, make_policy
-    from vla_eval.policies.simple import StatelessExpert
+    from vla_eval.policies.scripted import StatelessExpert
     from vla_eval.sims.libero_env import LiberoEnv, configure_gl
     from vla_eval.sims.protocol import suite_spec
     from vla_eval.tinyvla.demos import _write_atomic, demo_row

@@ -131,14 +131,14 @@ EXPERTS = ("scripted", "stateless")
 
 
 def make_expert(name: str):
-    from vla_eval.policies.simple import ScriptedExpert, StatelessExpert
+    from vla_eval.policies.scripted import ScriptedExpert, StatelessExpert
 
     return {"scripted": ScriptedExpert, "stateless": StatelessExpert}[name]()
 
 
 def demo_row(obs, task: int, k: int, step: int, label: np.ndarray, executed: np.ndarray) -> dict:
     """One kept step in the shard layout above."""
-    from vla_eval.policies.preprocess import jpeg_encode
+    from vla_eval.policies.openvla.preprocess import jpeg_encode
 
     return {
         "task_id": task, "scene": k, "step": step, "instruction": obs.instruction,

@@ -94,7 +94,7 @@ def load_demos(demos: Path | Sequence[Path], cache: Path, progress: bool = True)
     run, keyed by the shard list)."""
     import pandas as pd
 
-    from vla_eval.policies.preprocess import jpeg_decode, lanczos_resize
+    from vla_eval.policies.openvla.preprocess import jpeg_decode, lanczos_resize
 
     paths = [p for folder in ([demos] if isinstance(demos, Path) else demos) for p in shard_paths(folder)]
     key = hashlib.sha1("\n".join(f"{p}:{p.stat().st_size}" for p in paths).encode()).hexdigest()[:12]
@@ -139,7 +139,7 @@ def load_demos(demos: Path | Sequence[Path], cache: Path, progress: bool = True)
 
 def norm_stats_of(actions: np.ndarray, n_episodes: int) -> dict:
     """OpenVLA's dataset statistics of the training-convention actions (gripper 1 open, 0 close)."""
-    from vla_eval.policies.action_tokens import libero_to_training_gripper
+    from vla_eval.policies.openvla.tokens import libero_to_training_gripper
 
     a = libero_to_training_gripper(actions)
     q01, q99 = np.quantile(a, 0.01, axis=0), np.quantile(a, 0.99, axis=0)
@@ -180,9 +180,9 @@ def val_split(d: Demos, per_task: int) -> np.ndarray:
 # -- model -------------------------------------------------------------------------------------
 def hf_config(cfg: TrainConfig, norm_stats: dict) -> dict:
     """config.json in the released layout (the remote code's OpenVLAConfig fields)."""
-    from vla_eval.policies.action_tokens import shipped_norm_stats
-    from vla_eval.policies.native.layout import openvla_config
-    from vla_eval.policies.native.vit import tiny_112_ids
+    from vla_eval.policies.openvla.tokens import shipped_norm_stats
+    from vla_eval.policies.openvla.native.layout import openvla_config
+    from vla_eval.policies.openvla.native.vit import tiny_112_ids
 
     return openvla_config(
         tiny_112_ids(cfg.patch), [112, 112], text_config(cfg),
@@ -193,8 +193,8 @@ def hf_config(cfg: TrainConfig, norm_stats: dict) -> dict:
 def build(cfg: TrainConfig, norm_stats: dict):
     import torch
 
-    from vla_eval.policies.native.checkpoint import build_model
-    from vla_eval.policies.native.model import NativeConfig
+    from vla_eval.policies.openvla.native.checkpoint import build_model
+    from vla_eval.policies.openvla.native.model import NativeConfig
 
     torch.manual_seed(cfg.seed)
     model = build_model(NativeConfig.from_hf(hf_config(cfg, norm_stats)), "cpu", "float32")
@@ -249,9 +249,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     import torch.nn.functional as F
     from tqdm import tqdm
 
-    from vla_eval.policies.action_tokens import libero_to_training_gripper, normalize, normalized_to_tokens
-    from vla_eval.policies.native.llama_tokenizer import load_tokenizer
-    from vla_eval.policies.preprocess import build_prompt
+    from vla_eval.policies.openvla.tokens import libero_to_training_gripper, normalize, normalized_to_tokens
+    from vla_eval.policies.openvla.native.llama_tokenizer import load_tokenizer
+    from vla_eval.policies.openvla.preprocess import build_prompt
     from vla_eval.threads import torch_threads
 
     torch.set_num_threads(cfg.threads or torch_threads())
@@ -273,7 +273,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     model = build(cfg, stats)
     if cfg.init_from is not None:
-        from vla_eval.policies.native.checkpoint import iter_safetensors, load_state
+        from vla_eval.policies.openvla.native.checkpoint import iter_safetensors, load_state
 
         load_state(model, iter_safetensors(cfg.init_from))
     small = shrink_frames(demos.frames, model.cfg.vision[0].img_size)  # (N, 118, 118, 3)
@@ -336,7 +336,7 @@ def require_checkpoint(flag: str, folder: Path) -> None:
 
 def _init_stats(checkpoint: Path) -> dict:
     """A fine-tune keeps its starting checkpoint's statistics: the same action maps to the same tokens."""
-    from vla_eval.policies.native.checkpoint import read_config
+    from vla_eval.policies.openvla.native.checkpoint import read_config
 
     stats = read_config(checkpoint).get("norm_stats", {}).get(UNNORM_KEY)
     if not isinstance(stats, dict) or "action" not in stats:
@@ -375,11 +375,11 @@ def _jsonable(cfg: TrainConfig) -> dict:
 
 # -- export ------------------------------------------------------------------------------------
 def export(model, cfg: TrainConfig, stats: dict, out_dir: Path) -> Path:
-    """The released layout (``policies/native/layout.py``): bf16 safetensors with every tensor,
+    """The released layout (``policies/openvla/native/layout.py``): bf16 safetensors with every tensor,
     config.json, preprocessor_config.json and the Llama-2 tokenizer."""
     import torch
 
-    from vla_eval.policies.native.layout import save_released
+    from vla_eval.policies.openvla.native.layout import save_released
 
     model = model.eval().to(torch.bfloat16)
     return save_released(model, out_dir, hf_config(cfg, stats), dtype=torch.bfloat16, seed=cfg.seed,

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from vla_eval.errors import UsageError, bad_choice
-from vla_eval.policies.native.model import NativeConfig, NativeOpenVLA
+from vla_eval.policies.openvla.native.model import NativeConfig, NativeOpenVLA
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _VIT_PREFIXES = ("vision_backbone.featurizer.", "vision_backbone.fused_featurizer.")
@@ -91,7 +91,7 @@ def iter_safetensors(ckpt_dir: Path, device: str = "cpu"):
     float tensor holding NaN or inf is refused by name (such a model acts, blind, on garbage)."""
     from safetensors import safe_open
 
-    from vla_eval.policies.native.validate import weight_files
+    from vla_eval.policies.openvla.native.validate import weight_files
 
     for path in weight_files(Path(ckpt_dir)):
         with safe_open(str(path), framework="pt", device=device) as f:
@@ -147,14 +147,14 @@ def build_model(cfg: NativeConfig, device: str = "cpu", dtype: str = "bfloat16",
 
 
 def read_config(ckpt_dir: Path) -> dict:
-    from vla_eval.policies.native.validate import check_config
+    from vla_eval.policies.openvla.native.validate import check_config
 
     return check_config(Path(ckpt_dir) / "config.json")
 
 
 def load_native(ckpt_dir: str | Path, device: str = "cpu", dtype: str = "bfloat16",
                 attn_implementation: str = "sdpa") -> tuple[NativeOpenVLA, LoadReport]:
-    from vla_eval.policies.native.validate import check_checkpoint_dir
+    from vla_eval.policies.openvla.native.validate import check_checkpoint_dir
 
     ckpt_dir = Path(ckpt_dir)
     config = check_checkpoint_dir(ckpt_dir)  # every file, before any tensor is read

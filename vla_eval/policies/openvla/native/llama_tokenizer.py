@@ -8,7 +8,7 @@ the result is saved as a plain fast-tokenizer folder:
 
     $VLA_EVAL_CACHE/llama2-tokenizer/   tokenizer.json, tokenizer_config.json, golden.inp/.out
 
-    python -m vla_eval.policies.native.llama_tokenizer install
+    python -m vla_eval.policies.openvla.native.llama_tokenizer install
 
 Which ids a prompt gets: Llama-2's SentencePiece model always prepends one "▁" (its dummy
 prefix), also before a leading space. The released Llama-2 / OpenVLA ``tokenizer.json`` says
@@ -144,7 +144,7 @@ def _legacy_pipeline(path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] not in (["install"], ["check"]):
-        print("usage: python -m vla_eval.policies.native.llama_tokenizer {install,check}", file=sys.stderr)
+        print("usage: python -m vla_eval.policies.openvla.native.llama_tokenizer {install,check}", file=sys.stderr)
         return 2
     if argv[0] == "check":
         print("Llama-2 tokenizer:", tokenizer_dir() if is_installed() else "not installed")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from vla_eval.policies.native.vit import VISION_ARCHS
+from vla_eval.policies.openvla.native.vit import VISION_ARCHS
 
 OPENVLA_7B_TIMM_IDS = ["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"]
 TINY_TIMM_IDS = ["vla-eval/tiny-dinov2-reg4", "vla-eval/tiny-siglip"]
@@ -26,8 +26,8 @@ def _demo_stats(scale: float) -> dict:
 
 def hf_config(size: str = "tiny") -> dict:
     """``config.json`` in the released layout, for OpenVLA-7B's architecture or the tiny one."""
-    from vla_eval.policies.action_tokens import shipped_norm_stats
-    from vla_eval.policies.native.layout import openvla_config
+    from vla_eval.policies.openvla.tokens import shipped_norm_stats
+    from vla_eval.policies.openvla.native.layout import openvla_config
 
     text = {"model_type": "llama", "vocab_size": 32064, "pad_token_id": 32000, "torch_dtype": "bfloat16"}
     if size == "tiny":
@@ -91,10 +91,10 @@ def randomize(model, seed: int = 0) -> None:
 def write_random_checkpoint(out_dir: str | Path, size: str = "tiny", seed: int = 0, tokenizer: str = "auto") -> Path:
     """``tokenizer``: "llama2" (the cached Llama-2 tokenizer), "char" (the character-level one),
     or "auto" (Llama-2 where installed)."""
-    from vla_eval.policies.native import llama_tokenizer
-    from vla_eval.policies.native.checkpoint import build_model
-    from vla_eval.policies.native.layout import save_released
-    from vla_eval.policies.native.model import NativeConfig
+    from vla_eval.policies.openvla.native import llama_tokenizer
+    from vla_eval.policies.openvla.native.checkpoint import build_model
+    from vla_eval.policies.openvla.native.layout import save_released
+    from vla_eval.policies.openvla.native.model import NativeConfig
 
     if tokenizer not in ("auto", "llama2", "char"):
         raise ValueError(f"tokenizer {tokenizer!r}: auto, llama2 or char")

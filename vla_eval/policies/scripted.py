@@ -1,4 +1,5 @@
-"""Policies that need no model: the scripted expert (privileged state) and zero actions."""
+"""The scripted experts: pick-and-place from privileged sim state (a phase machine, and the stateless
+labeller DAgger uses)."""
 from __future__ import annotations
 
 import re
@@ -10,24 +11,7 @@ import numpy as np
 from vla_eval.sims.protocol import Observation
 from vla_eval.errors import UsageError
 from vla_eval.policies.base import ActionBatch
-
-OPEN, CLOSE = -1.0, 1.0
-
-
-class ZeroPolicy:
-    """Holds still with the gripper open. For smoke tests: it never succeeds."""
-
-    name = "zero"
-    uses_images = False
-    cameras: tuple[str, ...] = ()
-
-    def reset(self, slot: int = 0) -> None:
-        pass
-
-    def act(self, obs: Sequence[Observation], slots=None) -> ActionBatch:
-        actions = np.zeros((len(obs), 7))
-        actions[:, 6] = OPEN
-        return ActionBatch(actions)
+from vla_eval.policies.zero import CLOSE, OPEN
 
 
 _PICK_PLACE = re.compile(r"pick up the (?P<obj>.+?) and place it in the (?P<place>.+)$")

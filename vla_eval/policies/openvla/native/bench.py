@@ -94,10 +94,10 @@ def _time(fn, iters: int, sync) -> float:
 def run(args) -> list[Row]:
     import torch
 
-    from vla_eval.policies.native.backend import NativeBackend
-    from vla_eval.policies.native.checkpoint import build_model, check_device, load_native
-    from vla_eval.policies.native.model import NativeConfig
-    from vla_eval.policies.native.random_checkpoints import char_tokenizer, hf_config
+    from vla_eval.policies.openvla.native.backend import NativeBackend
+    from vla_eval.policies.openvla.native.checkpoint import build_model, check_device, load_native
+    from vla_eval.policies.openvla.native.model import NativeConfig
+    from vla_eval.policies.openvla.native.random_checkpoints import char_tokenizer, hf_config
 
     device = check_device(args.device)
     t0 = time.perf_counter()

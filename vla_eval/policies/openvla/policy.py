@@ -20,10 +20,10 @@ import numpy as np
 
 from vla_eval.sims.protocol import Observation
 from vla_eval.errors import UsageError, require
-from vla_eval.policies.action_tokens import resolve_unnorm_key, shipped_norm_stats
+from vla_eval.policies.openvla.tokens import resolve_unnorm_key, shipped_norm_stats
 from vla_eval.policies.base import ActionBatch
-from vla_eval.policies.hub import not_loadable
-from vla_eval.policies.preprocess import build_prompt, postprocess_gripper, preprocess_libero_image
+from vla_eval.policies.openvla.hub import not_loadable
+from vla_eval.policies.openvla.preprocess import build_prompt, postprocess_gripper, preprocess_libero_image
 
 ATTN_IMPLEMENTATIONS = ("flash_attention_2", "sdpa", "eager")
 
@@ -136,7 +136,7 @@ def load_backend(suite: str, opts):
     if opts.attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise UsageError(f"unknown attention implementation {opts.attn_implementation!r}; valid: "
                          f"{', '.join(ATTN_IMPLEMENTATIONS)}")
-    from vla_eval.policies.native.checkpoint import check_device
+    from vla_eval.policies.openvla.native.checkpoint import check_device
 
     check_device(opts.device)
     if opts.device == "cpu":  # the policy acts while the envs wait (no --overlap): the usable cores are its own
@@ -145,7 +145,7 @@ def load_backend(suite: str, opts):
         set_torch_threads(torch)
     checkpoint = opts.checkpoint or default_checkpoint(suite)
     if opts.native:
-        from vla_eval.policies.native.backend import load_native_backend
+        from vla_eval.policies.openvla.native.backend import load_native_backend
 
         return load_native_backend(checkpoint, opts)
     return load_remote_code(checkpoint, opts)

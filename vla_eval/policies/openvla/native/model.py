@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from vla_eval.errors import UsageError, bad_choice
-from vla_eval.policies.action_tokens import N_BINS, tokens_to_normalized, unnormalize
-from vla_eval.policies.native.vit import VISION_ARCHS, ViTConfig, ViTFeaturizer
+from vla_eval.policies.openvla.tokens import N_BINS, tokens_to_normalized, unnormalize
+from vla_eval.policies.openvla.native.vit import VISION_ARCHS, ViTConfig, ViTFeaturizer
 
 EMPTY_TOKEN = 29871  # Llama's "▁": predict_action appends it so the first action token follows it
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from vla_eval.errors import UsageError, require
-from vla_eval.policies.preprocess import PROMPT_TEMPLATES
+from vla_eval.policies.openvla.preprocess import PROMPT_TEMPLATES
 
 TEMPLATES = tuple(PROMPT_TEMPLATES)
 
@@ -42,7 +42,7 @@ class Agreement:
 
 def action_bins(actions: np.ndarray, stats: dict) -> np.ndarray:
     """(N, 7) unnormalised actions -> (N, 7) bin indices 0..254 (the inverse of decoding)."""
-    from vla_eval.policies.action_tokens import bin_centres, normalize
+    from vla_eval.policies.openvla.tokens import bin_centres, normalize
 
     return np.abs(normalize(actions, stats)[..., None] - bin_centres()).argmin(-1)
 
@@ -61,7 +61,7 @@ def compare(native, remote, images: list[np.ndarray], prompts: list[str], keys: 
 
 def inputs(frames: np.ndarray, instructions: list[str]) -> tuple[list[np.ndarray], list[str]]:
     """Each raw frame through the LIBERO chain, once per prompt template."""
-    from vla_eval.policies.preprocess import build_prompt, preprocess_libero_image
+    from vla_eval.policies.openvla.preprocess import build_prompt, preprocess_libero_image
 
     images, prompts = [], []
     for i, frame in enumerate(frames):
@@ -108,9 +108,9 @@ def _cmd(args) -> int:
     import torch
 
     from vla_eval.policies.factory import OpenVLAOptions
-    from vla_eval.policies.native.backend import load_native_backend
-    from vla_eval.policies.native.checkpoint import DTYPES, check_device
-    from vla_eval.policies.openvla import load_remote_code
+    from vla_eval.policies.openvla.native.backend import load_native_backend
+    from vla_eval.policies.openvla.native.checkpoint import DTYPES, check_device
+    from vla_eval.policies.openvla.policy import load_remote_code
 
     if args.n < 1:
         raise UsageError(f"--n must be at least 1, got {args.n}")

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from vla_eval.errors import UsageError
-from vla_eval.policies.hub import resolve_checkpoint_dir
-from vla_eval.policies.native.model import NativeOpenVLA
+from vla_eval.policies.openvla.hub import resolve_checkpoint_dir
+from vla_eval.policies.openvla.native.model import NativeOpenVLA
 
 
 class NativeBackend:
@@ -100,8 +100,8 @@ def check_processor_config(cfg: dict, image_sizes: list[int], path) -> None:
 
 
 def load_native_backend(checkpoint: str, opts) -> NativeBackend:
-    from vla_eval.policies.native.checkpoint import load_native
-    from vla_eval.policies.native.llama_tokenizer import load_tokenizer
+    from vla_eval.policies.openvla.native.checkpoint import load_native
+    from vla_eval.policies.openvla.native.llama_tokenizer import load_tokenizer
 
     ckpt_dir = resolve_checkpoint_dir(checkpoint, opts.revision)
     model, report = load_native(ckpt_dir, opts.device, opts.dtype, opts.attn_implementation)
@@ -113,7 +113,7 @@ def load_native_backend(checkpoint: str, opts) -> NativeBackend:
     means = stds = None
     pre = ckpt_dir / "preprocessor_config.json"
     if pre.exists():
-        from vla_eval.policies.native.validate import read_json_object
+        from vla_eval.policies.openvla.native.validate import read_json_object
 
         cfg = read_json_object(pre)
         check_processor_config(cfg, [v.img_size for v in model.cfg.vision], pre)

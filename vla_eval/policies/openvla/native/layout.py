@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from vla_eval.policies.native.vit import ViTConfig
-from vla_eval.policies.native.llama_tokenizer import portable_merges, rewrite_portable
+from vla_eval.policies.openvla.native.vit import ViTConfig
+from vla_eval.policies.openvla.native.llama_tokenizer import portable_merges, rewrite_portable
 
 VIT_PREFIXES = ("vision_backbone.featurizer.", "vision_backbone.fused_featurizer.")
 AUTO_MAP = {"AutoConfig": "configuration_prismatic.OpenVLAConfig",
@@ -119,7 +119,7 @@ def write_tokenizer(out_dir: Path, source: Path | None = None, tokenizer=None) -
 def save_released(model, out_dir: str | Path, config: dict, dtype: torch.dtype | None = None, seed: int = 0,
                   tokenizer_source: Path | None = None, tokenizer=None) -> Path:
     """Write ``model`` in the released layout (see the module docstring)."""
-    from vla_eval.policies.native.checkpoint import save_hf_layout
+    from vla_eval.policies.openvla.native.checkpoint import save_hf_layout
 
     extra = unused_vit_tensors(model.cfg.vision, seed)
     if dtype is not None:
