@@ -1,7 +1,7 @@
 """Train the tiny OpenVLA on the scripted-expert demos with OpenVLA's objective, on a CPU.
 
 Reads top to bottom: config -> demos -> model -> loop -> export. The model is the native
-OpenVLA architecture (``policies/native``) at tiny width: two ViT featurizers (DINOv2-style
+OpenVLA architecture (``policies/openvla/native``) at tiny width: two ViT featurizers (DINOv2-style
 with registers and LayerScale, SigLIP-style), the fused GELU MLP projector and a Llama
 decoder with the 32064-token vocabulary; the loss is next-token cross-entropy on the 7
 action tokens (256 bins, OpenVLA's ActionTokenizer), teacher-forced after the prompt.

@@ -6,7 +6,7 @@ Per step and env slot: agentview frame -> (flip) -> JPEG -> Lanczos 224 -> centr
 Backends (``predict(images, prompts, unnorm_key) -> (B, 7)``, ``norm_stats``):
 * ``RemoteCodeBackend``: OpenVLA's own ``predict_action`` via HF ``trust_remote_code``; the
   remote code decodes one sample per call, so a batch of slots is a loop;
-* ``native.backend.NativeBackend``: the batched model of ``policies/native`` (the default).
+* ``native.backend.NativeBackend``: the batched model of ``policies/openvla/native`` (the default).
 One policy object per run tag shares one loaded backend (a drill loads the 7B model once).
 """
 from __future__ import annotations
