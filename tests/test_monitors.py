@@ -170,12 +170,12 @@ def test_runner_feeds_the_monitor_and_calibration_fits_real_baselines(tmp_path):
     healthy LIBERO-scale actions, and calibration on them keeps every predicate on."""
     from vla_eval.policies.scripted import ScriptedExpert
     from vla_eval.records import JsonlWriter, read_jsonl
-    from vla_eval.runner import RunConfig, make_jobs, run_episodes
+    from vla_eval.runner import EpisodeShape, make_jobs, run_episodes
 
     path = tmp_path / "baseline.jsonl"
     with JsonlWriter(path) as w:
         eps = run_episodes(ScriptedExpert(), make_jobs("libero_object", [0], [0, 1, 2, 3]), w, "baseline",
-                           RunConfig(cameras=False, hard_reset=False), monitor_factory=RuntimeMonitor)
+                           EpisodeShape(cameras=False, hard_reset=False), monitor_factory=RuntimeMonitor)
     log = read_jsonl(path)
     assert all(e.success for e in eps)
     assert not any(e.alerts for e in eps) and not any(s.alerts for s in log.steps)

@@ -54,7 +54,7 @@ def test_runner_records_crash_as_error_outcome(pool, tmp_path):
     other episodes run to their step cap."""
     from vla_eval.policies.scripted import ScriptedExpert
     from vla_eval.records import JsonlWriter, read_jsonl
-    from vla_eval.runner import RunConfig, make_jobs, run_episodes
+    from vla_eval.runner import EpisodeShape, Execution, make_jobs, run_episodes
 
     class KillsSecondEpisodesWorker(ScriptedExpert):
         """Kills the env worker running the 2nd episode at its 5th step, as a segfault would."""
@@ -78,8 +78,8 @@ def test_runner_records_crash_as_error_outcome(pool, tmp_path):
     path = tmp_path / "baseline.jsonl"
     with JsonlWriter(path) as w:
         eps = run_episodes(KillsSecondEpisodesWorker(pool), make_jobs("libero_object", [0], [0, 1, 2]), w,
-                           "baseline", RunConfig(cameras=False, hard_reset=False, workers=2, max_steps=20),
-                           pool=pool)
+                           "baseline", EpisodeShape(cameras=False, hard_reset=False, max_steps=20),
+                           Execution(workers=2), pool=pool)
     by_seed = {e.seed: e for e in eps}
     assert by_seed[1].outcome == "error" and by_seed[1].error.startswith("crash")
     assert (by_seed[0].outcome, by_seed[0].steps) == (by_seed[2].outcome, by_seed[2].steps) == ("failure", 20)
@@ -91,7 +91,7 @@ def test_overlapped_env_groups_give_the_same_rollouts(pool, tmp_path):
     episodes must be exactly those of the plain lockstep loop."""
     from vla_eval.policies.scripted import ScriptedExpert
     from vla_eval.records import JsonlWriter, read_jsonl
-    from vla_eval.runner import RunConfig, make_jobs, run_episodes
+    from vla_eval.runner import EpisodeShape, Execution, make_jobs, run_episodes
 
     class CountsBatches(ScriptedExpert):
         def __init__(self):
@@ -105,9 +105,9 @@ def test_overlapped_env_groups_give_the_same_rollouts(pool, tmp_path):
     runs = {}
     for overlap in (False, True):
         policy, path = CountsBatches(), tmp_path / f"overlap{overlap}.jsonl"
-        cfg = RunConfig(cameras=False, hard_reset=True, workers=2, max_steps=25, overlap=overlap)
+        shape, ex = EpisodeShape(cameras=False, hard_reset=True, max_steps=25), Execution(workers=2, overlap=overlap)
         with JsonlWriter(path) as w:
-            run_episodes(policy, make_jobs("libero_object", [0], [0, 1]), w, "baseline", cfg, pool=pool)
+            run_episodes(policy, make_jobs("libero_object", [0], [0, 1]), w, "baseline", shape, ex, pool=pool)
         log = read_jsonl(path)
         runs[overlap] = {(s.seed, s.step): s.action for s in log.steps}, set(policy.sizes)
         assert sorted(e.steps for e in log.episodes) == [25, 25]
@@ -120,7 +120,7 @@ def test_a_policy_that_raises_ends_its_episode_as_an_error_and_the_sweep_goes_on
     an error with the traceback; the next episodes run as usual."""
     from vla_eval.policies.scripted import ScriptedExpert
     from vla_eval.records import JsonlWriter, read_jsonl
-    from vla_eval.runner import RunConfig, make_jobs, run_episodes
+    from vla_eval.runner import EpisodeShape, Execution, make_jobs, run_episodes
 
     class RaisesOnSeedOne(ScriptedExpert):
         def reset(self, slot=0):
@@ -135,7 +135,7 @@ def test_a_policy_that_raises_ends_its_episode_as_an_error_and_the_sweep_goes_on
     path = tmp_path / "baseline.jsonl"
     with JsonlWriter(path) as w:
         eps = run_episodes(RaisesOnSeedOne(), make_jobs("libero_object", [0], [0, 1, 2]), w, "baseline",
-                           RunConfig(cameras=False, hard_reset=False, max_steps=20))
+                           EpisodeShape(cameras=False, hard_reset=False, max_steps=20))
     by_seed = {e.seed: e for e in eps}
     assert by_seed[1].outcome == "error" and by_seed[1].error.startswith("policy: KeyError: 'basket_1_pos'")
     assert "Traceback" in by_seed[1].error

@@ -7,7 +7,7 @@ import pytest
 
 from vla_eval.records import JsonlWriter, read_jsonl
 from vla_eval.rollout import rollout
-from vla_eval.runner import RunConfig, make_jobs, run_episodes
+from vla_eval.runner import EpisodeShape, Execution, make_jobs, run_episodes
 from vla_eval.sims.parallel import EnvSpec
 
 pytestmark = pytest.mark.libero
@@ -19,9 +19,9 @@ def comparable(record) -> dict:
     return {k: v for k, v in asdict(record).items() if k not in TIMING}
 
 
-def runner_episodes(policy, seeds, cfg: RunConfig, path) -> dict:
+def runner_episodes(policy, seeds, shape: EpisodeShape, path, execution: Execution | None = None) -> dict:
     with JsonlWriter(path) as w:
-        run_episodes(policy, make_jobs("libero_object", [0], seeds), w, "baseline", cfg)
+        run_episodes(policy, make_jobs("libero_object", [0], seeds), w, "baseline", shape, execution)
     log = read_jsonl(path)
     return {e.seed: (e, log.steps_of(e)) for e in log.episodes}
 
@@ -43,8 +43,8 @@ def test_two_overlapped_env_workers_equal_the_reference_loop(tmp_path):
         reference = {seed: rollout(env, ScriptedExpert(), seed, max_steps=60) for seed in (0, 1)}
     finally:
         env.close()
-    batched = runner_episodes(ScriptedExpert(), [0, 1], RunConfig(cameras=False, workers=2, max_steps=60,
-                                                                  overlap=True), tmp_path / "b.jsonl")
+    batched = runner_episodes(ScriptedExpert(), [0, 1], EpisodeShape(cameras=False, max_steps=60), tmp_path / "b.jsonl",
+                              Execution(workers=2, overlap=True))
     assert_same(reference, batched)
     assert all(len(steps) == 60 or ep.success for ep, steps in reference.values())
 
@@ -59,7 +59,7 @@ def test_the_tiny_openvla_in_the_runner_equals_the_reference_loop(tmp_path):
         reference = {2: rollout(env, policy, 2, max_steps=6)}
     finally:
         env.close()
-    batched = runner_episodes(policy, [2], RunConfig(max_steps=6), tmp_path / "b.jsonl")
+    batched = runner_episodes(policy, [2], EpisodeShape(max_steps=6), tmp_path / "b.jsonl")
     assert_same(reference, batched)
     steps = reference[2][1]
     assert len(steps) == 6 and all(s.img_mean is not None and s.token_prob is not None for s in steps)

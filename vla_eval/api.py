@@ -9,7 +9,6 @@ from pathlib import Path
 from vla_eval.errors import UsageError
 from vla_eval.policies.factory import OpenVLAOptions, Toggles, make_policy, model_options
 from vla_eval.records import JsonlWriter
-from vla_eval.runner import make_jobs
 from vla_eval.sweep import Execution, SweepConfig, resume, run_suites, run_sweep  # noqa: F401  (the API)
 
 
@@ -60,7 +59,7 @@ def run_episode(
                       DeprecationWarning, stacklevel=2)
         toggles = replace(toggles, **legacy)
     tag = toggles.tag if legacy else (fault or "baseline")
-    make_jobs(suite, [task_id], [seed])  # suite, task and seed before any model loads
+    SweepConfig(suite, (task_id,), (seed,), policy, tags=(tag,), max_steps=max_steps)  # the one gate, before any model
     pol = make_policy(policy, suite, toggles, model or model_options(policy))
     cameras = pol.uses_images if cameras is None else cameras  # default: render only for pixel policies
     if not cameras and pol.uses_images:

@@ -41,6 +41,14 @@ MAX_STEP_LIMIT = 100_000  # --max-steps' range: far above any suite's limit, far
 
 
 @dataclass(frozen=True)
+class EpisodeShape:
+    """What every episode of a run is beyond its task and seed: part of the run's identity."""
+    cameras: bool = True  # render (pixel policies); off: physics only, ~10x faster
+    hard_reset: bool = True  # the published eval's robosuite default; False is ~6x faster to reset
+    max_steps: int | None = None  # None: the suite's (220/280/300/520/400)
+
+
+@dataclass(frozen=True)
 class SweepConfig:
     """What a run is: its identity, recorded in the manifest; a resume or merge must match it."""
     suite: str
@@ -84,6 +92,11 @@ class SweepConfig:
         parse_shard(self.shard)
         if self.max_steps is not None and not (isinstance(self.max_steps, int) and 1 <= self.max_steps <= MAX_STEP_LIMIT):
             raise UsageError(f"--max-steps {self.max_steps!r}: valid 1..{MAX_STEP_LIMIT} (LIBERO's longest suite: 520)")
+
+    @property
+    def shape(self) -> EpisodeShape:
+        """The episodes' shape (kept as flat fields so manifests read as before)."""
+        return EpisodeShape(self.cameras, self.hard_reset, self.max_steps)
 
     def scope(self, tag: str) -> RunScope:
         """What this run's ``<tag>.jsonl`` may hold."""

@@ -20,11 +20,12 @@ from typing import Callable, Iterable, Protocol, Sequence
 
 from vla_eval.sims.parallel import EnvSpec, WorkerError
 from vla_eval.sims.pools import Pool, make_pool
-from vla_eval.sims.protocol import CAMERAS, N_INIT_STATES, check_task_id, suite_spec
+from vla_eval.sims.protocol import CAMERAS, suite_spec
 from vla_eval.sims.stopping import raise_if_stopping, stop_on_signals
 from vla_eval.errors import UsageError
 from vla_eval.policies.base import ActionBatch, Policy
 from vla_eval.records import EpisodeRecord, JsonlWriter, StepRecord, new_attempt_id
+from vla_eval.rundir import EpisodeShape
 from vla_eval.rollout import episode_record, seed_everything, step_record  # noqa: F401  (seed_everything: API)
 
 
@@ -40,30 +41,42 @@ class EpisodeJob:
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    cameras: bool = True
-    hard_reset: bool = True  # the published eval's robosuite default; False is ~6x faster to reset
-    max_steps: int | None = None  # None: the suite's (220/280/300/520/400)
-    workers: int = 0  # 0: env in this process; N: N spawned env workers
-    stop_on_alert: bool = False
+class Execution:
+    """How a run's episodes execute. None of it changes what an episode is, so none of it is
+    recorded as the run's identity: a resume may change any of these."""
+    workers: int = 0  # env processes (0: the env in this process); also the model's batch
     overlap: bool = False  # two env groups alternate between simulating and waiting for the policy
     env_timeout_s: float | None = None  # worker reset/step watchdog (None: the pool's defaults)
-    ray_address: str | None = None  # env workers as Ray actors: "local" (a Ray instance for this run) or an address
+    ray_address: str | None = None  # env workers as Ray actors: "local" or a cluster address
+    policy_actors: int | None = None  # with Ray: the policy in N actors (None: one per GPU for a CUDA model)
+    videos: str = "default"  # which agentview videos to keep (``vla_eval.videos``)
+    monitor: bool = False  # the runtime monitor (this policy's shipped thresholds) on every episode
+    stop_on_alert: bool = False  # end an episode at its monitor's first ERROR alert
+    retry_errors: bool = False  # redo committed episodes that ended in an env error
+    progress: bool = True
+
+    def __post_init__(self):
+        from vla_eval.videos import parse_policy
+
+        if not (isinstance(self.workers, int) and self.workers >= 0):
+            raise UsageError(f"--workers {self.workers!r}: 0 (the env in this process) or more")
+        parse_policy(self.videos)
+        slot_groups(max(self.workers, 1), self.overlap)  # a bad --overlap before any model loads
+        if self.env_timeout_s is not None and not self.env_timeout_s > 0:
+            raise UsageError(f"--env-timeout {self.env_timeout_s!r}: seconds, more than 0")
+        if self.ray_address is not None and self.workers < 1:
+            raise UsageError("--ray runs the envs as Ray actors: give their number with --workers N (or --batch N)")
+        if self.policy_actors is not None and (self.ray_address is None or self.policy_actors < 0):
+            raise UsageError(f"--policy-actors {self.policy_actors}: policy actors live on a Ray cluster; add --ray "
+                             f"and give 0 (the policy in this process) or more")
 
 
 MAX_REQUEUES = 3  # an episode whose env worker was lost (Ray actor/node) is re-run at most this often
 
 
 def make_jobs(suite: str, task_ids: Iterable[int], seeds: Sequence[int]) -> list[EpisodeJob]:
-    suite_spec(suite)
-    jobs = []
-    for t in task_ids:
-        check_task_id(suite, t)
-        for s in seeds:
-            if not 0 <= s < N_INIT_STATES:
-                raise UsageError(f"seed {s} has no stored init state; valid seeds: 0..{N_INIT_STATES - 1}")
-            jobs.append(EpisodeJob(suite, t, s))
-    return jobs
+    """Every (task, seed) of a run; the names and ranges were checked by ``SweepConfig``."""
+    return [EpisodeJob(suite, t, s) for t in task_ids for s in seeds]
 
 
 @dataclass
@@ -103,7 +116,8 @@ def run_episodes(
     jobs: Sequence[EpisodeJob],
     writer: JsonlWriter,
     run_tag: str,
-    cfg: RunConfig = RunConfig(),
+    shape: EpisodeShape = EpisodeShape(),
+    execution: Execution | None = None,
     monitor_factory: MonitorFactory | None = None,
     on_episode: Callable[[EpisodeRecord], None] | None = None,
     pool: Pool | None = None,
@@ -112,14 +126,15 @@ def run_episodes(
     """Run ``jobs``; records go to ``writer``. Pass an open ``pool`` to reuse its envs across
     calls (e.g. the tags of a drill); else one is made and closed. ``videos`` gets each
     finished episode's frames. Per slot this is ``rollout.rollout``'s loop (tested equal)."""
-    if cfg.cameras is False and policy.uses_images:
+    if shape.cameras is False and policy.uses_images:
         raise UsageError(f"policy {policy.name!r} reads images; run it with cameras on")
     own_pool = pool is None
-    pool = make_pool(cfg.workers, cfg.env_timeout_s, cfg.ray_address) if own_pool else pool
+    ex = execution or Execution()
+    pool = make_pool(ex.workers, ex.env_timeout_s, ex.ray_address) if own_pool else pool
     try:
-        groups = slot_groups(pool.n_workers, cfg.overlap)
-        return _Rollout(policy, deque(jobs), writer, run_tag, cfg, monitor_factory, on_episode, pool,
-                        videos).run(groups)
+        groups = slot_groups(pool.n_workers, ex.overlap)
+        return _Rollout(policy, deque(jobs), writer, run_tag, shape, ex.stop_on_alert, monitor_factory, on_episode,
+                        pool, videos).run(groups)
     finally:
         if own_pool:
             pool.close()
@@ -150,7 +165,8 @@ class _Rollout:
     queue: deque
     writer: JsonlWriter
     run_tag: str
-    cfg: RunConfig
+    shape: EpisodeShape
+    stop_on_alert: bool
     monitor_factory: MonitorFactory | None
     on_episode: Callable[[EpisodeRecord], None] | None
     pool: Pool
@@ -195,7 +211,7 @@ class _Rollout:
             return
         # Render only the cameras the policy reads (OpenVLA: agentview); all when it reads none.
         cams = tuple(getattr(self.policy, "cameras", ())) or CAMERAS
-        specs = {s: (EnvSpec(j.suite, j.task_id, self.cfg.cameras, hard_reset=self.cfg.hard_reset, camera_names=cams),
+        specs = {s: (EnvSpec(j.suite, j.task_id, self.shape.cameras, hard_reset=self.shape.hard_reset, camera_names=cams),
                      j.init_state) for s, j in starting.items()}
         if len(starting) == 1:
             seed_everything(next(iter(starting.values())).seed)
@@ -230,10 +246,10 @@ class _Rollout:
             a.obs = res.obs
             a.steps.append(rec)
             self._frame(a, res.obs)
-            max_steps = self.cfg.max_steps or suite_spec(a.job.suite).max_steps
+            max_steps = self.shape.max_steps or suite_spec(a.job.suite).max_steps
             if res.done:
                 self._finish(slot, "success")
-            elif len(a.steps) >= max_steps or (self.cfg.stop_on_alert and alerts):
+            elif len(a.steps) >= max_steps or (self.stop_on_alert and alerts):
                 self._finish(slot, "failure")
 
     def _frame(self, a: _Active, obs) -> None:

@@ -22,7 +22,7 @@ from vla_eval.policies.factory import OpenVLAOptions, Toggles, make_policies, po
 from vla_eval.records import EpisodeRecord, JsonlWriter
 from vla_eval.rundir import (  # noqa: F401  (SweepConfig, committed, read_tag: re-exported for the API)
     SweepConfig, check_or_write_manifest, committed, config_from_manifest, parse_shard, read_tag, run_lock)
-from vla_eval.runner import RunConfig, make_jobs, run_episodes, slot_groups
+from vla_eval.runner import Execution, make_jobs, run_episodes  # noqa: F401  (Execution: the API)
 
 
 
@@ -40,43 +40,6 @@ class SweepResult:
     skipped: int = 0
     ran: int = 0
     wall_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class Execution:
-    """How a run's episodes execute. None of it changes what an episode is, so none of it is
-    recorded as the run's identity: a resume may change any of these."""
-    workers: int = 0  # env processes (0: the env in this process); also the model's batch
-    overlap: bool = False  # two env groups alternate between simulating and waiting for the policy
-    env_timeout_s: float | None = None  # worker reset/step watchdog (None: the pool's defaults)
-    ray_address: str | None = None  # env workers as Ray actors: "local" or a cluster address
-    policy_actors: int | None = None  # with Ray: the policy in N actors (None: one per GPU for a CUDA model)
-    videos: str = "default"  # which agentview videos to keep (``vla_eval.videos``)
-    monitor: bool = False  # the runtime monitor (this policy's shipped thresholds) on every episode
-    stop_on_alert: bool = False  # end an episode at its monitor's first ERROR alert
-    retry_errors: bool = False  # redo committed episodes that ended in an env error
-    progress: bool = True
-
-    def __post_init__(self):
-        from vla_eval.videos import parse_policy
-
-        if not (isinstance(self.workers, int) and self.workers >= 0):
-            raise UsageError(f"--workers {self.workers!r}: 0 (the env in this process) or more")
-        parse_policy(self.videos)
-        slot_groups(max(self.workers, 1), self.overlap)  # a bad --overlap before any model loads
-        if self.env_timeout_s is not None and not self.env_timeout_s > 0:
-            raise UsageError(f"--env-timeout {self.env_timeout_s!r}: seconds, more than 0")
-        if self.ray_address is not None and self.workers < 1:
-            raise UsageError("--ray runs the envs as Ray actors: give their number with --workers N (or --batch N)")
-        if self.policy_actors is not None and (self.ray_address is None or self.policy_actors < 0):
-            raise UsageError(f"--policy-actors {self.policy_actors}: policy actors live on a Ray cluster; add --ray "
-                             f"and give 0 (the policy in this process) or more")
-
-    def run_config(self, cfg: SweepConfig) -> RunConfig:
-        """The runner's settings: the episode's shape from the run's config, the rest from here."""
-        return RunConfig(cameras=cfg.cameras, hard_reset=cfg.hard_reset, max_steps=cfg.max_steps,
-                         workers=self.workers, stop_on_alert=self.stop_on_alert, overlap=self.overlap,
-                         env_timeout_s=self.env_timeout_s, ray_address=self.ray_address)
 
 
 def run_sweep(cfg: SweepConfig, run_dir: Path, model: OpenVLAOptions | None = None,
@@ -116,7 +79,7 @@ def run_sweep(cfg: SweepConfig, run_dir: Path, model: OpenVLAOptions | None = No
             configure_gl()  # before the manifest records MUJOCO_GL
             with run_lock(run_dir, "run episodes"):  # one writer per folder, manifest checked under the lock
                 check_or_write_manifest(run_dir, cfg, _model_provenance(openvla) if openvla else None)
-                return _run_tags(run_dir, tags, all_jobs, policies, ex, ex.run_config(cfg), monitor_factory)
+                return _run_tags(run_dir, tags, all_jobs, policies, ex, cfg.shape, monitor_factory)
         finally:
             if ray is not None:  # policy actors would hold their GPUs on a shared cluster after the run
                 from vla_eval.policies.ray_actors import release
@@ -208,14 +171,14 @@ def _load_policies(ray, policy_actors: int | None, cfg: SweepConfig, tags, openv
     return {tag: p for (tag, _), p in zip(tags, loaded)}
 
 
-def _run_tags(run_dir, tags, all_jobs, policies, ex: Execution, rc: RunConfig, monitor_factory) -> SweepResult:
+def _run_tags(run_dir, tags, all_jobs, policies, ex: Execution, shape, monitor_factory) -> SweepResult:
     from vla_eval.videos import VideoKeeper
 
     result = SweepResult(run_dir)
     t0 = time.perf_counter()
     from vla_eval.sims.pools import make_pool
 
-    with make_pool(rc.workers, rc.env_timeout_s, rc.ray_address) as pool:  # one set of envs for every tag: a drill creates them once
+    with make_pool(ex.workers, ex.env_timeout_s, ex.ray_address) as pool:  # one set of envs for every tag: a drill creates them once
         for tag, _ in tags:
             have = committed(run_dir, tag, ex.retry_errors)
             done_keys = {(e.task_id, e.seed) for e in have}
@@ -223,8 +186,8 @@ def _run_tags(run_dir, tags, all_jobs, policies, ex: Execution, rc: RunConfig, m
             result.skipped += len(all_jobs) - len(todo)
             bar = _progress(tag, len(all_jobs), have, enabled=ex.progress)
             with JsonlWriter(run_dir / f"{tag}.jsonl") as writer:
-                keeper = VideoKeeper(run_dir / "videos", ex.videos if rc.cameras else "none", tag)
-                new = run_episodes(policies[tag], todo, writer, tag, rc, monitor_factory,
+                keeper = VideoKeeper(run_dir / "videos", ex.videos if shape.cameras else "none", tag)
+                new = run_episodes(policies[tag], todo, writer, tag, shape, ex, monitor_factory,
                                    on_episode=bar.update_episode, pool=pool, videos=keeper)
             bar.close()
             result.ran += len(new)
