@@ -68,6 +68,7 @@ def test_decoding_faults_are_refused_on_the_remote_code_backend():
 
     class RemoteLike:  # the remote-code backend's surface: predict only
         norm_stats: dict = {}
+        confidence = False
 
         def predict(self, images, prompts, unnorm_key):
             raise AssertionError("not reached")

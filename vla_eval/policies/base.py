@@ -23,6 +23,24 @@ class ActionBatch:
     token_prob: np.ndarray | None = None
 
 
+class Backend(Protocol):
+    """A VLA model behind a policy (``OpenVLAPolicy``): one batched call per control step.
+
+    ``confidence`` says whether ``predict_with_confidence`` works: the native model returns the
+    mean probability of its chosen action tokens with the actions and takes the decoding knobs
+    some faults turn; OpenVLA's remote code has neither. New per-step model signals (token
+    entropy, hidden-state summaries) come through this protocol."""
+    norm_stats: dict
+    confidence: bool
+
+    def predict(self, images: list[np.ndarray], prompts: list[str], unnorm_key: str) -> np.ndarray:
+        """(B, 7) model actions, gripper in [0, 1]."""
+
+    def predict_with_confidence(self, images: list[np.ndarray], prompts: list[str], unnorm_key: str,
+                                **decoding) -> tuple[np.ndarray, np.ndarray]:
+        """((B, 7) actions, (B,) mean chosen-token probability); only where ``confidence``."""
+
+
 class Policy(Protocol):
     name: str
     uses_images: bool  # False: the env may run with cameras off

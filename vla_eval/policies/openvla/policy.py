@@ -21,7 +21,7 @@ import numpy as np
 from vla_eval.sims.protocol import Observation
 from vla_eval.errors import UsageError, require
 from vla_eval.policies.openvla.tokens import resolve_unnorm_key, shipped_norm_stats
-from vla_eval.policies.base import ActionBatch
+from vla_eval.policies.base import ActionBatch, Backend
 from vla_eval.policies.openvla.hub import not_loadable
 from vla_eval.policies.openvla.preprocess import build_prompt, postprocess_gripper, preprocess_libero_image
 
@@ -32,12 +32,12 @@ class OpenVLAPolicy:
     uses_images = True
     cameras = ("agentview",)  # the published loop reads the third-person view only
 
-    def __init__(self, backend, toggles, unnorm_key: str, name: str = "openvla"):
+    def __init__(self, backend: Backend, toggles, unnorm_key: str, name: str = "openvla"):
         self.backend, self.toggles, self.unnorm_key, self.name = backend, toggles, unnorm_key, name
         build_prompt("", toggles.prompt_template)  # unknown template: fail now, not mid-episode
         decoding = decoding_options(toggles)
         changed = ([f"decoding ({', '.join(decoding)})"] if decoding else []) + (["dtype"] if toggles.dtype else [])
-        if changed and not hasattr(backend, "predict_with_confidence"):
+        if changed and not backend.confidence:
             raise UsageError(f"fault {toggles.tag!r} changes the model's {' and '.join(changed)}, which only the native "
                              "backend exposes; drop --backend remote-code")
         self.decoding = decoding
@@ -59,7 +59,7 @@ class OpenVLAPolicy:
         inputs = _threads().map(self.model_inputs, obs) if len(obs) > 1 else map(self.model_inputs, obs)
         images, prompts = zip(*inputs)
         token_prob = None
-        if hasattr(self.backend, "predict_with_confidence"):  # native: confidence comes with the actions
+        if self.backend.confidence:  # native: the confidence comes with the actions
             raw, token_prob = self.backend.predict_with_confidence(list(images), list(prompts), self.unnorm_key,
                                                                    **self.decoding)
         else:
@@ -89,7 +89,10 @@ def _threads() -> ThreadPoolExecutor:
 
 
 class RemoteCodeBackend:
-    """Any object with OpenVLA's ``predict_action`` and a matching processor."""
+    """Any object with OpenVLA's ``predict_action`` and a matching processor (the ``Backend``
+    protocol without confidence: the remote code returns actions only)."""
+
+    confidence = False
 
     def __init__(self, model, processor, device="cpu", dtype=None):
         self.model, self.processor, self.device, self.dtype = model, processor, device, dtype

@@ -15,6 +15,11 @@ from vla_eval.policies.openvla.native.model import NativeOpenVLA
 
 
 class NativeBackend:
+    """The native batched model behind ``OpenVLAPolicy`` (the ``Backend`` protocol with confidence:
+    actions come with their token probability, and the decoding knobs faults turn apply)."""
+
+    confidence = True
+
     def __init__(self, model: NativeOpenVLA, tokenizer, means=None, stds=None):
         self.model, self.tokenizer = model, tokenizer
         self.means = means or [v.mean for v in model.cfg.vision]
