@@ -96,7 +96,7 @@ def make_run(folder, outcomes: dict, tags=("baseline",), policy: str = "scripted
     return folder
 
 
-def build_wheel(tmp) -> "Path":
+def build_wheel(tmp):
     """The wheel built from the tracked files only (a copy: no stale build/ in the clone), checked."""
     import shutil
     import subprocess

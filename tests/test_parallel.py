@@ -120,7 +120,7 @@ def test_a_policy_that_raises_ends_its_episode_as_an_error_and_the_sweep_goes_on
     an error with the traceback; the next episodes run as usual."""
     from vla_eval.policies.scripted import ScriptedExpert
     from vla_eval.records import JsonlWriter, read_jsonl
-    from vla_eval.runner import EpisodeShape, Execution, make_jobs, run_episodes
+    from vla_eval.runner import EpisodeShape, make_jobs, run_episodes
 
     class RaisesOnSeedOne(ScriptedExpert):
         def reset(self, slot=0):

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from vla_eval.errors import UsageError
 from vla_eval.faults import toggles_for  # noqa: F401  (re-exported: the API's one toggles_for)
-from vla_eval.policies.factory import OpenVLAOptions, Toggles, make_policies, policy_spec, resolve_options
+from vla_eval.policies.factory import OpenVLAOptions, make_policies, policy_spec, resolve_options
 from vla_eval.records import EpisodeRecord, JsonlWriter
 from vla_eval.rundir import (  # noqa: F401  (SweepConfig, committed, read_tag: re-exported for the API)
     SweepConfig, check_or_write_manifest, committed, config_from_manifest, parse_shard, read_tag, run_lock)
