@@ -47,6 +47,15 @@ def _features(log: RunLog) -> list[str]:
 FEATURES = ("mean ||a[:6]||", "max |a[:3]|", "gripper flips per episode", "mean img_mean", "mean token prob")
 
 
+def _seed_phrase(seeds) -> str:
+    """'seed 0' or '5 seeds (0-4)': the header's seed set, per task."""
+    seeds = sorted(seeds)
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    ids = ",".join(map(str, seeds)) if len(seeds) == 2 else format_ids(seeds)
+    return f"{len(seeds)} seeds ({ids})"
+
+
 def _pct(x: float) -> str:
     return "–" if x != x else f"{100 * x:.1f}%"
 
@@ -156,7 +165,7 @@ def context(run_dir: Path) -> dict:
     prov = prov if isinstance(prov, dict) else {"provenance": f"(not an object: {type(prov).__name__})"}
     return {
         "run_name": run_dir.name, "policy": cfg["policy"], "suite": cfg["suite"], "main_tag": main_tag,
-        "task_ids": cfg["task_ids"], "seeds": f"{len(cfg['seeds'])} ({format_ids(cfg['seeds'])})", "banners": _banners(cfg, manifest, logs),
+        "task_ids": cfg["task_ids"], "seeds": _seed_phrase(cfg["seeds"]), "banners": _banners(cfg, manifest, logs),
         "headline": {"pct": _pct(rate.p), "se": _pct(rate.se), "text": str(rate), "errors": rate.errors} if rate.n else None,
         "verdict": {"level": v.level, "css": v.level.replace("/", ""), "text": v.text},
         "published": f"{published:.1f}%" if published is not None and not reasons else None,
