@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from vla_eval.argtypes import out_dir, seeds
+from vla_eval.argtypes import format_ids, out_dir, seeds
 
 
 def register(sub) -> None:
@@ -51,8 +51,6 @@ def _steps(log: Path) -> int:
 
 
 def run(args) -> int:
-    from vla_eval.argtypes import format_ids
-
     root = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     root.mkdir(parents=True)
     env = dict(os.environ)
@@ -74,7 +72,7 @@ def run(args) -> int:
         while _steps(log) == 0 and sweep.poll() is None and time.time() < deadline:
             time.sleep(1)
         if _steps(log) == 0:
-            raise RuntimeError(f"the background sweep never stepped: {sweep.stderr.read()[-2000:] if sweep.stderr else ''}")
+            raise RuntimeError(f"the background sweep never stepped: {sweep.stderr.read()[-2000:]}")
         steps0, t0 = _steps(log), time.perf_counter()
         together = _timed_drill(root / "small-together", env)
         sweep_rate = (_steps(log) - steps0) / (time.perf_counter() - t0) * 60

@@ -117,15 +117,15 @@ def _shipped_thresholds_of(paths):
 def run(args) -> int:
     from vla_eval.errors import UsageError
 
-    seen: dict = {}
+    seen: dict[str, Path] = {}  # real path -> as given (realpath never raises: a link loop is refused when read)
     for p in args.logs:  # the same log twice would count every run twice
-        key = os.path.realpath(p)  # never raises (a link loop is refused when it is read)
+        key = os.path.realpath(p)
         if key in seen:
             raise UsageError(f"{p} is given twice (also as {seen[key]}); each log is read once")
         seen[key] = p
 
     if args.calibrate is not None:  # checked before anything is read or written
-        if any(args.calibrate.resolve() == p.resolve() for p in args.logs):
+        if os.path.realpath(args.calibrate) in seen:
             raise UsageError(f"--calibrate {args.calibrate} is one of the input logs; choose another file")
         if args.calibrate.is_dir() or (args.calibrate.exists() and not args.force):
             raise UsageError(f"--calibrate {args.calibrate} exists; choose a new file or pass --force to replace it")

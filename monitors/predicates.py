@@ -297,7 +297,9 @@ def check_early_grasp(s: StreamState, step: int) -> Verdict | None:
 
 
 def check_no_flip_at_end(s: StreamState) -> Verdict | None:
-    if s.n == 0 or s.done or s.reward > 0:
+    """no_flip by elimination, the fallback where no online no_flip check ran (none calibrated, a
+    policy that logs no token probability, or a run shorter than the check's window)."""
+    if online_no_flip_checked(s) or s.n == 0 or s.done or s.reward > 0:
         return None
     mean = s.norm_sum / s.n
     if mean >= s.th.flip_min_norm and s.first_close is not None:

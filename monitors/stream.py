@@ -15,8 +15,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from vla_eval.monitors.predicates import (
-    ERROR, PREDICATES, STREAMING, StreamState, Thresholds, Verdict, _finite, as_done, check_no_flip_at_end, finite_action,
-    online_no_flip_checked,
+    ERROR, PREDICATE_TABLE, PREDICATES, STREAMING, StreamState, Thresholds, Verdict, _finite, as_done, finite_action,
 )
 
 
@@ -70,13 +69,12 @@ class RuntimeMonitor:
             return self._fire(Verdict("bad_action", ERROR, t, {"error": f"monitor could not read the step: {e!r}"[:200]}))
 
     def finish(self, episode=None) -> list[str]:
-        """End-of-episode predicates. no_flip by elimination (only when no other predicate
-        explained the failure) is the fallback where no online no_flip check ran (none
-        calibrated, a policy that logs no token probability, or a run shorter than the
-        check's window): it calls every ordinary failure no_flip, so it is a WARN, never an ERROR."""
-        if self._fired or online_no_flip_checked(self.state):
+        """The predicate table's end-of-episode checks, only when no predicate explained the run
+        already. no_flip by elimination calls every ordinary failure no_flip, so it is a WARN,
+        never an ERROR."""
+        if self._fired:
             return []
-        return self._fire(check_no_flip_at_end(self.state))
+        return [name for p in PREDICATE_TABLE if p.at_end for name in self._fire(p.at_end(self.state))]
 
     @property
     def level(self) -> str:

@@ -37,10 +37,10 @@ class Difference:
                 f"p = {self.p_value:.3g} ({self.test}{', ' + str(self.n_pairs) + ' pairs' if self.paired else ''})")
 
 
-def _episodes(run: Path, tag: str) -> dict[tuple[int, int], EpisodeRecord]:
+def _episodes(run: Path, tag: str, cfg) -> dict[tuple[int, int], EpisodeRecord]:
     from vla_eval.rundir import read_tag
 
-    log = read_tag(run, tag)  # checked against the run's manifest
+    log = read_tag(run, tag, cfg)  # checked against the run's config, read from its manifest once
     if log is None:
         raise UsageError(f"{run} has no {tag}.jsonl (run tags are files in the run folder)")
     return by_episode(log.episodes)
@@ -76,10 +76,10 @@ def compare_episodes(a: dict, b: dict, scope: str) -> Difference:
 def compare_runs(run_a: Path, run_b: Path, tag: str = "baseline", tag_b: str | None = None) -> list[Difference]:
     from vla_eval.rundir import config_from_manifest
 
-    suite_a, suite_b = config_from_manifest(run_a).suite, config_from_manifest(run_b).suite
-    if suite_a != suite_b:  # task 3 of one suite is not task 3 of another: nothing pairs or compares
-        raise UsageError(f"{run_a} is a {suite_a} run and {run_b} a {suite_b} run; compare runs of one suite")
-    a, b = _episodes(run_a, tag), _episodes(run_b, tag_b or tag)
+    cfg_a, cfg_b = config_from_manifest(run_a), config_from_manifest(run_b)
+    if cfg_a.suite != cfg_b.suite:  # task 3 of one suite is not task 3 of another: nothing pairs or compares
+        raise UsageError(f"{run_a} is a {cfg_a.suite} run and {run_b} a {cfg_b.suite} run; compare runs of one suite")
+    a, b = _episodes(run_a, tag, cfg_a), _episodes(run_b, tag_b or tag, cfg_b)
     for run, eps, t in ((run_a, a, tag), (run_b, b, tag_b or tag)):
         if not eps:
             raise UsageError(f"{run} has no judged {t} episode yet (only env errors, or none committed)")

@@ -63,7 +63,7 @@ def ignore_interrupts_in_worker() -> None:
 
 def stop_signal_of(exitcode: int | None) -> int | None:
     """The stop signal that ended a child process (``Process.exitcode`` is -signum), else None."""
-    if exitcode is not None and exitcode < 0 and -exitcode in [int(s) for s in STOP_SIGNALS]:
+    if exitcode is not None and exitcode < 0 and -exitcode in STOP_SIGNALS:
         return -exitcode
     return None
 

@@ -63,5 +63,16 @@ def test_idle_openmp_threads_spin_briefly_unless_the_user_chose_a_wait_policy(mo
 
 
 def test_other_processes_busy_cores_are_measured_without_counting_this_one():
-    busy = threads.busy_elsewhere(0.05)
-    assert 0.0 <= busy <= (os.cpu_count() or 1)
+    """A spinning child process is a core busy elsewhere."""
+    import subprocess
+    import sys
+    import time
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # past its start-up
+        busy = threads.busy_elsewhere(0.3)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert 0.5 <= busy <= (os.cpu_count() or 1)

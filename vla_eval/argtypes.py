@@ -7,6 +7,7 @@ from typing import Callable
 
 
 MAX_INT_FLAG = 10**6  # no count, step limit or worker number the toolkit takes is near this
+MAX_STEP_LIMIT = 100_000  # --max-steps' range: far above any suite's limit, far below what breaks a report
 
 
 def int_at_least(low: int, what: str = "", high: int = MAX_INT_FLAG) -> Callable[[str], int]:
@@ -111,7 +112,8 @@ def seeds(flag: str, count: bool) -> Callable[[str], tuple[int, ...]]:
         if count and text.strip().isdigit():
             n = int(text)
             if n < 1:
-                raise argparse.ArgumentTypeError(f"must be at least 1 (a count; the lone seed 0 is written 0-0), got {n}")
+                raise argparse.ArgumentTypeError(
+                    f"must be at least 1 (a count; the lone seed 0 is written 0-0), got {n}")
             return tuple(range(n))
         return ids(text)
 

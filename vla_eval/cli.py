@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 from vla_eval import __version__
-from vla_eval.argtypes import (add_threads_flag, float_between, format_ids, id_set, int_at_least, out_dir, out_file,
-                               seed_set)
+from vla_eval.argtypes import (MAX_STEP_LIMIT, add_threads_flag, float_between, format_ids, id_set, int_at_least,
+                               out_dir, out_file, seed_set)
 from vla_eval.errors import DIST, MissingDependency, UsageError, install_hint
 from vla_eval.faults import CHAPTER_FAULTS, FAULTS, parse_faults
 
@@ -17,7 +17,7 @@ DEFAULT_SUITE = "libero_object"
 _non_negative = int_at_least(0)
 _positive_int = int_at_least(1)
 _positive_float = float_between(0.0)
-_step_limit = int_at_least(1, " steps (LIBERO's longest suite allows 520)", high=100_000)  # rundir.MAX_STEP_LIMIT
+_step_limit = int_at_least(1, " steps (LIBERO's longest suite allows 520)", high=MAX_STEP_LIMIT)
 _process_count = int_at_least(0, " processes", high=256)
 
 
@@ -39,8 +39,8 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: str) -> None:
                 tasks.add_argument("--tasks", type=_task_list, help="comma-separated task ids, e.g. 0,3,5")]
     actions += [
         ident.add_argument("--seeds", type=seed_set, default=seeds_default,
-                           help=f"a count N (seeds 0..N-1) or seed ids such as 10-59, 3,4 or 7-7 (one seed); seed i -> stored init "
-                                f"state i (default {seeds_default})"),
+                           help=f"a count N (seeds 0..N-1) or seed ids such as 10-59, 3,4 or 7-7 (one seed); seed i -> "
+                                f"stored init state i (default {seeds_default})"),
         ident.add_argument("--policy", default="openvla", choices=POLICIES,
                            help="; ".join(f"{n}: {s.help}" for n, s in POLICIES.items())),
         ident.add_argument("--checkpoint", help="HF id or local path (default: openvla/openvla-7b-finetuned-<suite>)"),
@@ -49,7 +49,8 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: str) -> None:
                            help="auto: on for pixel policies, off (physics only, ~10x faster) for state-based ones"),
         ident.add_argument("--fast-reset", action="store_true",
                            help="reuse the MuJoCo model between episodes (not the published protocol's hard reset)"),
-        ident.add_argument("--max-steps", type=_step_limit, help="override the suite's step limit (1..100000)")]
+        ident.add_argument("--max-steps", type=_step_limit,
+                           help=f"override the suite's step limit (1..{MAX_STEP_LIMIT})")]
     p.set_defaults(identity=actions, shard=None, resume=None, retry_errors=False)  # sweep's own flags set them
     p.add_argument("--attn", choices=("flash_attention_2", "sdpa", "eager"), help="attention (default sdpa)")
     p.add_argument("--device", help="torch device for the model (default: cuda; cpu for --policy tiny)")
@@ -375,7 +376,9 @@ def build_parser(chosen: str | None = ALL_VERBS) -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="CPU main job: the tiny OpenVLA's drill (baseline + 3 silent failures) "
                                      "on LIBERO libero_object + report")
-    dm.add_argument("--seeds", type=seed_set, default="1", help="a count N (seeds 0..N-1) or seed ids (10-12, 3,4; one seed: 7-7) per task and run tag (default 1)")
+    dm.add_argument("--seeds", type=seed_set, default="1",
+                    help="a count N (seeds 0..N-1) or seed ids (10-12, 3,4; one seed: 7-7) per task and run tag "
+                         "(default 1)")
     dm.add_argument("--tasks", default=DEMO_TASKS, help=f"task ids (default {DEMO_TASKS})")
     dm.add_argument("--out", type=out_dir, default=Path("runs/demo"))
     add_threads_flag(dm)
@@ -465,20 +468,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import signal
 
-    from vla_eval.sims.stopping import Stopped
+    from vla_eval.sims.stopping import STOP_SIGNALS, Stopped
 
     def terminate(signum, frame):
         raise Stopped(signum)
 
     # SIGTERM (docker stop, systemd, pre-emption) and SIGHUP (a closed terminal): the same clean stop as Ctrl-C
-    previous = {s: signal.signal(s, terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
+    previous = {s: signal.signal(s, terminate) for s in STOP_SIGNALS if s != signal.SIGINT}
     try:
         return args.fn(args)
     except UsageError as e:
         print(f"vla-eval: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # a further signal while we report: no crash
+        for sig in STOP_SIGNALS:  # a further signal while we report is not a crash
             signal.signal(sig, signal.SIG_IGN)
         signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
         print(f"\nstopped ({signal.Signals(signum).name}): committed episodes are kept; re-run the same command "

@@ -163,7 +163,7 @@ def load_library(path: Path) -> Library:
 
     if not path.exists():
         raise UsageError(f"--library {path}: no such file or folder")
-    d = read_json(path, "--library", max_bytes=64 * 2**20, allow_nan=True)  # NaN: a feature not logged
+    d = read_json(path, "--library", allow_nan=True)  # NaN: a feature an older export did not log
     try:
         if d.get("version") != LIBRARY_VERSION or list(d["features"]) != list(FEATURES):
             raise ValueError(f"version {d.get('version')} / features {d.get('features')}")

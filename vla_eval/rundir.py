@@ -25,19 +25,16 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vla_eval.argtypes import format_ids
+from vla_eval.argtypes import MAX_STEP_LIMIT, format_ids
 from vla_eval.errors import DIST, UsageError, bad_choice
-from vla_eval.faults import RUN_TAGS, is_run_tag
+from vla_eval.faults import RUN_TAGS, is_run_tag, toggles_for
 from vla_eval.records import EpisodeRecord, RunLog, RunScope, read_jsonl
 from vla_eval.safe_json import read_json
-from vla_eval.sims.protocol import N_INIT_STATES, SUITES
+from vla_eval.sims.protocol import N_INIT_STATES, SUITES, check_task_id, suite_spec
 
 MANIFEST = "manifest.json"
 SUITES_FILE = "suites.json"
 ALL4 = ("libero_spatial", "libero_object", "libero_goal", "libero_10")  # the four suites OpenVLA reports
-
-
-MAX_STEP_LIMIT = 100_000  # --max-steps' range: far above any suite's limit, far below what breaks a report
 
 
 @dataclass(frozen=True)
@@ -65,21 +62,17 @@ class SweepConfig:
 
     def __post_init__(self):
         """The one gate of a run's identity: names and ranges, before any simulator or model import."""
-        from vla_eval.faults import toggles_for
-        from vla_eval.sims.protocol import check_task_id, suite_spec
-
+        task_ids, tags = tuple(self.task_ids), tuple(self.tags)  # any iterable, read once
         suite_spec(self.suite)  # an unknown suite names the valid ones
-        if not self.task_ids:
-            raise UsageError("a run needs at least one task id")
-        for t in self.task_ids:
+        if not task_ids or len(set(task_ids)) != len(task_ids):
+            raise UsageError(f"task ids {task_ids}: give at least one, each once")
+        for t in task_ids:
             if not isinstance(t, int) or isinstance(t, bool):
                 raise UsageError(f"task id {t!r} is not an integer")
             check_task_id(self.suite, t)
-        if len(set(self.task_ids)) != len(tuple(self.task_ids)):
-            raise UsageError(f"task ids {tuple(self.task_ids)} repeat an id")
-        if not self.tags or len(set(self.tags)) != len(tuple(self.tags)):
-            raise UsageError(f"run tags {tuple(self.tags)}: give at least one, each once")
-        for tag in self.tags:
+        if not tags or len(set(tags)) != len(tags):
+            raise UsageError(f"run tags {tags}: give at least one, each once")
+        for tag in tags:
             toggles_for(tag)  # an unknown tag names the valid ones
         seeds = tuple(range(self.seeds)) if isinstance(self.seeds, int) else tuple(sorted(self.seeds))
         bad = [s for s in seeds if not (isinstance(s, int) and 0 <= s < N_INIT_STATES)]
@@ -87,8 +80,8 @@ class SweepConfig:
             what = f"seed {bad[0]} has no stored init state" if bad else "a seed set must be non-empty and unique"
             raise UsageError(f"--seeds: {what}; valid: 0..{N_INIT_STATES - 1} (a count N, or ids such as 10-59 or 3,4)")
         object.__setattr__(self, "seeds", seeds)
-        object.__setattr__(self, "task_ids", tuple(self.task_ids))
-        object.__setattr__(self, "tags", tuple(self.tags))
+        object.__setattr__(self, "task_ids", task_ids)
+        object.__setattr__(self, "tags", tags)
         parse_shard(self.shard)
         if self.max_steps is not None and not (isinstance(self.max_steps, int) and 1 <= self.max_steps <= MAX_STEP_LIMIT):
             raise UsageError(f"--max-steps {self.max_steps!r}: valid 1..{MAX_STEP_LIMIT} (LIBERO's longest suite: 520)")

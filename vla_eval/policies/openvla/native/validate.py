@@ -118,17 +118,19 @@ def check_checkpoint_dir(ckpt_dir: Path) -> dict:
     except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop on older Pythons
         raise UsageError(f"checkpoint folder {ckpt_dir} cannot be opened ({getattr(e, 'strerror', None) or e})") from None
     cfg = check_config(ckpt_dir / "config.json")
-    weights = weight_files(ckpt_dir)
-    owner: dict[str, Path] = {}
+    weight_map = _weight_map(ckpt_dir)
+    owner: dict[str, Path] = {}  # tensor -> the file that holds it
+    shapes: dict[str, list[int]] = {}
     dtypes: dict[str, str] = {}
-    for path in weights:
-        for name in check_safetensors(path, dtypes):
+    for path in _weight_files(ckpt_dir, weight_map):
+        for name, shape in check_safetensors(path, dtypes).items():
             if name in owner:
                 raise _broken(path, f"tensor {name!r} is also in {owner[name].name} (a duplicated or stray shard)",
-                              "keep only the files model.safetensors.index.json names")
-            owner[name] = path
-    _check_index(ckpt_dir, owner)
-    _check_dtypes(ckpt_dir / "config.json", cfg, dtypes, owner)
+                              f"keep only the files {INDEX} names")
+            owner[name], shapes[name] = path, shape
+    if weight_map is not None:
+        _check_index(ckpt_dir / INDEX, weight_map, owner)
+    _check_dtypes_and_sizes(ckpt_dir / "config.json", cfg, dtypes, shapes, owner)
     tokenizer = ckpt_dir / "tokenizer.json"
     if not tokenizer.is_file() and not (ckpt_dir / "tokenizer.model").is_file():
         raise UsageError(f"{ckpt_dir} has no tokenizer (tokenizer.json or tokenizer.model); {REFETCH}")
@@ -140,24 +142,36 @@ def check_checkpoint_dir(ckpt_dir: Path) -> dict:
 
 INDEX = "model.safetensors.index.json"
 FLOAT_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
+EMBEDDING = "language_model.model.embed_tokens.weight"
 
 
 def weight_files(ckpt_dir: Path) -> list[Path]:
     """The weight files: those the shard index names (each once, each there), else every *.safetensors."""
+    return _weight_files(Path(ckpt_dir), _weight_map(Path(ckpt_dir)))
+
+
+def _weight_map(ckpt_dir: Path) -> dict[str, str] | None:
+    """The shard index's tensor -> file map, checked for its form (None: the folder has no index)."""
     index = ckpt_dir / INDEX
     if not index.exists() and not index.is_symlink():
-        weights = sorted(ckpt_dir.glob("*.safetensors"))
-        if not weights:
-            raise UsageError(f"no *.safetensors files in {ckpt_dir}; {REFETCH}")
-        return weights
+        return None
     weight_map = read_json_object(index).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map or not all(
             isinstance(f, str) and f and "/" not in f and f.endswith(".safetensors") for f in weight_map.values()):
         raise _broken(index, "'weight_map' must map tensor names to .safetensors file names in this folder")
+    return weight_map
+
+
+def _weight_files(ckpt_dir: Path, weight_map: dict[str, str] | None) -> list[Path]:
+    if weight_map is None:
+        weights = sorted(ckpt_dir.glob("*.safetensors"))
+        if not weights:
+            raise UsageError(f"no *.safetensors files in {ckpt_dir}; {REFETCH}")
+        return weights
     named = sorted(set(weight_map.values()))
     for name in named:
         if not (ckpt_dir / name).is_file():
-            raise _broken(index, f"names {name}, which is not in {ckpt_dir} (a shard missing)")
+            raise _broken(ckpt_dir / INDEX, f"names {name}, which is not in {ckpt_dir} (a shard missing)")
     stray = sorted(p.name for p in ckpt_dir.glob("*.safetensors") if p.name not in named)
     if stray:
         raise _broken(ckpt_dir / stray[0], f"is a weight file {INDEX} does not name (a duplicated or stray shard)",
@@ -165,12 +179,8 @@ def weight_files(ckpt_dir: Path) -> list[Path]:
     return [ckpt_dir / n for n in named]
 
 
-def _check_index(ckpt_dir: Path, owner: dict[str, Path]) -> None:
+def _check_index(index: Path, weight_map: dict[str, str], owner: dict[str, Path]) -> None:
     """The index and the shards' headers agree tensor by tensor."""
-    index = ckpt_dir / INDEX
-    if not index.is_file():
-        return
-    weight_map = read_json_object(index)["weight_map"]
     for name, file in weight_map.items():
         if name not in owner:
             raise _broken(index, f"says tensor {name!r} is in {file}, which has no such tensor")
@@ -181,7 +191,8 @@ def _check_index(ckpt_dir: Path, owner: dict[str, Path]) -> None:
         raise _broken(index, f"does not list tensor {missing[0]!r} of {owner[missing[0]].name}")
 
 
-def _check_dtypes(config: Path, cfg: dict, dtypes: dict[str, str], owner: dict[str, Path]) -> None:
+def _check_dtypes_and_sizes(config: Path, cfg: dict, dtypes: dict[str, str], shapes: dict[str, list[int]],
+                            owner: dict[str, Path]) -> None:
     """Float tensors are stored as config.json's torch_dtype says (float32 extras allowed): bf16
     bytes relabelled F16 load without an error and run on garbage. And the text model's sizes
     agree: the embedding holds the vocabulary and the hidden size, the pad id is inside it."""
@@ -193,13 +204,10 @@ def _check_dtypes(config: Path, cfg: dict, dtypes: dict[str, str], owner: dict[s
                                            f"{want} (a relabelled or mixed file)")
     text = cfg["text_config"]
     vocab, hidden = text.get("vocab_size"), text.get("hidden_size")
-    for key in ("pad_token_id",):
-        for where, value in ((f"text_config.{key}", text.get(key)), (key, cfg.get(key))):
-            if isinstance(value, int) and isinstance(vocab, int) and not 0 <= value < vocab:
-                raise _broken(config, f"{where} {value} is outside the vocabulary of {vocab} tokens")
-    embed = "language_model.model.embed_tokens.weight"
-    if embed in dtypes:
-        shape = check_safetensors(owner[embed])[embed]
-        if isinstance(vocab, int) and isinstance(hidden, int) and shape != [vocab, hidden]:
-            raise _broken(owner[embed], f"{embed} has shape {shape}; {config.name} says vocab_size {vocab} x "
+    for where, pad in (("text_config.pad_token_id", text.get("pad_token_id")), ("pad_token_id", cfg.get("pad_token_id"))):
+        if isinstance(pad, int) and isinstance(vocab, int) and not 0 <= pad < vocab:
+            raise _broken(config, f"{where} {pad} is outside the vocabulary of {vocab} tokens")
+    shape = shapes.get(EMBEDDING)
+    if shape is not None and isinstance(vocab, int) and isinstance(hidden, int) and shape != [vocab, hidden]:
+        raise _broken(owner[EMBEDDING], f"{EMBEDDING} has shape {shape}; {config.name} says vocab_size {vocab} x "
                                         f"hidden_size {hidden}")
