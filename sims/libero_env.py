@@ -15,6 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from vla_eval.sims.assets import SetupError, prepare_libero
+from vla_eval.sims.task_state import TaskStateReader
 from vla_eval.sims.protocol import (
     ACTION_DIM,
     CAMERAS,
@@ -102,7 +103,8 @@ def task_instruction(suite: str, task_id: int) -> str:
     return _suite(suite).get_task(task_id).language
 
 
-def _to_observation(raw: dict, instruction: str, gripper_ctrl: float | None = None) -> Observation:
+def _to_observation(raw: dict, instruction: str, gripper_ctrl: float | None = None,
+                    goals: tuple[str, ...] = ()) -> Observation:
     objects = {
         k: np.asarray(v, dtype=np.float64)
         for k, v in raw.items()
@@ -121,6 +123,7 @@ def _to_observation(raw: dict, instruction: str, gripper_ctrl: float | None = No
         gripper_qvel=np.asarray(raw["robot0_gripper_qvel"], dtype=np.float64) if "robot0_gripper_qvel" in raw else None,
         joint_vel=np.asarray(raw["robot0_joint_vel"], dtype=np.float64) if "robot0_joint_vel" in raw else None,
         gripper_ctrl=gripper_ctrl,
+        goals=goals,
     )
 
 
@@ -161,6 +164,7 @@ class LiberoEnv:
         if unknown or not camera_names:
             raise bad_choice("camera", unknown[0] if unknown else "(none)", CAMERAS)
         self.camera_names = tuple(camera_names)
+        self._task: TaskStateReader | None = None  # built at each reset
         self._env = self._make(bddl, cameras, resolution, hard_reset, self.camera_names)
         self._env.seed(seed)  # the published eval seeds the env with 0; init states fix the scene
 
@@ -200,6 +204,7 @@ class LiberoEnv:
         raw = self._env.set_init_state(self._init_states[init_state_index])
         for _ in range(NUM_WAIT_STEPS):
             raw, _, _, _ = self._env.step(WAIT_ACTION.tolist())
+        self._task = TaskStateReader(self._env.env)  # starts from the settled scene
         return self._observation(raw)
 
     def reset_sampled(self, scene_seed: int) -> Observation:
@@ -211,6 +216,7 @@ class LiberoEnv:
         raw = None
         for _ in range(NUM_WAIT_STEPS):
             raw, _, _, _ = self._env.step(WAIT_ACTION.tolist())
+        self._task = TaskStateReader(self._env.env)
         return self._observation(raw)
 
     def step(self, action: np.ndarray) -> StepResult:
@@ -218,7 +224,8 @@ class LiberoEnv:
         if action.shape != (ACTION_DIM,):
             raise ValueError(f"action must have shape ({ACTION_DIM},), got {action.shape}")
         raw, reward, done, _ = self._env.step(action.tolist())
-        return StepResult(self._observation(raw), float(reward), bool(done))
+        task = self._task.read() if self._task is not None else None
+        return StepResult(self._observation(raw), float(reward), bool(done), task)
 
     def _observation(self, raw: dict) -> Observation:
         # robosuite ramps the gripper's command by a fixed amount per step (PandaGripper.speed);
@@ -226,7 +233,8 @@ class LiberoEnv:
         gripper = getattr(self._env.env.robots[0], "gripper", None)
         ramp = getattr(gripper, "current_action", None)
         ctrl = None if ramp is None or len(ramp) == 0 else float(-np.asarray(ramp)[0])
-        return _to_observation(raw, self.instruction, ctrl)
+        goals = self._task.goals if self._task is not None else ()
+        return _to_observation(raw, self.instruction, ctrl, goals)
 
     def render_next(self, on: bool) -> None:
         """Render the cameras on the next ``step`` or not (physics only; the observation then

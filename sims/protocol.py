@@ -12,7 +12,7 @@ from typing import Mapping, Protocol
 import numpy as np
 
 from vla_eval.errors import UsageError, bad_choice
-from vla_eval.records import ACTION_DIM  # noqa: F401  (re-exported: the env checks actions against it)
+from vla_eval.records import ACTION_DIM, TaskState  # noqa: F401  (ACTION_DIM re-exported: the env checks actions)
 
 NUM_WAIT_STEPS = 10
 # Zero motion, gripper open (-1 = open in LIBERO's convention). Objects settle meanwhile.
@@ -76,6 +76,7 @@ class Observation:
     gripper_qvel: np.ndarray | None = None  # (2,) finger joint velocities
     joint_vel: np.ndarray | None = None  # (7,) arm joint velocities, rad/s
     gripper_ctrl: float | None = None  # the simulator's ramped gripper command, -1 open .. +1 fully closed
+    goals: tuple[str, ...] = ()  # the task's BDDL goal predicates ("in ketchup_1 basket_1_contain_region")
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class StepResult:
     obs: Observation
     reward: float
     done: bool  # LIBERO: the task's goal predicates hold; this is success
+    task: TaskState | None = None  # the task state after the step (sims.task_state); None if the env has none
 
 
 class Env(Protocol):

@@ -22,10 +22,11 @@ LAYERS = {
     "vla_eval.argtypes": 0, "vla_eval.safe_json": 0, "vla_eval.threads": 0,  # CLI types; bounded reader; CPU threads
     "vla_eval.verbs": 0,                                               # the table of lazily imported subcommands
     "vla_eval.records": 1, "vla_eval.monitors": 1,                     # shared types; numpy-only monitor
+    "vla_eval.failure_modes": 1,                                       # failure modes read from the records
     "vla_eval.sims": 2, "vla_eval.rundir": 2,                          # simulators; the run-folder reader
     "vla_eval.policies": 3,                                           # policies (over sims' Observation)
     "vla_eval.rollout": 4, "vla_eval.runner": 4, "vla_eval.sweep": 4, "vla_eval.api": 4, "vla_eval.preflight": 4,
-    "vla_eval.tinyvla": 4, "vla_eval.videos": 4,                       # demos and training of the tiny policy
+    "vla_eval.tinyvla": 4, "vla_eval.videos": 4, "vla_eval.failure_check": 4,                      # demos and training of the tiny policy
     "vla_eval.reports": 5, "vla_eval.drills": 5,                       # reports over runs; CPU drills
     "vla_eval.tinyvla.dagger": 5, "vla_eval.diagnose": 5,              # DAgger rounds; fault ranking over run folders
     "vla_eval.cli": 6, "vla_eval.setup": 6, "vla_eval.monitors.cli": 6, "vla_eval.drills.cli": 6, "vla_eval.tinyvla.cli": 6,  # command lines on top

@@ -24,8 +24,36 @@ from typing import Iterable, Iterator
 from vla_eval.argtypes import format_ids
 from vla_eval.errors import UsageError
 
-SCHEMA_VERSION = 2  # 2 added optional StepRecord.token_prob and EpisodeRecord.reset_s; 1 still reads
-READABLE_VERSIONS = (1, 2)
+# 2 added StepRecord.token_prob and EpisodeRecord.reset_s; 3 the simulator's task state (StepRecord.task,
+# EpisodeRecord.goals) and the failure mode. Every added field is optional: versions 1 and 2 still read.
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+
+
+@dataclass(frozen=True)
+class GoalState:
+    """One goal predicate of the task's BDDL goal at one step (``EpisodeRecord.goals`` names them, in order).
+
+    For a placing goal (``in``/``on``) the mover is the object placed; for an articulation goal
+    (``open``/``close``/``turnon``/``turnoff``) it is the fixture operated; ``lift`` and ``to_goal``
+    are then ``None``. Distances in metres, rounded to 1 mm."""
+
+    met: bool  # the predicate holds (LIBERO's own check)
+    reach: float | None  # gripper grip site to the mover
+    held: bool  # both fingers touch the mover (a grasp, or the fixture's handle)
+    lift: float | None = None  # mover height above where it started
+    to_goal: float | None = None  # mover to the goal region's centre, in the table plane
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """What the simulator says about the task after one step: read, never acted on (schema 3)."""
+
+    goals: tuple[GoalState, ...]
+    gap: float  # finger opening, m (~0.079 open, ~0.005 closed on nothing)
+    held: str | None = None  # the object both fingers touch, if any
+    moved: tuple[str, ...] = ()  # objects no goal names, displaced > 5 cm from their start
+    knocked: tuple[str, ...] = ()  # objects fallen > 10 cm below their start or tipped past 60 degrees
 
 
 @dataclass(frozen=True)
@@ -45,6 +73,7 @@ class StepRecord:
     # Mean over the action tokens of the probability the model gave its chosen token (native
     # OpenVLA only; None otherwise): a confidence signal the monitor can read (schema 2).
     token_prob: float | None = None
+    task: TaskState | None = None  # the simulator's task state (schema 3; None: not recorded)
     kind: str = "step"
     v: int = SCHEMA_VERSION
 
@@ -71,6 +100,12 @@ class EpisodeRecord:
     error: str | None = None
     alerts: tuple[str, ...] = ()
     reset_s: float | None = None  # env reset (incl. the wait steps), timed apart from wall_s (schema 2)
+    # Schema 3: the BDDL goal predicates ("in ketchup_1 basket_1_contain_region"), and for a failure
+    # its mode (vla_eval.failure_modes), the step it became true and one line of evidence.
+    goals: tuple[str, ...] = ()
+    failure_mode: str | None = None
+    failure_step: int | None = None
+    failure_evidence: str | None = None
     kind: str = "episode"
     v: int = SCHEMA_VERSION
 
@@ -97,6 +132,7 @@ OUTCOMES = ("success", "failure", "error")
 ACTION_DIM = 7  # LIBERO's action: xyz, rpy, gripper (sims.protocol uses this one)
 MAX_STEPS = 100_000  # far above any suite's step limit (520)
 MAX_INT = 2**53  # a JSON integer beyond this is no count or id, and may not even convert to a float
+MAX_GOALS = 16  # LIBERO's goals have at most three predicates
 MAX_LINE = 1 << 20  # bytes: a record line is ~1 kB; a longer one is refused before it is parsed
 
 
@@ -140,9 +176,47 @@ _FIELD_CHECKS = {
     "error": (_opt(lambda v: isinstance(v, str)), "null or a string"),
     "token_prob": (_opt(lambda v: _num(v) and 0 <= v <= 1), "null or a probability"),
     "reset_s": (_opt(lambda v: _num(v) and v >= 0), "null or seconds >= 0"),
+    "task": (_opt(lambda v: _task_state(v) is not None), "null or a task state object"),
+    "goals": (lambda v: isinstance(v, (list, tuple)) and len(v) <= MAX_GOALS
+              and all(isinstance(g, str) and 0 < len(g) <= 200 for g in v), f"a list of at most {MAX_GOALS} strings"),
+    "failure_mode": (_opt(lambda v: isinstance(v, str) and 0 < len(v) <= 64), "null or a failure mode name"),
+    "failure_step": (_opt(lambda v: _int(v) and 0 <= v < MAX_STEPS), f"null or an integer 0..{MAX_STEPS - 1}"),
+    "failure_evidence": (_opt(lambda v: isinstance(v, str) and len(v) <= 500), "null or a line of text"),
     "kind": (lambda v: v in _KINDS, "step or episode"),
     "v": (_int, "an integer"),
 }
+
+
+_DIST = lambda v: _num(v) and -100 <= v <= 100  # noqa: E731 - metres inside any scene
+_NAMES = lambda v: isinstance(v, (list, tuple)) and len(v) <= 64 and all(  # noqa: E731
+    isinstance(n, str) and 0 < len(n) <= 64 for n in v)
+
+
+def _goal_state(d) -> GoalState | None:
+    if not (isinstance(d, dict) and set(d) <= {"met", "reach", "held", "lift", "to_goal"} and {"met", "held"} <= set(d)):
+        return None
+    if not (isinstance(d["met"], bool) and isinstance(d["held"], bool)):
+        return None
+    if not all(d.get(k) is None or _DIST(d[k]) for k in ("reach", "lift", "to_goal")):
+        return None
+    return GoalState(**{"reach": None, **d})
+
+
+def _task_state(d) -> TaskState | None:
+    """A recorded task state, checked field by field, or None if the value is not one."""
+    if not (isinstance(d, dict) and set(d) <= {"goals", "gap", "held", "moved", "knocked"} and {"goals", "gap"} <= set(d)):
+        return None
+    goals = d["goals"]
+    if not (isinstance(goals, list) and len(goals) <= MAX_GOALS) or not _num(d["gap"]) or not -1 <= d["gap"] <= 1:
+        return None
+    parsed = [_goal_state(g) for g in goals]
+    held = d.get("held")
+    if None in parsed or not (held is None or (isinstance(held, str) and 0 < len(held) <= 64)):
+        return None
+    if not all(_NAMES(d.get(k, [])) for k in ("moved", "knocked")):
+        return None
+    return TaskState(goals=tuple(parsed), gap=d["gap"], held=held, moved=tuple(d.get("moved", ())),
+                     knocked=tuple(d.get("knocked", ())))
 
 
 def to_json(record: StepRecord | EpisodeRecord) -> str:
@@ -167,6 +241,8 @@ def from_dict(d: dict) -> StepRecord | EpisodeRecord:
         if not ok(value):
             raise ValueError(f"{key}={value!r:.60} is invalid; valid: {valid}")
     kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+    if kw.get("task") is not None:
+        kw["task"] = _task_state(d["task"])
     try:
         return cls(**kw)
     except TypeError as e:  # a missing field

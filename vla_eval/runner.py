@@ -287,7 +287,7 @@ class _Rollout:
     def _finish(self, slot: int, outcome: str, error: str | None = None) -> None:
         a = self.active.pop(slot)
         ep = episode_record(self.run_tag, a.job.suite, a.job.task_id, a.job.seed, a.attempt, outcome, a.steps,
-                            getattr(a.obs, "instruction", ""), a.t0, a.reset_s, error)
+                            getattr(a.obs, "instruction", ""), a.t0, a.reset_s, error, getattr(a.obs, "goals", ()))
         if a.monitor is not None:
             a.alerts.extend(a.monitor.finish(ep))
         ep = replace(ep, alerts=tuple(dict.fromkeys(a.alerts)))

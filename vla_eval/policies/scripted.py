@@ -120,15 +120,25 @@ class ScriptedExpert:
             "done": lambda: False,
         }[plan.phase]()
 
+    def _targets(self, o: Observation) -> tuple[np.ndarray, np.ndarray]:
+        """(object, place) positions the phases act on (the failing variants move them)."""
+        return _poses(o)
+
+    def _next(self, phase: str, plan: _Plan) -> str:
+        return PHASES[PHASES.index(phase) + 1]
+
     def _act_one(self, o: Observation, plan: _Plan) -> np.ndarray:
-        obj, place = _poses(o)
+        obj, place = self._targets(o)
         plan.ticks += 1
         # Phases advance in order; one step may pass several (each checked with ticks 0).
         while True:
             target, grip = phase_command(plan.phase, self.g, obj, place, o.eef_pos)
             if not self._finished(plan, target, o.eef_pos):
                 break
-            plan.phase, plan.ticks = PHASES[PHASES.index(plan.phase) + 1], 0
+            nxt = self._next(plan.phase, plan)
+            if nxt == plan.phase:
+                break
+            plan.phase, plan.ticks = nxt, 0
         return _to_action(self.g, target, o.eef_pos, grip)
 
 
