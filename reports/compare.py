@@ -120,6 +120,15 @@ def _cmd(args) -> int:
     print(f"B = {args.run_b} ({args.tag_b or args.tag})  vs  A = {args.run_a} ({args.tag})")
     for r in rows:
         print(r.line())
+    from vla_eval.failure_modes import UnknownPredicate
+    from vla_eval.reports.failures import explain_run, mode_mix_lines
+
+    try:
+        mix = mode_mix_lines(explain_run(args.run_a, (args.tag,))[args.tag],
+                             explain_run(args.run_b, (args.tag_b or args.tag,))[args.tag_b or args.tag])
+    except UnknownPredicate as e:
+        mix = [f"failure modes: {e}"]
+    print("\n".join(mix))
     if args.html is not None:
         args.html.write_text(render_html(rows, args.run_a, args.run_b, args.tag), encoding="utf-8")
         print(f"page: {args.html}")

@@ -14,6 +14,7 @@ import numpy as np
 from vla_eval.errors import UsageError, require
 from vla_eval.argtypes import format_ids
 from vla_eval.records import RunLog
+from vla_eval.reports.failures import MEANING, by_task, ci_text, dominant, explain, shares
 from vla_eval.reports.plots import action_trace_plot, gripper_timing_histogram
 from vla_eval.reports.stats import comparability, per_task, published_number, rate_of, verdict
 from vla_eval.sims.protocol import suite_spec
@@ -87,13 +88,55 @@ def _banners(cfg: dict, manifest: dict, logs: dict[str, RunLog]) -> list[dict]:
     return out
 
 
-def _videos(run_dir: Path, logs: dict[str, RunLog]) -> tuple[list[dict], str]:
+def _failure_modes(logs: dict[str, RunLog], max_steps: int) -> tuple[dict, dict | None]:
+    """Each run tag's explained episodes, and the report's failure-mode section (None: no failures)."""
+    from vla_eval.failure_modes import UnknownPredicate
+
+    try:
+        explained = {tag: explain(tag, log) for tag, log in logs.items()}
+    except UnknownPredicate as e:
+        return {}, {"tags": [], "note": str(e), "tasks": [], "columns": [], "histogram": None}
+    tags = []
+    for tag, xs in explained.items():
+        found = shares(xs)
+        rows = [{"mode": r.mode, "count": r.count, "share": ci_text(r), "meaning": MEANING.get(r.mode, ""), "video": ""}
+                for r in found]
+        if rows:
+            tags.append({"tag": tag, "n": len(xs), "failed": found[0].failures, "rows": rows})
+    if not tags:
+        return explained, None
+    main = explained.get("baseline") or next(iter(explained.values()))
+    counts = by_task(main)
+    columns = [m for m in MEANING if any(c[m] for c in counts.values())]
+    tasks = [{"task": t, "counts": [c[m] or "" for m in columns]} for t, c in sorted(counts.items())]
+    modes = {(x.episode.task_id, x.episode.seed): x.mode for x in main if x.mode}
+    episodes = [x.episode for x in main]
+    return explained, {"tags": tags, "note": "", "tasks": tasks, "columns": columns, "main": main[0].tag,
+                       "histogram": _b64(gripper_timing_histogram(episodes, max_steps, modes=modes))}
+
+
+def _mode_cell(x) -> str:
+    if x is None or x.mode is None:
+        return ""
+    return x.mode if x.failure is None else f"{x.mode} (step {x.failure.step}): {x.failure.evidence}"
+
+
+def _video_per_mode(section: dict, videos: list[dict]) -> None:
+    """Name, in each mode's row, the first embedded video of an episode in that mode."""
+    for t in section["tags"]:
+        for row in t["rows"]:
+            row["video"] = next((v["name"] for v in videos if v["tag"] == t["tag"] and v.get("mode") == row["mode"]), "")
+
+
+def _videos(run_dir: Path, logs: dict[str, RunLog], explained: dict | None = None) -> tuple[list[dict], str]:
     folder = run_dir / "videos"
     if not folder.is_dir():
         return [], ""
     committed = {(tag, e.task_id, e.seed): e.outcome for tag, log in logs.items() for e in log.episodes}
     out, used, skipped = [], 0, 0
     from vla_eval.videos import video_name
+
+    modes = {(x.tag, x.episode.task_id, x.episode.seed): x.mode for xs in (explained or {}).values() for x in xs}
 
     for (tag, task, seed), outcome in sorted(committed.items(), key=lambda kv: (kv[1] == "success", kv[0])):
         path = folder / video_name(tag, task, seed)
@@ -104,7 +147,8 @@ def _videos(run_dir: Path, logs: dict[str, RunLog]) -> tuple[list[dict], str]:
             skipped += 1
             continue
         used += size
-        out.append({"tag": tag, "task": task, "seed": seed, "outcome": outcome, "name": path.name,
+        mode = modes.get((tag, task, seed))
+        out.append({"tag": tag, "task": task, "seed": seed, "outcome": outcome, "name": path.name, "mode": mode,
                     "data": base64.b64encode(path.read_bytes()).decode()})
     note = f"{used / 2**20:.1f} MB of an {VIDEO_BUDGET_BYTES // 2**20} MB budget"
     return out, note + (f"; {skipped} more in videos/ (over budget)" if skipped else "")
@@ -160,7 +204,14 @@ def context(run_dir: Path) -> dict:
              "vs_baseline": _vs_baseline(logs, tag), "features": _features(log), "alerts": ", ".join(matched[tag]) or "–"}
             for tag, log in logs.items() for r in [rate_of(e.outcome for e in log.episodes)]]}
         monitor = _monitor(*scored)
-    videos, video_note = _videos(run_dir, logs)
+    explained, failure_modes = _failure_modes(logs, max_steps)
+    if drill:
+        for row in drill["rows"]:
+            row["mode"] = dominant(explained.get(row["tag"], []))
+    videos, video_note = _videos(run_dir, logs, explained)
+    if failure_modes:
+        _video_per_mode(failure_modes, videos)
+    modes_main = {(x.episode.task_id, x.episode.seed): x for x in explained.get(main_tag, [])}
     prov = manifest.get("provenance", {})
     prov = prov if isinstance(prov, dict) else {"provenance": f"(not an object: {type(prov).__name__})"}
     return {
@@ -170,6 +221,7 @@ def context(run_dir: Path) -> dict:
         "verdict": {"level": v.level, "css": v.level.replace("/", ""), "text": v.text},
         "published": f"{published:.1f}%" if published is not None and not reasons else None,
         "source": _source("openvla"), "tag_tables": tables, "drill": drill, "monitor": monitor,
+        "failure_modes": failure_modes,
         "action_trace": _b64(action_trace_plot({t: log for t, log in logs.items()})) if drill else None,
         "histograms": [{"tag": t, "png": _b64(gripper_timing_histogram(log.episodes, max_steps))}
                        for t, log in logs.items() if log.episodes],
@@ -178,7 +230,8 @@ def context(run_dir: Path) -> dict:
         "episodes": [{"task_id": e.task_id, "seed": e.seed, "init_state": e.init_state, "outcome": e.outcome,
                       "error": e.error.splitlines()[0] if e.error else "", "steps": e.steps,
                       "first_close": "never" if e.first_close_step is None else e.first_close_step,
-                      "wall": f"{e.wall_s:.1f}", "alerts": ", ".join(e.alerts) or "–"}
+                      "wall": f"{e.wall_s:.1f}", "alerts": ", ".join(e.alerts) or "–",
+                      "mode": _mode_cell(modes_main.get((e.task_id, e.seed)))}
                      for e in sorted(main.episodes, key=lambda x: (x.task_id, x.seed))],
         "provenance": [(k, val if isinstance(val, str) else json.dumps(val)) for k, val in prov.items()],
         "config_json": json.dumps(cfg, indent=2),

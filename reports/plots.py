@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from vla_eval.records import EpisodeRecord
 
 SUCCESS_COLOUR, FAILURE_COLOUR = "#2a9d4b", "#d1495b"
+MODE_COLOURS = ("#d1495b", "#edae49", "#00798c", "#30638e", "#8d5a97", "#a44a3f", "#6c757d", "#003d5b", "#b5838d")
 
 
-def gripper_timing_histogram(episodes: Sequence[EpisodeRecord], max_steps: int, bins: int = 20) -> bytes:
-    """x: policy step of the first gripper close; bars stacked by outcome; a separate
-    'never closed' bucket to the right. Env errors are left out (not a policy outcome)."""
+def gripper_timing_histogram(episodes: Sequence[EpisodeRecord], max_steps: int, bins: int = 20,
+                             modes: Mapping[tuple[int, int], str] | None = None) -> bytes:
+    """x: policy step of the first gripper close; bars stacked by outcome (with ``modes``,
+    (task, seed) -> failure mode: the failures stacked by mode); a separate 'never closed' bucket
+    to the right. Env errors are left out (not a policy outcome)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,9 +28,18 @@ def gripper_timing_histogram(episodes: Sequence[EpisodeRecord], max_steps: int, 
     fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
     bottom = np.zeros(bins)
     never_bottom = 0
-    for outcome, colour in (("success", SUCCESS_COLOUR), ("failure", FAILURE_COLOUR)):
-        steps = [e.first_close_step for e in judged if e.outcome == outcome and e.first_close_step is not None]
-        never = sum(1 for e in judged if e.outcome == outcome and e.first_close_step is None)
+    def group(e: EpisodeRecord) -> str:
+        return e.outcome if modes is None or e.outcome == "success" else modes.get((e.task_id, e.seed), "failure")
+
+    groups = [("success", SUCCESS_COLOUR)]
+    if modes is None:
+        groups.append(("failure", FAILURE_COLOUR))
+    else:
+        names = sorted({group(e) for e in judged} - {"success"})
+        groups += [(m, MODE_COLOURS[i % len(MODE_COLOURS)]) for i, m in enumerate(names)]
+    for outcome, colour in groups:
+        steps = [e.first_close_step for e in judged if group(e) == outcome and e.first_close_step is not None]
+        never = sum(1 for e in judged if group(e) == outcome and e.first_close_step is None)
         counts, _ = np.histogram(steps, bins=edges)
         ax.bar(edges[:-1], counts, width=width, bottom=bottom, align="edge", color=colour,
                edgecolor="white", label=f"{outcome} ({len(steps) + never})")
@@ -39,7 +51,7 @@ def gripper_timing_histogram(episodes: Sequence[EpisodeRecord], max_steps: int, 
     ax.set_xticks(ticks + [never_x], [str(t) for t in ticks] + ["never\nclosed"])
     ax.set_xlabel("policy step of the first gripper close")
     ax.set_ylabel("episodes")
-    ax.set_title("Gripper timing by outcome")
+    ax.set_title("Gripper timing by outcome" if modes is None else "Gripper timing by failure mode")
     ax.legend(frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     fig.tight_layout()

@@ -1,7 +1,8 @@
 """``vla-eval bench-sim``: what one LIBERO env costs on this machine, to size a sweep.
 
 Prints env create and reset times, the per-step time split into physics (cameras off)
-and rendering (the extra time of two 256x256 cameras), and aggregate steps/s for
+and rendering (the extra time of two 256x256 cameras), the task-state read every step makes
+(what the failure modes read), and aggregate steps/s for
 1..N spawned workers stepping together.
 """
 from __future__ import annotations
@@ -40,9 +41,13 @@ def _time_env(suite: str, task_id: int, cameras: bool, steps: int) -> dict:
     t = time.perf_counter()
     for _ in range(steps):
         env.step(WAIT_ACTION)
-    per_step = (time.perf_counter() - t) / steps
+    per_step = (time.perf_counter() - t) / steps  # a step reads the task state once: included
+    t = time.perf_counter()
+    for _ in range(steps):
+        env._task.read()
+    read = (time.perf_counter() - t) / steps
     env.close()
-    return {"create_s": create, "reset_hard_s": hard, "reset_soft_s": soft, "step_s": per_step}
+    return {"create_s": create, "reset_hard_s": hard, "reset_soft_s": soft, "step_s": per_step, "task_state_s": read}
 
 
 def _pool_rate(cfg: BenchConfig, n: int) -> float:
@@ -71,6 +76,9 @@ def run_bench(cfg: BenchConfig, out=print) -> dict:
         out(f"{label:24}{off[key]:>14.2f}{on[key]:>14.2f}")
     out(f"{'step (ms)':24}{1e3 * off['step_s']:>14.1f}{1e3 * on['step_s']:>14.1f}")
     out(f"per step: physics {1e3 * off['step_s']:.1f} ms + rendering {1e3 * render:.1f} ms (2 cameras, 256x256)")
+    read = on["task_state_s"]
+    out(f"task state (failure modes), read every step: {1e3 * read:.2f} ms = {100 * read / on['step_s']:.1f}% of a "
+        f"step with cameras, {100 * off['task_state_s'] / off['step_s']:.1f}% of one without")
     rates = {}
     cams = "on" if cfg.cameras_in_pool else "off"
     out(f"\n{'workers':>8}{'steps/s':>10}{'speed-up':>10}   (cameras {cams}, spawned processes)")

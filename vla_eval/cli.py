@@ -423,6 +423,7 @@ EXAMPLES = {
                "--tasks 0-9 --rounds 4 --rollouts 6 --train-steps 2500 --eval-seeds 5-6 --out runs/dagger"],
     "compare": ["vla-eval compare runs/before runs/after --html compare.html"],
     "setup": ["vla-eval setup", "vla-eval setup --check"],
+    "why": ["vla-eval why runs/my-sweep", "vla-eval why runs/my-drill --episode no_flip:4:31"],
     "diagnose": ["vla-eval drill --policy tiny --fault all --seeds 2 --max-steps 60 --out runs/lib",
                  "vla-eval diagnose runs/my-sweep --library runs/lib",
                  "vla-eval diagnose --library runs/lib --export-library lib.json"],

@@ -14,24 +14,18 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from vla_eval import argtypes
+import vla_eval.argtypes as argtypes
 from vla_eval.errors import UsageError
 from vla_eval.policies.failing import SABOTAGES, FailingExpert, expected_mode
+from vla_eval.policies.scripted import ScriptedExpert
 
 SUITE = "libero_object"  # the suite the scripted expert can do
+EXPERT = "expert"  # the plain scripted expert's row
 
 
 def done_keys(out: Path) -> set[tuple[int, int, str]]:
-    if not out.exists():
-        return set()
-    keys = set()
-    for line in out.read_text().splitlines():
-        try:
-            r = json.loads(line)
-            keys.add((r["task"], r["seed"], r["variant"]))
-        except (ValueError, KeyError, TypeError):
-            continue  # a torn last line: that episode runs again
-    return keys
+    """Episodes already in ``out`` (a torn last line is not one: that episode runs again)."""
+    return {(r["task"], r["seed"], r["variant"]) for r in read_rows(out)}
 
 
 def run(tasks, seeds, variants, out: Path, max_steps: int | None = None) -> list[dict]:
@@ -41,14 +35,24 @@ def run(tasks, seeds, variants, out: Path, max_steps: int | None = None) -> list
     done, rows = done_keys(out), []
     out.parent.mkdir(parents=True, exist_ok=True)
     for task in tasks:
-        todo = [(s, v) for v in variants for s in seeds if (task, s, v) not in done and task in SABOTAGES[v].tasks]
+        # The plain expert first on each (task, seed): a sabotage counts only where the expert succeeds,
+        # so the one thing that differs is the constructed failure.
+        todo = [(s, v) for s in seeds for v in (EXPERT, *variants)
+                if (task, s, v) not in done and (v == EXPERT or task in SABOTAGES[v].tasks)]
         if not todo:
             continue
+        expert_ok = {s: r["outcome"] == "success" for r in read_rows(out) if r["task"] == task and r["variant"] == EXPERT
+                     for s in [r["seed"]]}
         with LiberoEnv(SUITE, task, cameras=False, hard_reset=False) as env, open(out, "a") as f:
             for seed, variant in todo:
-                ep, _ = rollout(env, FailingExpert(variant), seed, max_steps=max_steps)
-                row = dict(task=task, seed=seed, variant=variant, expected=expected_mode(variant), outcome=ep.outcome,
-                           mode=ep.failure_mode, step=ep.failure_step, evidence=ep.failure_evidence)
+                if variant != EXPERT and not expert_ok.get(seed, False):
+                    continue
+                policy = ScriptedExpert() if variant == EXPERT else FailingExpert(variant)
+                ep, _ = rollout(env, policy, seed, max_steps=max_steps)
+                if variant == EXPERT:
+                    expert_ok[seed] = ep.success
+                row = dict(task=task, seed=seed, variant=variant, expected=None if variant == EXPERT else expected_mode(variant),
+                           outcome=ep.outcome, mode=ep.failure_mode, step=ep.failure_step, evidence=ep.failure_evidence)
                 f.write(json.dumps(row) + "\n")
                 f.flush()
                 rows.append(row)
@@ -56,10 +60,24 @@ def run(tasks, seeds, variants, out: Path, max_steps: int | None = None) -> list
     return rows
 
 
+def read_rows(out: Path) -> list[dict]:
+    rows = []
+    for line in (out.read_text().splitlines() if out.exists() else []):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
 def table(out: Path) -> str:
-    rows = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+    rows = read_rows(out)
+    expert_ok = {(r["task"], r["seed"]) for r in rows if r["variant"] == EXPERT and r["outcome"] == "success"}
+    expert_n = sum(r["variant"] == EXPERT for r in rows)
     right, total, wrong = Counter(), Counter(), defaultdict(Counter)
     for r in rows:
+        if r["variant"] == EXPERT or (r["task"], r["seed"]) not in expert_ok:
+            continue
         total[r["variant"]] += 1
         if r["mode"] == r["expected"]:
             right[r["variant"]] += 1
@@ -70,6 +88,7 @@ def table(out: Path) -> str:
         if total[v]:
             other = ", ".join(f"{m} {n}" for m, n in wrong[v].most_common()) or "-"
             lines.append(f"| {v} | {sab.how} | {right[v]}/{total[v]} ({100 * right[v] / total[v]:.0f}%) | {other} |")
+    lines.append(f"(constructed on the {len(expert_ok)} of {expert_n} (task, seed) pairs where the plain expert succeeds)")
     return "\n".join(lines)
 
 

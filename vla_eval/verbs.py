@@ -36,6 +36,8 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
     Verb("bench-report", "vla_eval.reports.bench", "report", "report rendering time for synthetic runs of growing size"),
     Verb("setup", "vla_eval.setup", None,
          "fetch LIBERO's assets, write its config, install the Llama-2 tokenizer (idempotent)"),
+    Verb("why", "vla_eval.reports.why", None,
+         "what each failed episode did (failure modes from the simulator's state), per run tag and task"),
     Verb("diagnose", "vla_eval.diagnose", None,
          "rank the known faults a run's statistics look like (or: no known fault)"),
     Verb("bench-threads", "vla_eval.drills.bench", "drills",
