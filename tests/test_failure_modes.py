@@ -170,3 +170,93 @@ def test_constructed_failures_are_named_on_real_libero():
             assert ep.failure_mode == expected_mode(variant), (variant, ep.failure_evidence)
             assert ep.failure_step is not None and ep.goals == (GOAL,)
             assert all(s.task is not None and len(s.task.goals) == 1 for s in recorded)
+
+
+# -- vla-eval why, the report and compare on a real run folder --------------------------------------
+def _cli(*args, check=True):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "vla_eval.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=600)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """The scripted expert cut off at 60 steps (every episode fails mid-task), two tasks x two seeds."""
+    out = tmp_path_factory.mktemp("why") / "run"
+    _cli("sweep", "--policy", "scripted", "--tasks", "0,4", "--seeds", "2", "--max-steps", "60", "--fast-reset",
+         "--no-progress", "--out", out)
+    return out
+
+
+def _rewrite(src, dst, edit):
+    """A copy of run folder ``src`` whose log lines pass through ``edit(dict) -> dict``."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    path = dst / "baseline.jsonl"
+    path.write_text("".join(json.dumps(edit(json.loads(x))) + "\n" for x in path.read_text().splitlines()))
+    return dst
+
+
+@pytest.mark.libero
+def test_why_prints_the_breakdown_and_one_episodes_evidence(short_run):
+    out = _cli("why", short_run).stdout
+    assert "baseline: 0/4 succeeded, 4 failed" in out and "share of failures (95% CI)" in out
+    assert "per task: 0:" in out
+    ep = _cli("why", short_run, "--episode", "4:1").stdout
+    assert "task 4 seed 1: failure after 60 steps" in ep and "evidence:" in ep
+    html = (short_run / "report.html").read_text()
+    assert 'id="failure-modes"' in html and 'id="gripper-hist-modes"' in html
+
+
+@pytest.mark.libero
+@pytest.mark.parametrize("args, message", [
+    (["--episode", "9:9"], "no episode '9:9' in this run; valid (TASK:SEED): 0:0, 0:1, 4:0, 4:1"),
+    (["--episode", "four"], "valid (TASK:SEED)"),
+    (["--tag", "no_flip"], "run tag 'no_flip' is not in this run; valid: baseline"),
+])
+def test_why_refuses_bad_input_in_one_line(short_run, args, message):
+    before = sorted(p.name for p in short_run.iterdir())
+    r = _cli("why", short_run, *args, check=False)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert sorted(p.name for p in short_run.iterdir()) == before  # nothing written
+
+
+@pytest.mark.libero
+def test_why_on_folders_that_are_not_runs_or_hold_bad_logs(short_run, tmp_path):
+    r = _cli("why", tmp_path, check=False)
+    assert r.returncode == 2 and "is not a vla-eval run folder" in r.stderr
+    bad = _rewrite(short_run, tmp_path / "bad", lambda d: d)
+    lines = (bad / "baseline.jsonl").read_text().splitlines()
+    lines[3] = lines[3][:40]  # a line torn in the middle of the file
+    (bad / "baseline.jsonl").write_text("\n".join(lines) + "\n")
+    r = _cli("why", bad, check=False)
+    assert r.returncode == 2 and "baseline.jsonl:4: malformed JSON line" in r.stderr
+    unknown = _rewrite(short_run, tmp_path / "unknown", lambda d: d | ({"goals": ["grasp ketchup_1"]} if
+                                                                          d["kind"] == "episode" else {}))
+    r = _cli("why", unknown, check=False)
+    assert r.returncode == 2 and "goal predicate 'grasp'" in r.stderr and "known: in, on" in r.stderr
+
+
+@pytest.mark.libero
+def test_why_on_a_run_written_before_task_state_says_not_recorded(short_run, tmp_path):
+    old_fields = ("task", "goals", "failure_mode", "failure_step", "failure_evidence")
+    old = _rewrite(short_run, tmp_path / "old", lambda d: {k: v for k, v in d.items() if k not in old_fields} | {"v": 2})
+    out = _cli("why", old).stdout
+    assert "not recorded" in out and "written before schema 3" in out
+    assert "not recorded" in _cli("why", old, "--episode", "0:0").stdout
+
+
+@pytest.mark.libero
+def test_compare_shows_how_the_mode_mix_moved(short_run, tmp_path):
+    b = tmp_path / "b"
+    _cli("sweep", "--policy", "scripted", "--tasks", "0,4", "--seeds", "2", "--max-steps", "20", "--fast-reset",
+         "--no-progress", "--no-report", "--out", b)
+    out = _cli("compare", short_run, b).stdout
+    assert "failure modes, share of each run's failures" in out
+    assert "never_reached" in out  # 20 steps: the expert is still on its way
