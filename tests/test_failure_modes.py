@@ -82,6 +82,12 @@ def test_wrong_object_held_or_shoved():
     assert f.mode == "wrong_object" and f.step == 3
 
 
+def test_going_for_another_object_is_wrong_object_even_if_it_knocked_the_target_over_on_the_way():
+    states = [_state()] * 3 + [_state(knocked=("ketchup_1",))] * 3 + [_state(holding="milk_1", knocked=("ketchup_1",))] * 4
+    f = _mode(states)
+    assert f.mode == "wrong_object" and f.step == 6
+
+
 def test_knocked_off_unless_it_fell_from_the_grasp():
     f = _mode([_state()] * 3 + [_state(knocked=("ketchup_1",))] * 5)
     assert f.mode == "knocked_off" and f.step == 3

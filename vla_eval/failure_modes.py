@@ -6,8 +6,9 @@ The modes, in the order they are tried (the first that holds names the episode):
 
     env_error      the simulator or the policy raised; not the policy's failure
     undone         a goal predicate held, then stopped holding
+    wrong_object   the fingers held another object, never one a goal moves (or, below, the arm shoved
+                   another object before coming near the goal's)
     knocked_off    an object fell or tipped over without being dropped from the grasp
-    wrong_object   the fingers held (or the arm shoved) another object, never the one the goal moves
     misplaced      the object reached the goal region but was released outside it, or never released
     dropped        the object was lifted, then lost before the goal
     missed_grasp   the fingers closed beside the object, or held it without ever lifting it
@@ -40,8 +41,8 @@ class FailureMode:
 FAILURE_MODES: tuple[FailureMode, ...] = (
     FailureMode("env_error", "the simulator or the policy raised (not the policy's failure)"),
     FailureMode("undone", "a goal predicate held, then stopped holding"),
-    FailureMode("knocked_off", "an object fell or tipped over without being dropped from the grasp"),
     FailureMode("wrong_object", "held or shoved another object, never the one the goal moves"),
+    FailureMode("knocked_off", "an object fell or tipped over without being dropped from the grasp"),
     FailureMode("misplaced", "carried to the goal region, released outside it or never released"),
     FailureMode("dropped", "lifted the object, then lost it before the goal"),
     FailureMode("missed_grasp", "closed the fingers beside the object, or held it without lifting it"),
@@ -104,7 +105,7 @@ def classify(episode: EpisodeRecord, steps: Sequence[StepRecord], goals: Sequenc
 
 
 def _classify(goals: tuple[str, ...], states: list[TaskState], grip_cmd: list[float], th: ModeThresholds) -> Failure:
-    for reader in (_undone, _knocked):
+    for reader in (_undone, _held_other, _knocked):
         found = reader(goals, states)
         if found:
             return found
@@ -130,6 +131,19 @@ def _undone(goals, states) -> Failure | None:
     return None
 
 
+def _held_other(goals, states) -> Failure | None:
+    """The fingers held an object no goal moves, and never one a goal moves: whatever it knocked on
+    the way, the episode went for the wrong object."""
+    movers = {g.split()[1] for g in goals}
+    if any(gs.held for s in states for gs in s.goals):
+        return None
+    t, name = next(((t, s.held) for t, s in enumerate(states) if s.held and s.held not in movers), (None, None))
+    if name is None:
+        return None
+    goal = next(g for g in goals if g.split()[0] in PLACING + ARTICULATION)
+    return Failure("wrong_object", t, f"held the {nice(name)}, not the {nice(goal.split()[1])}, at step {t}")
+
+
 def _knocked(goals, states) -> Failure | None:
     """An object that fell or tipped before the fingers ever held it (a drop is not a knock)."""
     ever_held: set[str] = set()
@@ -148,9 +162,6 @@ def _progress(kind: str, mover: str, goal: str, series: list[GoalState], states:
     held_at = [t for t, gs in enumerate(series) if gs.held]
     reaches = [gs.reach for gs in series if gs.reach is not None]
     if not held_at:
-        other = next(((t, s.held) for t, s in enumerate(states) if s.held and s.held != mover), None)
-        if other:
-            return Failure("wrong_object", other[0], f"held the {nice(other[1])}, not the {what}, at step {other[0]}")
         closest = min(range(len(series)), key=lambda t: series[t].reach if series[t].reach is not None else 1e9)
         d = series[closest].reach
         near = [t for t, gs in enumerate(series) if gs.reach is not None and gs.reach <= th.near_m]

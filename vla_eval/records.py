@@ -73,6 +73,9 @@ class StepRecord:
     # Mean over the action tokens of the probability the model gave its chosen token (native
     # OpenVLA only; None otherwise): a confidence signal the monitor can read (schema 2).
     token_prob: float | None = None
+    # Per action token (native OpenVLA, schema 3): the chosen token's probability, its distribution's entropy (nats).
+    token_probs: tuple[float, ...] | None = None
+    token_entropy: tuple[float, ...] | None = None
     task: TaskState | None = None  # the simulator's task state (schema 3; None: not recorded)
     kind: str = "step"
     v: int = SCHEMA_VERSION
@@ -176,6 +179,10 @@ _FIELD_CHECKS = {
     "error": (_opt(lambda v: isinstance(v, str)), "null or a string"),
     "token_prob": (_opt(lambda v: _num(v) and 0 <= v <= 1), "null or a probability"),
     "reset_s": (_opt(lambda v: _num(v) and v >= 0), "null or seconds >= 0"),
+    "token_probs": (_opt(lambda v: isinstance(v, (list, tuple)) and len(v) <= 64 and all(_num(x) and 0 <= x <= 1 for x in v)),
+                    "null or a list of probabilities"),
+    "token_entropy": (_opt(lambda v: isinstance(v, (list, tuple)) and len(v) <= 64
+                           and all(_num(x) and 0 <= x <= 100 for x in v)), "null or a list of entropies (nats)"),
     "task": (_opt(lambda v: _task_state(v) is not None), "null or a task state object"),
     "goals": (lambda v: isinstance(v, (list, tuple)) and len(v) <= MAX_GOALS
               and all(isinstance(g, str) and 0 < len(g) <= 200 for g in v), f"a list of at most {MAX_GOALS} strings"),

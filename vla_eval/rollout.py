@@ -73,12 +73,17 @@ def step_record(run_tag: str, task_id: int, seed: int, attempt: str, step: int, 
                 result: StepResult, policy_s: float, sim_s: float) -> StepRecord:
     """Row ``row`` of a policy call and the env's answer to it, as a step record."""
     img_mean, token_prob = batch.img_mean, batch.token_prob
+
+    def per_token(values) -> tuple[float, ...] | None:
+        return None if values is None else tuple(round(float(x), 3) for x in values[row])
+
     return StepRecord(
         run_tag=run_tag, task_id=task_id, seed=seed, attempt=attempt, step=step,
         action=tuple(round(float(x), 4) for x in batch.actions[row]),
         img_mean=None if img_mean is None else round(float(img_mean[row]), 3),
         reward=float(result.reward), done=result.done, policy_s=round(policy_s, 5), sim_s=round(sim_s, 5),
         token_prob=None if token_prob is None else round(float(token_prob[row]), 4),
+        token_probs=per_token(batch.token_probs), token_entropy=per_token(batch.token_entropy),
         task=getattr(result, "task", None),
     )
 

@@ -21,6 +21,17 @@ class ActionBatch:
     img_mean: np.ndarray | None = None
     # (B,) mean probability of the chosen action tokens (native OpenVLA); None for other policies.
     token_prob: np.ndarray | None = None
+    # (B, n) per action token: the chosen token's probability and its distribution's entropy (nats).
+    token_probs: np.ndarray | None = None
+    token_entropy: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """A model's confidence in the action tokens it chose, per row and token."""
+
+    probs: np.ndarray  # (B, n) probability of each chosen token
+    entropy: np.ndarray  # (B, n) entropy of each token's distribution, nats
 
 
 class Backend(Protocol):
@@ -37,8 +48,8 @@ class Backend(Protocol):
         """(B, 7) model actions, gripper in [0, 1]."""
 
     def predict_with_confidence(self, images: list[np.ndarray], prompts: list[str], unnorm_key: str,
-                                **decoding) -> tuple[np.ndarray, np.ndarray]:
-        """((B, 7) actions, (B,) mean chosen-token probability); only where ``confidence``."""
+                                **decoding) -> tuple[np.ndarray, TokenStats]:
+        """((B, 7) actions, the chosen tokens' probabilities and entropies); only where ``confidence``."""
 
 
 class Policy(Protocol):

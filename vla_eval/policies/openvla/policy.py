@@ -58,13 +58,16 @@ class OpenVLAPolicy:
         # JPEG/resize release the GIL: threads spread a batch's 14 ms/frame over the cores.
         inputs = _threads().map(self.model_inputs, obs) if len(obs) > 1 else map(self.model_inputs, obs)
         images, prompts = zip(*inputs)
-        token_prob = None
+        stats = None
         if self.backend.confidence:  # native: the confidence comes with the actions
-            raw, token_prob = self.backend.predict_with_confidence(list(images), list(prompts), self.unnorm_key,
-                                                                   **self.decoding)
+            raw, stats = self.backend.predict_with_confidence(list(images), list(prompts), self.unnorm_key,
+                                                              **self.decoding)
         else:
             raw = self.backend.predict(list(images), list(prompts), self.unnorm_key)
-        return ActionBatch(self.postprocess(raw), np.array([im.mean() for im in images]), token_prob)
+        img_mean = np.array([im.mean() for im in images])
+        if stats is None:
+            return ActionBatch(self.postprocess(raw), img_mean)
+        return ActionBatch(self.postprocess(raw), img_mean, stats.probs.mean(axis=1), stats.probs, stats.entropy)
 
     def postprocess(self, raw) -> np.ndarray:
         """(B, 7) model actions (gripper in [0, 1]) -> env actions (gripper -1 open / +1 close)."""

@@ -48,7 +48,7 @@ class NativeBackend:
         return self.model.predict_action(self.pixel_values(images), self.prompt_ids(prompts), unnorm_key)
 
     def predict_with_confidence(self, images: list[np.ndarray], prompts: list[str], unnorm_key: str, **decoding):
-        """-> ((B, 7) actions, (B,) mean chosen-token probability). ``decoding``: the fault knobs
+        """-> ((B, 7) actions, ``TokenStats``: per token probability and entropy). ``decoding``: the fault knobs
         of ``NativeOpenVLA.predict_action`` (empty_token, vocab_size, unnorm_mask)."""
         return self.model.predict_action(self.pixel_values(images), self.prompt_ids(prompts), unnorm_key,
                                          return_token_prob=True, **decoding)

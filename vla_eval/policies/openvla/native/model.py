@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from vla_eval.errors import UsageError, bad_choice
+from vla_eval.policies.base import TokenStats
 from vla_eval.policies.openvla.tokens import N_BINS, tokens_to_normalized, unnormalize
 from vla_eval.policies.openvla.native.vit import VISION_ARCHS, ViTConfig, ViTFeaturizer
 
@@ -213,8 +214,9 @@ class NativeOpenVLA(nn.Module):
                        return_token_prob: bool = False, empty_token: bool = True, vocab_size: int | None = None,
                        unnorm_mask: bool = True):
         """Batched ``predict_action``: (B, 6, H, W) pixels + B token lists -> (B, 7) actions, and
-        with ``return_token_prob`` the (B,) mean probability of the chosen tokens (greedy, so the
-        max probability per step): the model's confidence, free since the logits exist anyway.
+        with ``return_token_prob`` a ``TokenStats``: per action token the probability of the chosen
+        token (greedy, so the max probability) and the entropy of its distribution: the model's
+        confidence, free since the logits exist anyway.
         ``empty_token``, ``vocab_size``, ``unnorm_mask``: the released defaults; other values
         reproduce decoding faults (``vla_eval.faults``)."""
         if unnorm_key not in self.cfg.norm_stats:
@@ -224,5 +226,7 @@ class NativeOpenVLA(nn.Module):
         actions = self.tokens_to_actions(tokens.cpu().numpy(), unnorm_key, vocab_size, unnorm_mask)
         if not return_token_prob:
             return actions
-        prob = torch.softmax(logits, dim=-1).gather(-1, tokens[..., None])[..., 0].mean(-1)  # (B,)
-        return actions, prob.cpu().numpy()
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (B, n, V)
+        prob = logp.gather(-1, tokens[..., None])[..., 0].exp()  # (B, n): each chosen token's probability
+        entropy = -(logp.exp() * logp).sum(-1)  # (B, n) nats
+        return actions, TokenStats(prob.cpu().numpy(), entropy.cpu().numpy())
