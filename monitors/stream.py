@@ -12,11 +12,16 @@ traces through the very same code path (replayed verdicts equal live ones step f
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable, Mapping
 
+from vla_eval.monitors.forecast import SignalState
 from vla_eval.monitors.predicates import (
-    ERROR, PREDICATE_TABLE, PREDICATES, STREAMING, StreamState, Thresholds, Verdict, _finite, as_done, finite_action,
+    ERROR, PREDICATE_TABLE, PREDICATES, STREAMING, WARN, StreamState, Thresholds, Verdict, _finite, as_done,
+    finite_action,
 )
+
+FORECAST = "failure_forecast"  # the forecaster's verdict: a warning, never one of the fault predicates
 
 
 def _get(step, key, default=None):
@@ -28,8 +33,22 @@ def _get(step, key, default=None):
         return default
 
 
+def _token_list(value) -> list[float] | None:
+    """A per-token statistic from a step, or None if it is not a short list of finite numbers."""
+    if value is None or isinstance(value, (str, bytes)):
+        return None
+    try:
+        out = [float(x) for x in list(value)[:64]]
+    except (TypeError, ValueError):
+        return None
+    return out if out and all(math.isfinite(x) for x in out) else None
+
+
 class RuntimeMonitor:
-    def __init__(self, thresholds: Thresholds | None = None):
+    """The predicates, and with ``forecaster`` (``Forecaster.load(path)``) a ``failure_forecast``
+    WARN at the first step whose forecast score crosses its fitted band."""
+
+    def __init__(self, thresholds: Thresholds | None = None, forecaster=None):
         if thresholds is not None and not isinstance(thresholds, Thresholds):  # a path is a common slip
             hint = f"; load a file with RuntimeMonitor(Thresholds.load({thresholds!r}))" if isinstance(
                 thresholds, (str, bytes)) or hasattr(thresholds, "__fspath__") else ""
@@ -39,6 +58,9 @@ class RuntimeMonitor:
         self.verdicts: list[Verdict] = []
         self._fired: set[str] = set()
         self._step = 0
+        self.forecaster = forecaster
+        self._signals = SignalState() if forecaster is not None else None
+        self.forecast_score: float | None = None  # the latest step's score
 
     def _fire(self, v: Verdict | None) -> list[str]:
         if v is None or v.predicate in self._fired:
@@ -64,9 +86,20 @@ class RuntimeMonitor:
             out = []
             for check in STREAMING:
                 out += self._fire(check(self.state, t))
+            if self._signals is not None:
+                out += self._forecast(action, step, t)
             return out
         except Exception as e:  # noqa: BLE001 - last line of defence: a monitor never breaks a control loop
             return self._fire(Verdict("bad_action", ERROR, t, {"error": f"monitor could not read the step: {e!r}"[:200]}))
+
+    def _forecast(self, action, step, t: int) -> list[str]:
+        signals = self._signals.push(action, _token_list(_get(step, "token_probs")), _token_list(_get(step, "token_entropy")))
+        score = self.forecaster.score(signals)
+        self.forecast_score = score
+        limit = self.forecaster.threshold(t)
+        if score > limit:
+            return self._fire(Verdict(FORECAST, WARN, t, {"score": round(score, 3), "threshold": round(limit, 3)}))
+        return []
 
     def finish(self, episode=None) -> list[str]:
         """The predicate table's end-of-episode checks, only when no predicate explained the run

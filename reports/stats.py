@@ -123,3 +123,38 @@ def per_task(episodes) -> list[TaskRow]:
         rows.append(TaskRow(t, eps[0].instruction, rate_of(e.outcome for e in eps),
                             sum(e.steps for e in eps) / len(eps), sum(closes) / len(closes) if closes else None))
     return rows
+
+
+def auroc(scores, labels) -> float:
+    """ROC-AUC: the chance a positive (label 1) scores above a negative, ties counted half
+    (Mann-Whitney U over the rank sums); NaN without both classes."""
+    import numpy as np
+
+    s, y = np.asarray(scores, float), np.asarray(labels, bool)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    if not n1 or not n0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # average ranks over ties
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def average_precision(scores, labels) -> float:
+    """Area under the precision-recall curve as average precision (step-wise, no interpolation)."""
+    import numpy as np
+
+    s, y = np.asarray(scores, float), np.asarray(labels, bool)
+    if not y.any():
+        return float("nan")
+    order = np.argsort(-s, kind="mergesort")
+    hits = y[order]
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision[hits].mean())

@@ -29,7 +29,9 @@ LAYERS = {
     "vla_eval.tinyvla": 4, "vla_eval.videos": 4, "vla_eval.failure_check": 4,                      # demos and training of the tiny policy
     "vla_eval.reports": 5, "vla_eval.drills": 5,                       # reports over runs; CPU drills
     "vla_eval.tinyvla.dagger": 5, "vla_eval.diagnose": 5,              # DAgger rounds; fault ranking over run folders
-    "vla_eval.cli": 6, "vla_eval.setup": 6, "vla_eval.monitors.cli": 6, "vla_eval.drills.cli": 6, "vla_eval.tinyvla.cli": 6,  # command lines on top
+    "vla_eval.forecasting": 5,                                         # forecasters fitted and judged on runs
+    "vla_eval.cli": 6, "vla_eval.setup": 6, "vla_eval.monitors.cli": 6, "vla_eval.drills.cli": 6, "vla_eval.tinyvla.cli": 6,
+    "vla_eval.forecasting.cli": 6,  # command lines on top
 }
 
 

@@ -77,7 +77,9 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: str) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
     p.add_argument("--monitor", action="store_true", help="attach the runtime monitor; alerts go to the logs and report")
-    p.add_argument("--stop-on-alert", action="store_true", help="end an episode at its monitor's first ERROR alert")
+    p.add_argument("--stop-on-alert", action="store_true", help="end an episode at its monitor's first alert")
+    p.add_argument("--forecaster", type=Path, metavar="F.json",
+                   help="with the monitor, a failure forecaster (vla-eval forecast fit): its warnings go to the logs")
     p.add_argument("--videos", default="default", metavar="POLICY",
                    help="agentview videos to keep (cameras on): none | failures | all | first:K | default "
                         "(every failure + one success per tag, at most 8 per tag)")
@@ -128,6 +130,7 @@ def _execution(args):
     return Execution(workers=args.batch or args.workers, overlap=args.overlap, env_timeout_s=args.env_timeout,
                      ray_address=args.ray, policy_actors=args.policy_actors, videos=args.videos,
                      monitor=args.monitor, stop_on_alert=args.stop_on_alert,
+                     forecaster=str(args.forecaster) if args.forecaster else None,
                      retry_errors=args.retry_errors, progress=not args.no_progress)
 
 
@@ -410,7 +413,7 @@ EXAMPLES = {
     "monitor": ["vla-eval monitor runs/my-drill/*.jsonl",
                 "vla-eval monitor runs/cal/*.jsonl --calibrate th.json --calib-seeds 10-17 --alpha 0.05"],
     "small": ["vla-eval small all", "vla-eval small puzzle --seed 3 --out runs/puzzle"],
-    "bench-monitor": ["vla-eval bench-monitor"],
+    "bench-monitor": ["vla-eval bench-monitor", "vla-eval bench-monitor --forecaster f.json"],
     "bench-policy": ["vla-eval bench-policy --size tiny --device cpu --batches 1,2",
                      "vla-eval bench-policy --size 7b --device cuda"],
     "bench-report": ["vla-eval bench-report --episodes 50,500"],
@@ -423,6 +426,9 @@ EXAMPLES = {
                "--tasks 0-9 --rounds 4 --rollouts 6 --train-steps 2500 --eval-seeds 5-6 --out runs/dagger"],
     "compare": ["vla-eval compare runs/before runs/after --html compare.html"],
     "setup": ["vla-eval setup", "vla-eval setup --check"],
+    "forecast": ["vla-eval forecast fit runs/calib --calib-seeds 35-39 --out f.json",
+                 "vla-eval forecast eval runs/heldout --forecaster f.json --seeds 40-44",
+                 "vla-eval forecast study runs/heldout --calib-seeds 35-39 --judge-seeds 40-44"],
     "why": ["vla-eval why runs/my-sweep", "vla-eval why runs/my-drill --episode no_flip:4:31"],
     "diagnose": ["vla-eval drill --policy tiny --fault all --seeds 2 --max-steps 60 --out runs/lib",
                  "vla-eval diagnose runs/my-sweep --library runs/lib",

@@ -51,7 +51,8 @@ class Execution:
     policy_actors: int | None = None  # with Ray: the policy in N actors (None: one per GPU for a CUDA model)
     videos: str = "default"  # which agentview videos to keep (``vla_eval.videos``)
     monitor: bool = False  # the runtime monitor (this policy's shipped thresholds) on every episode
-    stop_on_alert: bool = False  # end an episode at its monitor's first ERROR alert
+    stop_on_alert: bool = False  # end an episode at its monitor's first alert
+    forecaster: str | None = None  # a failure forecaster file for the monitor (``monitors.forecast``)
     retry_errors: bool = False  # redo committed episodes that ended in an env error
     progress: bool = True
 

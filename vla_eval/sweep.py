@@ -66,7 +66,7 @@ def run_sweep(cfg: SweepConfig, run_dir: Path, model: OpenVLAOptions | None = No
         openvla = resolve_options(cfg.policy, cfg.suite, openvla)
     elif model is not None:
         raise UsageError(f"policy {cfg.policy!r} has no model to configure")
-    monitor_factory = _monitor_factory(cfg) if ex.monitor or ex.stop_on_alert else None
+    monitor_factory = _monitor_factory(cfg, ex.forecaster) if ex.monitor or ex.stop_on_alert or ex.forecaster else None
     with _ray_session(ex.ray_address, local_cpus=ex.workers + (ex.policy_actors or 0)) as ray:
         policies = _load_policies(ray, ex.policy_actors, cfg, tags, openvla)  # set-up errors before any episode
         try:
@@ -87,14 +87,26 @@ def run_sweep(cfg: SweepConfig, run_dir: Path, model: OpenVLAOptions | None = No
                 release(ray, policies.values())
 
 
-def _monitor_factory(cfg: SweepConfig):
-    """A fresh monitor per episode, with the thresholds calibrated for this policy where shipped."""
+def _monitor_factory(cfg: SweepConfig, forecaster_path: str | None = None):
+    """A fresh monitor per episode, with the thresholds calibrated for this policy where shipped,
+    and the failure forecaster if one is given (refused here, before any episode, if it was fitted
+    on another policy, checkpoint or suite)."""
     import functools
 
     from vla_eval.monitors import RuntimeMonitor
     from vla_eval.monitors.predicates import thresholds_for
 
-    return functools.partial(RuntimeMonitor, thresholds_for(cfg.policy, cfg.suite, cfg.checkpoint)[0])
+    forecaster = None
+    if forecaster_path:
+        from vla_eval.monitors.forecast import Forecaster
+
+        forecaster = Forecaster.load(forecaster_path)
+        fitted = (forecaster.identity.get("policy"), forecaster.identity.get("checkpoint") or "",
+                  forecaster.identity.get("suite"))
+        if fitted != (cfg.policy, cfg.checkpoint or "", cfg.suite):
+            raise UsageError(f"--forecaster {forecaster_path} was fitted on policy/checkpoint/suite {fitted}; this run is "
+                             f"{(cfg.policy, cfg.checkpoint or '', cfg.suite)}")
+    return functools.partial(RuntimeMonitor, thresholds_for(cfg.policy, cfg.suite, cfg.checkpoint)[0], forecaster)
 
 
 def resume(run_dir: Path, model: OpenVLAOptions | None = None, execution: Execution = Execution()) -> SweepResult:

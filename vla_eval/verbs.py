@@ -38,6 +38,8 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
          "fetch LIBERO's assets, write its config, install the Llama-2 tokenizer (idempotent)"),
     Verb("why", "vla_eval.reports.why", None,
          "what each failed episode did (failure modes from the simulator's state), per run tag and task"),
+    Verb("forecast", "vla_eval.forecasting.cli", None,
+         "failure forecasters: fit on calibration runs, judge on held-out ones (AUROC against time, false alarms)"),
     Verb("diagnose", "vla_eval.diagnose", None,
          "rank the known faults a run's statistics look like (or: no known fault)"),
     Verb("bench-threads", "vla_eval.drills.bench", "drills",

@@ -1,0 +1,214 @@
+"""Forecasting a policy's own failure while the episode runs (numpy only, never raises in a loop).
+
+Per step, ``SignalState`` turns what the loop already has into running summaries (O(1) each):
+
+    action family       reversal, reversal_all, jerk, chatter, straightness, speed, closed_frac, flips
+    uncertainty family  prob_w, min_prob_w, entropy_w, entropy_all, grip_entropy_w   (native OpenVLA)
+
+A ``Forecaster`` (fitted by ``vla-eval forecast fit`` on calibration runs, a JSON file) maps them to
+a score: one signal itself (training-free), a logistic probe or a small MLP; an alarm is raised at
+the first step whose score crosses a time-varying threshold ``mu(t) + c * sd(t)``, fitted on
+successful calibration episodes so that at most ``alpha`` of them would have alarmed (a functional
+conformal band). ``RuntimeMonitor(forecaster=...)`` adds its ``failure_forecast`` verdict.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vla_eval.errors import UsageError
+
+WINDOW = 10  # steps of the running windows
+CHATTER_WINDOW = 20
+
+
+@dataclass(frozen=True)
+class Signal:
+    name: str
+    family: str  # action | uncertainty
+    meaning: str
+
+
+SIGNALS: tuple[Signal, ...] = (
+    Signal("reversal", "action", f"share of the last {WINDOW} steps whose translation turned back (cos < 0)"),
+    Signal("reversal_all", "action", "share of all steps so far whose translation turned back"),
+    Signal("jerk", "action", f"mean second difference of the translation over the last {WINDOW} steps"),
+    Signal("chatter", "action", f"gripper open/close flips in the last {CHATTER_WINDOW} steps"),
+    Signal("straightness", "action", f"1 - |sum of the last {WINDOW} translations| / their summed lengths"),
+    Signal("speed", "action", f"mean translation command over the last {WINDOW} steps"),
+    Signal("closed_frac", "action", "share of the steps so far with the gripper commanded closed"),
+    Signal("flips", "action", "gripper flips so far"),
+    Signal("prob_w", "uncertainty", f"1 - mean chosen-token probability over the last {WINDOW} steps"),
+    Signal("min_prob_w", "uncertainty", f"1 - mean of each step's least likely token, last {WINDOW} steps"),
+    Signal("entropy_w", "uncertainty", f"mean action-token entropy over the last {WINDOW} steps (nats)"),
+    Signal("entropy_all", "uncertainty", "mean action-token entropy so far (nats)"),
+    Signal("grip_entropy_w", "uncertainty", f"the gripper token's entropy over the last {WINDOW} steps"),
+)
+SIGNAL_NAMES = tuple(s.name for s in SIGNALS)
+FAMILIES = {"action": tuple(s.name for s in SIGNALS if s.family == "action"),
+            "uncertainty": tuple(s.name for s in SIGNALS if s.family == "uncertainty")}
+FAMILIES["all"] = FAMILIES["action"] + FAMILIES["uncertainty"]
+NEEDS = {"uncertainty": ("token_probs", "token_entropy", "the native OpenVLA backend (--backend native, the default)")}
+
+
+class _Window:
+    """A running mean over the last ``n`` values."""
+
+    def __init__(self, n: int):
+        self.q, self.sum = deque(maxlen=n), 0.0
+
+    def push(self, x: float) -> float:
+        if len(self.q) == self.q.maxlen:
+            self.sum -= self.q[0]
+        self.q.append(x)
+        self.sum += x
+        return self.sum / len(self.q)
+
+
+class SignalState:
+    """Every signal's running value after each step; ``push`` returns them in ``SIGNAL_NAMES`` order
+    (uncertainty ones are NaN where the policy reports no token statistics)."""
+
+    def __init__(self):
+        self.n = 0
+        self.prev: list[float] | None = None
+        self.prev2: list[float] | None = None
+        self.reversals = 0
+        self.rev_w, self.jerk_w, self.speed_w = _Window(WINDOW), _Window(WINDOW), _Window(WINDOW)
+        self.xyz_w: deque = deque(maxlen=WINDOW)
+        self.flip_w = _Window(CHATTER_WINDOW)
+        self.grip_sign, self.flips, self.closed = 0, 0, 0
+        self.prob_w, self.minp_w, self.ent_w, self.grip_w = (_Window(WINDOW) for _ in range(4))
+        self.ent_sum, self.ent_n = 0.0, 0
+
+    def push(self, action, token_probs=None, token_entropy=None) -> list[float]:
+        a = [float(x) for x in action[:7]]
+        xyz = a[:3]
+        speed = math.sqrt(sum(x * x for x in xyz))
+        rev = 0.0
+        if self.prev is not None:
+            p = self.prev[:3]
+            norm_p = math.sqrt(sum(x * x for x in p))
+            if speed > 0.05 and norm_p > 0.05 and sum(x * y for x, y in zip(xyz, p)) < 0:
+                rev = 1.0
+        self.reversals += rev
+        jerk = 0.0
+        if self.prev2 is not None:
+            jerk = math.sqrt(sum((x - 2 * y + z) ** 2 for x, y, z in zip(xyz, self.prev[:3], self.prev2[:3])))
+        sign = (a[6] > 0) - (a[6] < 0)
+        flip = 1.0 if sign and self.grip_sign and sign != self.grip_sign else 0.0
+        self.flips += flip
+        self.grip_sign = sign or self.grip_sign
+        self.closed += a[6] > 0
+        self.xyz_w.append(xyz)
+        total = [sum(v[i] for v in self.xyz_w) for i in range(3)]
+        lengths = sum(math.sqrt(sum(x * x for x in v)) for v in self.xyz_w)
+        straight = 1.0 - math.sqrt(sum(x * x for x in total)) / lengths if lengths > 1e-9 else 0.0
+        self.n += 1
+        self.prev2, self.prev = self.prev, a
+        out = [self.rev_w.push(rev), self.reversals / self.n, self.jerk_w.push(jerk), self.flip_w.push(flip) * len(
+            self.flip_w.q), straight, self.speed_w.push(speed), self.closed / self.n, float(self.flips)]
+        if token_probs is None or token_entropy is None or not len(token_probs) or not len(token_entropy):
+            return out + [math.nan] * len(FAMILIES["uncertainty"])
+        probs, ents = [float(x) for x in token_probs], [float(x) for x in token_entropy]
+        ent = sum(ents) / len(ents)
+        self.ent_sum += ent
+        self.ent_n += 1
+        return out + [self.prob_w.push(1.0 - sum(probs) / len(probs)), self.minp_w.push(1.0 - min(probs)),
+                      self.ent_w.push(ent), self.ent_sum / self.ent_n, self.grip_w.push(ents[-1])]
+
+
+def signal_series(steps) -> np.ndarray:
+    """(T, len(SIGNAL_NAMES)) signals of a recorded episode (step records or dicts)."""
+    state = SignalState()
+    get = (lambda s, k: s.get(k)) if steps and isinstance(steps[0], dict) else getattr
+    rows = [state.push(get(s, "action"), get(s, "token_probs"), get(s, "token_entropy")) for s in steps]
+    return np.array(rows, dtype=float).reshape(len(rows), len(SIGNAL_NAMES))
+
+
+FORMAT = "vla-eval forecaster"
+MODELS = ("signal", "logistic", "mlp")
+
+
+@dataclass
+class Forecaster:
+    """A fitted forecaster: which signals, how they become a score, and the alarm band over time."""
+
+    signals: tuple[str, ...]
+    model: str  # signal (the first signal is the score) | logistic | mlp
+    mean: list[float]  # standardisation of the signals
+    scale: list[float]
+    weights: list  # logistic: [w]; mlp: [W1 (h x d), b1 (h), w2 (h)]
+    bias: float
+    band_mu: list[float]  # per step: successes' mean score
+    band_sd: list[float]
+    band_c: float  # alarm when score > mu(t) + c * sd(t)
+    alpha: float
+    identity: dict = field(default_factory=dict)  # policy, checkpoint, suite, fitted_on
+
+    def __post_init__(self):
+        self._idx = [SIGNAL_NAMES.index(s) for s in self.signals]
+        self._mean, self._scale = np.asarray(self.mean, float), np.asarray(self.scale, float)
+        if self.model == "mlp":
+            self._w1, self._b1, self._w2 = (np.asarray(w, float) for w in self.weights)
+        elif self.model == "logistic":
+            self._w = np.asarray(self.weights[0], float)
+
+    def score(self, signals) -> float:
+        """The score of one step's signals (``SignalState.push``'s list, all signals)."""
+        x = (np.asarray(signals, float)[self._idx] - self._mean) / self._scale
+        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        if self.model == "signal":
+            return float(x[0])
+        if self.model == "logistic":
+            return float(x @ self._w + self.bias)
+        return float(np.maximum(self._w1 @ x + self._b1, 0.0) @ self._w2 + self.bias)
+
+    def scores(self, series: np.ndarray) -> np.ndarray:
+        return np.array([self.score(row) for row in series])
+
+    def threshold(self, t: int) -> float:
+        i = min(t, len(self.band_mu) - 1)
+        return self.band_mu[i] + self.band_c * self.band_sd[i]
+
+    def first_alarm(self, scores: np.ndarray) -> int | None:
+        for t, s in enumerate(scores):
+            if s > self.threshold(t):
+                return t
+        return None
+
+    @property
+    def families(self) -> set[str]:
+        return {s.family for s in SIGNALS if s.name in self.signals}
+
+    def save(self, path: str | Path) -> None:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        Path(path).write_text(json.dumps({"format": FORMAT, "version": 1, **d}, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Forecaster":
+        from vla_eval.safe_json import read_json
+
+        d = read_json(Path(path), "forecaster file", max_bytes=64 * 2**20)
+        if d.pop("format", None) != FORMAT or d.pop("version", None) != 1:
+            raise UsageError(f"{path} is not a vla-eval forecaster file (version 1); fit one with vla-eval forecast fit")
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise UsageError(f"forecaster file {path}: unknown keys {', '.join(unknown)}")
+        try:
+            bad = [s for s in d["signals"] if s not in SIGNAL_NAMES]
+            if bad:
+                raise UsageError(f"forecaster file {path}: unknown signal {bad[0]!r}; this vla-eval knows "
+                                 f"{', '.join(SIGNAL_NAMES)}")
+            f = cls(**{**d, "signals": tuple(d["signals"])})
+            if f.model not in MODELS or len(f.band_mu) != len(f.band_sd) or not f.band_mu:
+                raise ValueError("bad model or band")
+            f.score([0.0] * len(SIGNAL_NAMES))
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise UsageError(f"forecaster file {path} is malformed ({e}); fit it again with vla-eval forecast fit") from None
+        return f

@@ -1,0 +1,162 @@
+"""Failure forecasters: the streaming signals, fitting (numpy logistic/MLP, the conformal band),
+judging, the monitor's failure_forecast verdict, and the forecast command on run folders written
+by the real writer (synthetic episodes: failures zig-zag and hesitate, successes move straight)."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vla_eval.errors import UsageError
+from vla_eval.forecasting.evaluate import leave_one_task_out, metrics
+from vla_eval.forecasting.fit import FitConfig, fit, load_episodes
+from vla_eval.monitors import RuntimeMonitor
+from vla_eval.monitors.forecast import SIGNAL_NAMES, Forecaster, SignalState, signal_series
+from vla_eval.records import EpisodeRecord, JsonlWriter, StepRecord
+
+TASKS, SEEDS = range(4), range(12)
+
+
+def _actions(failing: bool, rng, steps: int) -> list[tuple]:
+    out = []
+    for t in range(steps):
+        d = np.array([0.5, 0.2, -0.1]) + rng.normal(0, 0.05, 3)
+        if failing and t > 15 and rng.random() < 0.5:
+            d = -d  # turns back: a confused policy
+        grip = 1.0 if (t > 40 and not (failing and rng.random() < 0.3)) else -1.0
+        out.append((*np.round(d, 4), 0.0, 0.0, 0.0, grip))
+    return out
+
+
+def _steps(tag, task, seed, failing, rng, tokens=True):
+    n = 120 if failing else 60 + int(rng.integers(0, 20))
+    steps = []
+    for t, a in enumerate(_actions(failing, rng, n)):
+        probs = tuple(np.round(rng.uniform(0.3, 0.7) if failing else rng.uniform(0.8, 1.0), 3) for _ in range(7))
+        ents = tuple(round(2.0 - 2 * p, 3) for p in probs)
+        steps.append(StepRecord(tag, task, seed, f"a{task}-{seed}", t, a, None, 0.0, not failing and t == n - 1,
+                                0.0, 0.0, token_prob=round(float(np.mean(probs)), 4),
+                                token_probs=probs if tokens else None, token_entropy=ents if tokens else None))
+    return steps
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run folder (manifest + baseline.jsonl) written by the toolkit's own writer."""
+    from vla_eval.rundir import SweepConfig, check_or_write_manifest
+
+    out = tmp_path_factory.mktemp("fc") / "run"
+    cfg = SweepConfig(suite="libero_object", task_ids=tuple(TASKS), seeds=tuple(SEEDS), policy="tiny", max_steps=120)
+    check_or_write_manifest(out, cfg)
+    rng = np.random.default_rng(7)
+    with JsonlWriter(out / "baseline.jsonl") as w:
+        for task in TASKS:
+            for seed in SEEDS:
+                failing = rng.random() < 0.4 + 0.1 * task
+                steps = _steps("baseline", task, seed, failing, rng)
+                for s in steps:
+                    w.write(s)
+                w.write(EpisodeRecord("baseline", "libero_object", task, seed, seed, f"a{task}-{seed}",
+                                      "failure" if failing else "success", len(steps), None, 1.0, 0.0, 0.0,
+                                      failure_mode="missed_grasp" if failing else None,
+                                      failure_step=30 if failing else None))
+    return out
+
+
+def test_signals_stream_and_read_no_tokens_as_missing():
+    s = SignalState()
+    a, b = (0.5, 0, 0, 0, 0, 0, -1), (-0.5, 0, 0, 0, 0, 0, 1)
+    rows = [s.push(x) for x in (a, b, a, b)]
+    names = dict(zip(SIGNAL_NAMES, rows[-1]))
+    assert names["reversal_all"] == 0.75 and names["flips"] == 3.0 and names["chatter"] == 3.0
+    assert all(math.isnan(names[n]) for n in ("prob_w", "entropy_all"))
+    probs = [0.9] * 6 + [0.5]
+    names = dict(zip(SIGNAL_NAMES, SignalState().push(a, probs, [0.1] * 6 + [1.0])))
+    assert names["min_prob_w"] == pytest.approx(0.5) and names["grip_entropy_w"] == pytest.approx(1.0)
+
+
+def test_logistic_and_mlp_forecasters_rank_failures_on_unseen_tasks(run_dir):
+    episodes = load_episodes([run_dir])
+    assert len(episodes) == len(TASKS) * len(SEEDS)
+    for model in ("logistic", "mlp"):
+        judged, base = leave_one_task_out(episodes, FitConfig("all", model, 0.1, 120))
+        m = metrics(judged, 120)
+        assert m.auroc[1] > 0.9 and m.false_alarms <= 0.3, (model, m)
+        assert metrics(base, 120).auroc[1] == pytest.approx(0.5)  # the task-only score cannot rank an unseen task
+
+
+def test_the_band_holds_false_alarms_on_calibration_successes_at_alpha(run_dir):
+    episodes = load_episodes([run_dir])
+    f = fit(episodes, FitConfig("reversal_all", "signal", 0.1, 120))
+    oks = [e for e in episodes if not e.failed]
+    alarms = [f.first_alarm(f.scores(e.series)) is not None for e in oks]
+    assert np.mean(alarms) <= 0.1
+
+
+def test_save_load_and_the_monitor_warns_once_never_raising(run_dir, tmp_path):
+    episodes = load_episodes([run_dir])
+    f = fit(episodes, FitConfig("all", "logistic", 0.1, 120))
+    f.save(tmp_path / "f.json")
+    g = Forecaster.load(tmp_path / "f.json")
+    e = next(x for x in episodes if x.failed)
+    assert np.allclose(g.scores(e.series), f.scores(e.series))
+    m = RuntimeMonitor(forecaster=g)
+    rng = np.random.default_rng(1)
+    fired = [a for s in _steps("baseline", 0, 0, True, rng) for a in m.update(s)]
+    assert fired.count("failure_forecast") == 1 and m.verdicts[-1].evidence["score"] > m.verdicts[-1].evidence["threshold"]
+    quiet = RuntimeMonitor(forecaster=g)
+    for s in ({"action": [0.1] * 7, "token_probs": "x", "token_entropy": [math.nan]}, {"action": None}, object()):
+        quiet.update(s)  # garbage: no exception reaches the loop
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d | {"format": "other"}, "not a vla-eval forecaster file"),
+    (lambda d: d | {"signals": ["telepathy"]}, "unknown signal 'telepathy'"),
+    (lambda d: d | {"band_mu": []}, "malformed"),
+    (lambda d: d | {"extra": 1}, "unknown keys extra"),
+])
+def test_a_bad_forecaster_file_is_one_message(run_dir, tmp_path, edit, message):
+    f = fit(load_episodes([run_dir]), FitConfig("action", "logistic", 0.1, 120))
+    f.save(tmp_path / "f.json")
+    (tmp_path / "g.json").write_text(json.dumps(edit(json.loads((tmp_path / "f.json").read_text()))))
+    with pytest.raises(UsageError, match=message):
+        Forecaster.load(tmp_path / "g.json")
+
+
+def test_fitting_refuses_what_it_cannot_fit(run_dir):
+    episodes = load_episodes([run_dir])
+    with pytest.raises(UsageError, match="hold no success"):
+        fit([e for e in episodes if e.failed], FitConfig("all", "logistic"))
+    with pytest.raises(UsageError, match="hold no failure"):
+        fit([e for e in episodes if not e.failed], FitConfig("all", "logistic"))
+    with pytest.raises(UsageError, match="valid: action, uncertainty, all"):
+        FitConfig("vibes", "logistic")
+    no_tokens = [e.__class__(**{**e.__dict__, "series": signal_series(_steps("b", 0, 0, e.failed, np.random.default_rng(0),
+                                                                             tokens=False))}) for e in episodes[:6]]
+    with pytest.raises(UsageError, match="needs token_probs and token_entropy.*--backend native.*--signals action"):
+        fit(no_tokens, FitConfig("uncertainty", "logistic"))
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "vla_eval.cli", "forecast", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_forecast_fit_eval_and_study_on_a_run_folder(run_dir, tmp_path):
+    out = tmp_path / "f.json"
+    r = _cli("fit", run_dir, "--calib-seeds", "0-5", "--signals", "all", "--max-steps", "120", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert "fitted on seeds 0-5" in r.stdout
+    r = _cli("eval", run_dir, "--forecaster", out, "--seeds", "6-11")
+    assert r.returncode == 0 and "| logistic on 13 signals |" in r.stdout and "not held out" not in r.stdout
+    assert "not held out" in _cli("eval", run_dir, "--forecaster", out).stdout
+    r = _cli("fit", run_dir, "--calib-seeds", "0-5", "--out", out)
+    assert r.returncode == 2 and "exists" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("study", run_dir, "--calib-seeds", "0-5", "--judge-seeds", "6-11", "--max-steps", "120")
+    assert r.returncode == 0, r.stderr
+    assert "unseen tasks (leave one task out over 4 tasks" in r.stdout and "| task only |" in r.stdout
+    assert "seen tasks (fit on seeds 0-5" in r.stdout

@@ -1,0 +1,139 @@
+"""``vla-eval forecast fit | eval | study``: failure forecasters from recorded runs.
+
+    vla-eval forecast fit runs/calib --calib-seeds 35-39 --signals all --out f.json
+    vla-eval forecast eval runs/heldout --forecaster f.json --seeds 40-44
+    vla-eval forecast study runs/heldout --calib-seeds 35-39 --judge-seeds 40-44   # the docs' tables
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import vla_eval.argtypes as argtypes
+from vla_eval.errors import UsageError
+from vla_eval.forecasting.evaluate import FRACTIONS, Metrics, leave_one_task_out, metrics, seen_tasks, judge
+from vla_eval.forecasting.fit import FitConfig, check_signals, fit, load_episodes
+from vla_eval.monitors.forecast import FAMILIES, MODELS, SIGNAL_NAMES, Forecaster
+
+# The study's rows: what each forecaster reads and how it scores.
+STUDY = (("reversal_all", "signal"), ("jerk", "signal"), ("entropy_all", "signal"), ("action", "logistic"),
+         ("uncertainty", "logistic"), ("all", "logistic"), ("all", "mlp"))
+
+
+def _f(x, pct=False) -> str:
+    if x is None or x != x:
+        return "–"
+    return f"{100 * x:.0f}%" if pct else f"{x:.2f}"
+
+
+def table_row(name: str, m: Metrics, with_alarms: bool = True) -> str:
+    cells = [name, f"{m.n} ({m.failures} failed)", " / ".join(_f(a) for a in m.auroc),
+             " / ".join(_f(a) for a in m.within_task), " / ".join(_f(a) for a in m.auprc)]
+    if with_alarms:
+        cells += [" / ".join(_f(a) for a in m.balanced_acc), _f(m.false_alarms, pct=True),
+                  "–" if m.median_lead is None else f"{m.median_lead:.0f}",
+                  "–" if m.median_lead_mode is None else f"{m.median_lead_mode:+.0f}"]
+    else:
+        cells += ["–", "–", "–", "–"]
+    return "| " + " | ".join(cells) + " |"
+
+
+HEADER = ("| forecaster | judged | ROC-AUC at {f} | within-task AUROC | AUPRC | balanced acc. of alarm by then | "
+          "false alarms on successes | median lead to step limit | median lead to failure step |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- | --- |").format(f=" / ".join(f"{int(100 * x)}%" for x in FRACTIONS))
+
+
+def cmd_fit(args) -> int:
+    if args.out.exists():
+        raise UsageError(f"--out {args.out} exists; choose a new file")
+    cfg = FitConfig(args.signals, args.model, args.alpha, args.max_steps)
+    f = fit(load_episodes(args.runs, seeds=set(args.calib_seeds)), cfg)
+    f.save(args.out)
+    print(f"forecaster: {args.out} ({cfg.model} on {', '.join(f.signals)}; band c = {f.band_c:.2f} at alpha {cfg.alpha}; "
+          f"fitted on seeds {argtypes.format_ids(f.identity['seeds'])} of tasks {argtypes.format_ids(f.identity['tasks'])})")
+    return 0
+
+
+def check_fits(f: Forecaster, episodes) -> None:
+    """A forecaster is judged only on runs of the policy, checkpoint and suite it was fitted on."""
+    want = (f.identity.get("policy"), f.identity.get("checkpoint"), f.identity.get("suite"))
+    for e in episodes:
+        if e.identity != want:
+            raise UsageError(f"the forecaster was fitted on policy/checkpoint/suite {want}; {e.run} is {e.identity}")
+    if f.identity.get("width") != len(f.signals):
+        raise UsageError(f"the forecaster's feature width {f.identity.get('width')} does not match its "
+                         f"{len(f.signals)} signals")
+    check_signals(episodes, f.signals)
+
+
+def cmd_eval(args) -> int:
+    f = Forecaster.load(args.forecaster)
+    episodes = load_episodes(args.runs, seeds=set(args.seeds) if args.seeds else None)
+    if not episodes:
+        raise UsageError("no judged episodes in these runs (check --seeds)")
+    check_fits(f, episodes)
+    overlap = sorted(set(f.identity.get("seeds", ())) & {e.seed for e in episodes})
+    print(HEADER)
+    print(table_row(f"{f.model} on {'+'.join(f.signals) if len(f.signals) < 3 else f'{len(f.signals)} signals'}",
+                    metrics(judge(f, episodes, len(f.band_mu)), len(f.band_mu))))
+    if overlap:
+        print(f"note: seeds {argtypes.format_ids(overlap)} were also calibration seeds: not held out")
+    return 0
+
+
+def cmd_study(args) -> int:
+    episodes = load_episodes(args.runs)
+    if not episodes:
+        raise UsageError("no judged episodes in these runs")
+    has_tokens = not any(all(x != x for x in e.series[:, SIGNAL_NAMES.index("entropy_all")]) for e in episodes)
+    rows = [(s, m) for s, m in STUDY if has_tokens or s not in FAMILIES["uncertainty"] + ("uncertainty", "all")]
+    n_tasks = len({e.task_id for e in episodes})
+    print(f"unseen tasks (leave one task out over {n_tasks} tasks; seeds {argtypes.format_ids({e.seed for e in episodes})}):")
+    print(HEADER)
+    base = None
+    for signals, model in rows:
+        judged, base = leave_one_task_out(episodes, FitConfig(signals, model, args.alpha, args.max_steps))
+        print(table_row(f"{model} {signals}", metrics(judged, args.max_steps)))
+    print(table_row("task only", metrics(base, args.max_steps), with_alarms=False))
+    if args.calib_seeds and args.judge_seeds:
+        calib = [e for e in episodes if e.seed in set(args.calib_seeds)]
+        held = [e for e in episodes if e.seed in set(args.judge_seeds)]
+        print(f"\nseen tasks (fit on seeds {argtypes.format_ids(args.calib_seeds)}, judge seeds "
+              f"{argtypes.format_ids(args.judge_seeds)}, all tasks):")
+        print(HEADER)
+        for signals, model in rows:
+            judged, base = seen_tasks(calib, held, FitConfig(signals, model, args.alpha, args.max_steps))
+            print(table_row(f"{model} {signals}", metrics(judged, args.max_steps)))
+        print(table_row("task only", metrics(base, args.max_steps), with_alarms=False))
+    return 0
+
+
+def register(sub) -> None:
+    from vla_eval.verbs import VERBS
+
+    p = sub.add_parser("forecast", help=VERBS["forecast"].help)
+    verbs = p.add_subparsers(dest="forecast_verb", required=True, metavar="{fit,eval,study}")
+    common = dict(type=argtypes.int_at_least(1, " steps"), default=280, help="the suite's step limit (default 280)")
+    a = verbs.add_parser("fit", help="fit a forecaster on calibration runs")
+    a.add_argument("runs", nargs="+", type=Path)
+    a.add_argument("--calib-seeds", type=argtypes.seeds("--calib-seeds", count=False), required=True,
+                   help="the seeds to fit on (ids and ranges; a lone number is one seed)")
+    a.add_argument("--signals", default="all", help=f"a family ({', '.join(FAMILIES)}) or, with --model signal, "
+                                                     f"one of {', '.join(SIGNAL_NAMES)}")
+    a.add_argument("--model", default="logistic", choices=MODELS)
+    a.add_argument("--alpha", type=float, default=0.1, help="false alarms allowed on successful episodes (default 0.1)")
+    a.add_argument("--max-steps", **common)
+    a.add_argument("--out", type=argtypes.out_file, required=True)
+    a.set_defaults(fn=cmd_fit)
+    e = verbs.add_parser("eval", help="judge a forecaster on held-out runs")
+    e.add_argument("runs", nargs="+", type=Path)
+    e.add_argument("--forecaster", type=Path, required=True)
+    e.add_argument("--seeds", type=argtypes.seeds("--seeds", count=False), help="only these seeds (ids and ranges)")
+    e.set_defaults(fn=cmd_eval)
+    s = verbs.add_parser("study", help="every forecaster on unseen tasks (leave one out) and seen ones, with the "
+                                       "task-only score")
+    s.add_argument("runs", nargs="+", type=Path)
+    s.add_argument("--calib-seeds", type=argtypes.seeds("--calib-seeds", count=False))
+    s.add_argument("--judge-seeds", type=argtypes.seeds("--judge-seeds", count=False))
+    s.add_argument("--alpha", type=float, default=0.1)
+    s.add_argument("--max-steps", **common)
+    s.set_defaults(fn=cmd_study)
