@@ -16,6 +16,7 @@ import numpy as np
 
 from vla_eval.sims.assets import SetupError, prepare_libero
 from vla_eval.sims.task_state import TaskStateReader
+from vla_eval.perturbations import Perturbation
 from vla_eval.sims.protocol import (
     ACTION_DIM,
     CAMERAS,
@@ -145,6 +146,7 @@ class LiberoEnv:
         hard_reset: bool = True,
         seed: int = 0,
         camera_names: tuple[str, ...] = CAMERAS,
+        perturbation: Perturbation | None = None,
     ):
         spec = suite_spec(suite)
         check_task_id(suite, task_id)
@@ -167,6 +169,13 @@ class LiberoEnv:
         self._task: TaskStateReader | None = None  # built at each reset
         self._env = self._make(bddl, cameras, resolution, hard_reset, self.camera_names)
         self._env.seed(seed)  # the published eval seeds the env with 0; init states fix the scene
+        self.perturbation = perturbation
+        self._perturber = None
+        if perturbation is not None:  # built only when asked: the published protocol's path stays as it is
+            from vla_eval.sims.perturb import Perturber
+
+            others = [benchmark.get_task(i).language for i in range(spec.n_tasks)]
+            self._perturber = Perturber(self._env, perturbation, others)
 
     @staticmethod
     def _make(bddl: str, cameras: bool, resolution: int, hard_reset: bool, camera_names: tuple[str, ...]):
@@ -202,6 +211,8 @@ class LiberoEnv:
             )
         self._env.reset()
         raw = self._env.set_init_state(self._init_states[init_state_index])
+        if self._perturber is not None:  # before the settle steps, so they settle it
+            self._perturber.at_reset(self.task_id, init_state_index)
         for _ in range(NUM_WAIT_STEPS):
             raw, _, _, _ = self._env.step(WAIT_ACTION.tolist())
         self._task = TaskStateReader(self._env.env)  # starts from the settled scene
@@ -234,7 +245,11 @@ class LiberoEnv:
         ramp = getattr(gripper, "current_action", None)
         ctrl = None if ramp is None or len(ramp) == 0 else float(-np.asarray(ramp)[0])
         goals = self._task.goals if self._task is not None else ()
-        return _to_observation(raw, self.instruction, ctrl, goals)
+        instruction = self.instruction
+        if self._perturber is not None:
+            raw = {k: self._perturber.frame(v) if k.endswith("_image") else v for k, v in raw.items()}
+            instruction = self._perturber.instruction(instruction)
+        return _to_observation(raw, instruction, ctrl, goals)
 
     def render_next(self, on: bool) -> None:
         """Render the cameras on the next ``step`` or not (physics only; the observation then

@@ -18,6 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
+from vla_eval.perturbations import Perturbation
 from vla_eval.sims.protocol import CAMERAS, RESOLUTION, Observation, StepResult
 from vla_eval.sims.stopping import Stopped, stop_signal_of
 
@@ -33,12 +34,13 @@ class EnvSpec:
     hard_reset: bool = True
     seed: int = 0
     camera_names: tuple[str, ...] = CAMERAS  # rendered when cameras is on
+    perturbation: Perturbation | None = None  # vla_eval.perturbations; None: the published scene
 
     def build(self):
         from vla_eval.sims.libero_env import LiberoEnv
 
         return LiberoEnv(self.suite, self.task_id, self.cameras, self.resolution, self.hard_reset, self.seed,
-                         self.camera_names)
+                         self.camera_names, self.perturbation)
 
 
 class EnvHolder:

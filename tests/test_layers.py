@@ -20,7 +20,7 @@ LAYERS = {
     "vla_eval": 6,  # the package root re-exports run_episode/load_run lazily: a facade on top
     "vla_eval.errors": 0, "vla_eval.configs": 0, "vla_eval.faults": 0,  # shared errors, data, the fault table
     "vla_eval.argtypes": 0, "vla_eval.safe_json": 0, "vla_eval.threads": 0,  # CLI types; bounded reader; CPU threads
-    "vla_eval.verbs": 0,                                               # the table of lazily imported subcommands
+    "vla_eval.verbs": 0, "vla_eval.perturbations": 0,                 # ... and the perturbation families                                               # the table of lazily imported subcommands
     "vla_eval.records": 1, "vla_eval.monitors": 1,                     # shared types; numpy-only monitor
     "vla_eval.failure_modes": 1,                                       # failure modes read from the records
     "vla_eval.sims": 2, "vla_eval.rundir": 2,                          # simulators; the run-folder reader

@@ -33,7 +33,8 @@ def run_episode(
     """One episode: seed -> init state, RNGs seeded from it; step records go to ``log_path``.
 
     ``fault``: a fault name of ``vla_eval.faults.FAULTS`` (or names joined by ``+``), the one
-    way to change the loop; the episode's run tag is that string, as a sweep records it.
+    way to change the loop, and/or a perturbation ``family:level`` (``vla_eval.perturbations``:
+    ``"camera:2"``, ``"no_flip+light:1"``); the episode's run tag is that string, as a sweep records it.
     ``model``: OpenVLA options (``factory.model_options``); default: the policy's own (``tiny``:
     shipped checkpoint, CPU). The suite's unnorm key is used (``libero_object`` ->
     ``libero_object_no_noops`` if the checkpoint only has that), as the published eval does.
@@ -46,6 +47,7 @@ def run_episode(
     from dataclasses import replace
 
     from vla_eval.faults import toggles_for
+    from vla_eval.perturbations import perturbation_of
     from vla_eval.rollout import rollout
     from vla_eval.sims.parallel import EnvSpec
     from vla_eval.sims.protocol import CAMERAS
@@ -64,11 +66,15 @@ def run_episode(
     cameras = pol.uses_images if cameras is None else cameras  # default: render only for pixel policies
     if not cameras and pol.uses_images:
         raise UsageError(f"policy {pol.name!r} reads images; run it with cameras on")
-    env = EnvSpec(suite, task_id, cameras, hard_reset=hard_reset, camera_names=tuple(pol.cameras) or CAMERAS).build()
+    perturbation = perturbation_of(tag)
+    env = EnvSpec(suite, task_id, cameras, hard_reset=hard_reset, camera_names=tuple(pol.cameras) or CAMERAS,
+                  perturbation=perturbation).build()
     try:
         ep, steps = rollout(env, pol, seed, max_steps, tag)
     finally:
         env.close()
+    if perturbation is not None:
+        ep = replace(ep, perturbation=perturbation.tag, perturbation_seed=perturbation.seed)
     if log_path:
         with JsonlWriter(Path(log_path)) as writer:
             for s in steps:

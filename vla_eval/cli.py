@@ -110,7 +110,8 @@ def _configs(args, tags: tuple[str, ...]) -> list:
     cameras = spec.reads_images if args.cameras == "auto" else args.cameras == "on"
     return [SweepConfig(suite=suite, task_ids=_task_ids(args, suite), seeds=args.seeds, policy=args.policy,
                         tags=tags, cameras=cameras, hard_reset=not args.fast_reset, max_steps=args.max_steps,
-                        checkpoint=args.checkpoint, revision=args.revision, shard=args.shard)
+                        checkpoint=args.checkpoint, revision=args.revision, shard=args.shard,
+                        perturb_seed=getattr(args, "perturb_seed", 0))
             for suite in suites]
 
 
@@ -215,7 +216,33 @@ def _add_fault_args(p, what: str) -> None:
                                  "a+b for both in one run")]
     flags += [p.add_argument(f.flag, action="store_true", help=f"= --fault {f.name}: {f.help}")
               for f in FAULTS.values() if f.flag]
+    flags += _add_perturb_args(p)
     p.set_defaults(identity=p.get_default("identity") + flags)
+
+
+def _perturb_list(text: str) -> tuple[str, ...]:
+    """``--perturb camera:2,light:1``: perturbation run tags, each checked against the family table."""
+    from vla_eval.perturbations import parse
+
+    try:
+        return tuple(parse(part.strip()).tag for part in text.split(",") if part.strip())
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_perturb_args(p) -> list:
+    from vla_eval.perturbations import FAMILIES
+
+    return [p.add_argument("--perturb", type=_perturb_list, metavar="FAMILY:LEVEL",
+                           help=f"perturbed runs next to the unperturbed baseline on the same (task, seed) pairs, "
+                                f"e.g. camera:2,light:1; families: {', '.join(FAMILIES)}; levels 1-3"),
+            p.add_argument("--perturb-seed", type=int_at_least(0, high=2**31 - 1), default=0,
+                           help="the seed perturbations are drawn from (default 0; recorded in the manifest)")]
+
+
+def _with_perturbations(tags: list[str], perturbs) -> tuple[str, ...]:
+    """Each chosen run (baseline or fault) unperturbed, then under each perturbation."""
+    return tuple(tags + [p if t == "baseline" else f"{t}+{p}" for t in tags for p in perturbs or ()])
 
 
 def _chosen_faults(args) -> list[str]:
@@ -227,12 +254,27 @@ def _chosen_faults(args) -> list[str]:
 
 def cmd_sweep(args) -> int:
     """A sweep runs the baseline, or only the faults its flags name."""
-    return _execute(args, tuple(_chosen_faults(args) or ["baseline"]), "sweep")
+    chosen = _chosen_faults(args)
+    return _execute(args, _with_perturbations(chosen or ["baseline"], args.perturb), "sweep")
 
 
 def cmd_drill(args) -> int:
     """A drill runs the baseline next to the chosen faults (the chapter's three by default)."""
-    return _execute(args, tuple(["baseline"] + (_chosen_faults(args) or list(CHAPTER_FAULTS))), "drill")
+    return _execute(args, _with_perturbations(["baseline"] + (_chosen_faults(args) or list(CHAPTER_FAULTS)),
+                                              args.perturb), "drill")
+
+
+def cmd_robustness(args) -> int:
+    """The unperturbed baseline and every family:level asked for, on the same (task, seed) pairs."""
+    from vla_eval.perturbations import FAMILIES, LEVELS, parse
+
+    families = [f.strip() for f in args.families.split(",") if f.strip()] if args.families != "all" else list(FAMILIES)
+    try:
+        levels = [int(x) for x in args.levels.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--levels {args.levels!r}: comma-separated levels; valid: {', '.join(map(str, LEVELS))}") from None
+    tags = [parse(f"{f}:{lv}").tag for f in families for lv in levels]  # an unknown family or level names the valid ones
+    return _execute(args, ("baseline", *tags), "robustness")
 
 
 def cmd_run(args) -> int:
@@ -240,7 +282,9 @@ def cmd_run(args) -> int:
     from vla_eval.api import run_episode
     from vla_eval.sims.protocol import N_INIT_STATES
 
-    chosen = _chosen_faults(args)
+    chosen = _chosen_faults(args) + list(args.perturb or ())
+    if len(args.perturb or ()) > 1:
+        raise UsageError(f"vla-eval run is one episode: one --perturb at a time (got {', '.join(args.perturb)})")
     (cfg,) = _configs(args, ("+".join(chosen) or "baseline",))  # suite, task and policy before any device check
     if not 0 <= args.seed < N_INIT_STATES:
         raise UsageError(f"--seed {args.seed} has no stored init state; valid: 0..{N_INIT_STATES - 1}")
@@ -352,6 +396,16 @@ def build_parser(chosen: str | None = ALL_VERBS) -> argparse.ArgumentParser:
     _add_fault_args(d, "run next to the baseline")
     d.set_defaults(fn=cmd_drill)
 
+    rb = sub.add_parser("robustness", help="the unperturbed baseline next to perturbation families at graded levels, "
+                                           "on the same (task, seed) pairs; the report's robustness profile")
+    _add_run_args(rb, seeds_default="2")
+    rb.add_argument("--families", default="all", help="comma-separated families (default all: camera, light, table, "
+                                                      "layout, robot_init, language, noise)")
+    rb.add_argument("--levels", default="2", help="comma-separated levels 1-3 (default 2)")
+    rb.add_argument("--perturb-seed", type=int_at_least(0, high=2**31 - 1), default=0,
+                    help="the seed perturbations are drawn from (default 0; recorded in the manifest)")
+    rb.set_defaults(fn=cmd_robustness, perturb=None)
+
     r = sub.add_parser("run", help="one episode with any toggles")
     _add_run_args(r, seeds_default="1")
     r.add_argument("--seed", type=_non_negative, default=0, help="seed = init state index (0..49)")
@@ -403,6 +457,8 @@ def build_parser(chosen: str | None = ALL_VERBS) -> argparse.ArgumentParser:
 EXAMPLES = {
     "sweep": ["vla-eval sweep --seeds 50", "vla-eval sweep --policy tiny --all-tasks --seeds 0-4 --batch 2",
               "vla-eval sweep --resume runs/my-sweep --retry-errors"],
+    "robustness": ["vla-eval robustness --policy tiny --all-tasks --seeds 45-46 --levels 2 --batch 2",
+                   "vla-eval robustness --policy tiny --families camera,light --levels 1,2,3 --tasks 0,4"],
     "drill": ["vla-eval drill --no-flip --bad-prompt --bad-unnorm",
               "vla-eval drill --policy tiny --fault all --tasks 0,4 --seeds 10-11 --batch 2"],
     "run": ["vla-eval run --policy tiny --task 3 --seed 7 --log ep.jsonl", "vla-eval run --policy tiny --no-flip"],

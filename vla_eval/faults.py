@@ -126,15 +126,23 @@ class UnknownRunTag(UsageError, KeyError):
 
 
 def toggles_for(tag: str) -> Toggles:
-    """A run tag's toggles: ``baseline``, a fault name, or fault names joined by ``+``; anything
-    else is ``UnknownRunTag`` naming the valid ones (the one implementation every caller uses)."""
+    """A run tag's toggles: ``baseline``, a fault name, or fault names joined by ``+``, each part
+    optionally a perturbation ``family:level`` (``vla_eval.perturbations``: the env's business, no
+    toggle); anything else is ``UnknownRunTag`` naming the valid ones (the one implementation every
+    caller uses)."""
     if tag == BASELINE:
         return Toggles()
+    from vla_eval.perturbations import FAMILIES, split_tag
+
+    try:
+        faults, perturbation = split_tag(tag)
+    except UsageError as e:
+        raise UnknownRunTag(f"run tag {tag!r}: {e}") from None
     out = Toggles()
-    for name in str(tag).split("+"):
+    for name in faults:
         if name not in FAULTS:
             raise UnknownRunTag(f"unknown run tag {tag!r} (fault {name!r}); valid: {', '.join(RUN_TAGS)}, or fault "
-                                f"names joined by +")
+                                f"names joined by +, or a perturbation family:level ({', '.join(FAMILIES)}; levels 1-3)")
         out = replace(out, **FAULTS[name].toggles.changed())
     return out
 

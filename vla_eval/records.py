@@ -109,6 +109,8 @@ class EpisodeRecord:
     failure_mode: str | None = None
     failure_step: int | None = None
     failure_evidence: str | None = None
+    perturbation: str | None = None  # "camera:2" (vla_eval.perturbations) and the seed it was drawn from
+    perturbation_seed: int | None = None
     kind: str = "episode"
     v: int = SCHEMA_VERSION
 
@@ -189,6 +191,8 @@ _FIELD_CHECKS = {
     "failure_mode": (_opt(lambda v: isinstance(v, str) and 0 < len(v) <= 64), "null or a failure mode name"),
     "failure_step": (_opt(lambda v: _int(v) and 0 <= v < MAX_STEPS), f"null or an integer 0..{MAX_STEPS - 1}"),
     "failure_evidence": (_opt(lambda v: isinstance(v, str) and len(v) <= 500), "null or a line of text"),
+    "perturbation": (_opt(lambda v: isinstance(v, str) and 0 < len(v) <= 64), "null or family:level"),
+    "perturbation_seed": (_opt(lambda v: _int(v) and 0 <= v < 2**31), "null or an integer 0..2^31-1"),
     "kind": (lambda v: v in _KINDS, "step or episode"),
     "v": (_int, "an integer"),
 }

@@ -43,6 +43,7 @@ class EpisodeShape:
     cameras: bool = True  # render (pixel policies); off: physics only, ~10x faster
     hard_reset: bool = True  # the published eval's robosuite default; False is ~6x faster to reset
     max_steps: int | None = None  # None: the suite's (220/280/300/520/400)
+    perturb_seed: int = 0  # what perturbation run tags draw from (vla_eval.perturbations)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class SweepConfig:
     checkpoint: str | None = None
     revision: str | None = None
     shard: str | None = None  # "i/K": this run does jobs i, i+K, i+2K, ...
+    perturb_seed: int = 0  # the seed perturbation run tags (camera:2, ...) draw their perturbations from
 
     def __post_init__(self):
         """The one gate of a run's identity: names and ranges, before any simulator or model import."""
@@ -83,13 +85,15 @@ class SweepConfig:
         object.__setattr__(self, "task_ids", task_ids)
         object.__setattr__(self, "tags", tags)
         parse_shard(self.shard)
+        if not (_is_int(self.perturb_seed) and 0 <= self.perturb_seed < 2**31):
+            raise UsageError(f"--perturb-seed {self.perturb_seed!r}: valid 0..{2**31 - 1}")
         if self.max_steps is not None and not (isinstance(self.max_steps, int) and 1 <= self.max_steps <= MAX_STEP_LIMIT):
             raise UsageError(f"--max-steps {self.max_steps!r}: valid 1..{MAX_STEP_LIMIT} (LIBERO's longest suite: 520)")
 
     @property
     def shape(self) -> EpisodeShape:
         """The episodes' shape (kept as flat fields so manifests read as before)."""
-        return EpisodeShape(self.cameras, self.hard_reset, self.max_steps)
+        return EpisodeShape(self.cameras, self.hard_reset, self.max_steps, self.perturb_seed)
 
     def scope(self, tag: str) -> RunScope:
         """What this run's ``<tag>.jsonl`` may hold."""
@@ -175,6 +179,7 @@ _CONFIG_CHECKS = {
     "checkpoint": (lambda v: v is None or isinstance(v, str), "null or a string"),
     "revision": (lambda v: v is None or isinstance(v, str), "null or a string"),
     "shard": (lambda v: v is None or isinstance(v, str), "null or 'i/K'"),
+    "perturb_seed": (lambda v: _is_int(v) and 0 <= v < 2**31, "an integer 0..2^31-1"),
 }
 
 
@@ -227,6 +232,7 @@ def check_or_write_manifest(run_dir: Path, cfg: SweepConfig, model_options: dict
         old = load_manifest(run_dir)["config"]
         if _is_int(old.get("seeds")):  # a manifest from before seed sets: a count N is seeds 0..N-1
             old = {**old, "seeds": list(range(old["seeds"]))}
+        old = {**{f: _jsonish(getattr(SweepConfig, f)) for f in ("perturb_seed",)}, **old}  # fields newer than the folder
         diff = {k: (old.get(k), v) for k, v in asdict(cfg).items() if not _same(k, old.get(k), _jsonish(v))}
         if diff:
             lines = "; ".join(f"{k}: folder has {_shown(k, a)}, command asks {_shown(k, b)}"

@@ -23,6 +23,7 @@ from vla_eval.sims.pools import Pool, make_pool
 from vla_eval.sims.protocol import CAMERAS, suite_spec
 from vla_eval.sims.stopping import raise_if_stopping, stop_on_signals
 from vla_eval.errors import UsageError
+from vla_eval.perturbations import perturbation_of
 from vla_eval.policies.base import ActionBatch, Policy
 from vla_eval.records import EpisodeRecord, JsonlWriter, StepRecord, new_attempt_id
 from vla_eval.rundir import EpisodeShape
@@ -212,8 +213,9 @@ class _Rollout:
             return
         # Render only the cameras the policy reads (OpenVLA: agentview); all when it reads none.
         cams = tuple(getattr(self.policy, "cameras", ())) or CAMERAS
-        specs = {s: (EnvSpec(j.suite, j.task_id, self.shape.cameras, hard_reset=self.shape.hard_reset, camera_names=cams),
-                     j.init_state) for s, j in starting.items()}
+        perturbation = perturbation_of(self.run_tag, self.shape.perturb_seed)
+        specs = {s: (EnvSpec(j.suite, j.task_id, self.shape.cameras, hard_reset=self.shape.hard_reset, camera_names=cams,
+                             perturbation=perturbation), j.init_state) for s, j in starting.items()}
         if len(starting) == 1:
             seed_everything(next(iter(starting.values())).seed)
         t = time.perf_counter()
@@ -289,6 +291,9 @@ class _Rollout:
         a = self.active.pop(slot)
         ep = episode_record(self.run_tag, a.job.suite, a.job.task_id, a.job.seed, a.attempt, outcome, a.steps,
                             getattr(a.obs, "instruction", ""), a.t0, a.reset_s, error, getattr(a.obs, "goals", ()))
+        perturbation = perturbation_of(self.run_tag, self.shape.perturb_seed)
+        if perturbation is not None:
+            ep = replace(ep, perturbation=perturbation.tag, perturbation_seed=perturbation.seed)
         if a.monitor is not None:
             a.alerts.extend(a.monitor.finish(ep))
         ep = replace(ep, alerts=tuple(dict.fromkeys(a.alerts)))
