@@ -151,8 +151,9 @@ def test_forecast_fit_eval_and_study_on_a_run_folder(run_dir, tmp_path):
     r = _cli("fit", run_dir, "--calib-seeds", "0-5", "--signals", "all", "--max-steps", "120", "--out", out)
     assert r.returncode == 0, r.stderr
     assert "fitted on seeds 0-5" in r.stdout
-    r = _cli("eval", run_dir, "--forecaster", out, "--seeds", "6-11")
+    r = _cli("eval", run_dir, "--forecaster", out, "--seeds", "6-11", "--plot", tmp_path / "f.png")
     assert r.returncode == 0 and "| logistic on 13 signals |" in r.stdout and "not held out" not in r.stdout
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     assert "not held out" in _cli("eval", run_dir, "--forecaster", out).stdout
     r = _cli("fit", run_dir, "--calib-seeds", "0-5", "--out", out)
     assert r.returncode == 2 and "exists" in r.stderr and "Traceback" not in r.stderr

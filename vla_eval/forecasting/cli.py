@@ -66,6 +66,8 @@ def check_fits(f: Forecaster, episodes) -> None:
 
 
 def cmd_eval(args) -> int:
+    if args.plot is not None and args.plot.exists():
+        raise UsageError(f"--plot {args.plot} exists; choose a new file")
     f = Forecaster.load(args.forecaster)
     episodes = load_episodes(args.runs, seeds=set(args.seeds) if args.seeds else None)
     if not episodes:
@@ -77,6 +79,11 @@ def cmd_eval(args) -> int:
                     metrics(judge(f, episodes, len(f.band_mu)), len(f.band_mu))))
     if overlap:
         print(f"note: seeds {argtypes.format_ids(overlap)} were also calibration seeds: not held out")
+    if args.plot:
+        from vla_eval.forecasting.evaluate import forecast_plot
+
+        args.plot.write_bytes(forecast_plot(f, episodes, len(f.band_mu)))
+        print(f"plot: {args.plot} (ROC-AUC against time; score traces with the alarm band)")
     return 0
 
 
@@ -128,6 +135,8 @@ def register(sub) -> None:
     e.add_argument("runs", nargs="+", type=Path)
     e.add_argument("--forecaster", type=Path, required=True)
     e.add_argument("--seeds", type=argtypes.seeds("--seeds", count=False), help="only these seeds (ids and ranges)")
+    e.add_argument("--plot", type=argtypes.out_file, metavar="OUT.png",
+                   help="also draw ROC-AUC against time and every episode's score trace with the alarm band")
     e.set_defaults(fn=cmd_eval)
     s = verbs.add_parser("study", help="every forecaster on unseen tasks (leave one out) and seen ones, with the "
                                        "task-only score")

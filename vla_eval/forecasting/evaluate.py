@@ -111,3 +111,44 @@ def leave_one_task_out(episodes: Sequence[Episode], cfg: FitConfig) -> tuple[lis
 
 def seen_tasks(calib: Sequence[Episode], held: Sequence[Episode], cfg: FitConfig) -> tuple[list[Judged], list[Judged]]:
     return judge(fit(calib, cfg), held, cfg.max_steps), task_only(calib, held)
+
+
+def auroc_over_time(f: Forecaster, episodes: Sequence[Episode], max_steps: int, every: int = 10) -> list[tuple[int, float]]:
+    """(step, ROC-AUC of the scores at that step) every ``every`` steps: the curve of the report."""
+    scores = [f.scores(e.series) for e in episodes]
+    y = [e.failed for e in episodes]
+    return [(t, auroc([s[min(t, len(s) - 1)] for s in scores], y)) for t in range(0, max_steps, every)]
+
+
+def forecast_plot(f: Forecaster, episodes: Sequence[Episode], max_steps: int) -> bytes:
+    """Two panels: ROC-AUC against the step, and every episode's score trace with the alarm band."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    curve = auroc_over_time(f, episodes, max_steps)
+    a.plot([t for t, _ in curve], [v for _, v in curve], marker=".")
+    a.axhline(0.5, color="#888", lw=0.8, ls=":")
+    a.set_xlabel("policy step")
+    a.set_ylabel("ROC-AUC")
+    a.set_ylim(0, 1)
+    a.set_title(f"ROC-AUC against time ({len(episodes)} episodes)")
+    for e in episodes:
+        s = f.scores(e.series)
+        b.plot(s, lw=0.7, alpha=0.6, color="#d1495b" if e.failed else "#2a9d4b")
+    b.plot([f.threshold(t) for t in range(max_steps)], color="k", lw=1.2, ls="--", label="alarm band")
+    b.set_xlabel("policy step")
+    b.set_ylabel("score")
+    b.set_title("score traces (red: failed, green: succeeded)")
+    b.legend(frameon=False, fontsize=8)
+    for ax in (a, b):
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
