@@ -266,3 +266,23 @@ def test_compare_shows_how_the_mode_mix_moved(short_run, tmp_path):
     out = _cli("compare", short_run, b).stdout
     assert "failure modes, share of each run's failures" in out
     assert "never_reached" in out  # 20 steps: the expert is still on its way
+
+
+def test_any_recorded_state_sequence_gets_a_mode_from_the_table():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    dist = st.one_of(st.none(), st.floats(0, 2))
+    goal = st.builds(GoalState, met=st.booleans(), reach=dist, held=st.booleans(), lift=dist, to_goal=dist)
+    names = st.sampled_from(["ketchup_1", "milk_1", "basket_1"])
+    state = st.builds(lambda g, gap, held, moved, knocked: TaskState((g,), gap, held, moved, knocked), goal,
+                      st.floats(0, 0.08), st.one_of(st.none(), names), st.lists(names, max_size=2).map(tuple),
+                      st.lists(names, max_size=2).map(tuple))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(state, min_size=1, max_size=30), st.lists(st.sampled_from([-1.0, 1.0]), min_size=30, max_size=30))
+    def check(states, grip):
+        f = _mode(states, grip=grip[:len(states)])
+        assert f.mode in MODE_NAMES and 0 <= f.step <= len(states) and f.evidence
+
+    check()

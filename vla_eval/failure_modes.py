@@ -79,6 +79,10 @@ def nice(name: str) -> str:
     return name.strip() or "object"
 
 
+def _cm(metres: float | None, digits: int = 1) -> str:
+    return "an unrecorded distance" if metres is None else f"{100 * metres:.{digits}f} cm"
+
+
 def check_goals(goals: Sequence[str]) -> None:
     for g in goals:
         kind = g.split()[0] if g.split() else ""
@@ -170,13 +174,13 @@ def _progress(kind: str, mover: str, goal: str, series: list[GoalState], states:
             return Failure("wrong_object", shoved[0], f"moved the {nice(shoved[1])} at step {shoved[0]}, "
                                                       f"never holding the {what}")
         if not near:
-            return Failure("never_reached", closest, f"came no closer than {100 * d:.1f} cm to the {what} "
+            return Failure("never_reached", closest, f"came no closer than {_cm(d)} to the {what} "
                                                      f"(step {closest})")
         closes = [t for t in near if states[t].gap < th.closed_gap and grip_cmd[t] > 0
                   and (t == 0 or not (states[t - 1].gap < th.closed_gap and grip_cmd[t - 1] > 0))]
         if closes:
             t = closes[0]
-            return Failure("missed_grasp", t, f"fingers closed {100 * series[t].reach:.1f} cm from the {what} "
+            return Failure("missed_grasp", t, f"fingers closed {_cm(series[t].reach)} from the {what} "
                                               f"at step {t}, {len(closes)} time(s), never holding it")
         return Failure("stalled", near[0], f"within {100 * th.near_m:.0f} cm of the {what} from step {near[0]}, "
                                            f"never closing on it")
@@ -189,19 +193,19 @@ def _progress(kind: str, mover: str, goal: str, series: list[GoalState], states:
     if last_held == len(series) - 1:  # still held at the end
         if at_goal:
             closest = min(series[t].to_goal for t in at_goal)
-            return Failure("misplaced", at_goal[0], f"carried the {what} to {100 * closest:.1f} cm from the {dest}'s "
+            return Failure("misplaced", at_goal[0], f"carried the {what} to {_cm(closest)} from the {dest}'s "
                                                     f"centre (step {at_goal[0]}) and held it to the end, never releasing it")
         if not lifted:
             return Failure("missed_grasp", held_at[0], f"held the {what} from step {held_at[0]} but never lifted it")
         return Failure("stalled", lifted[0], f"held the {what} from step {lifted[0]} to the end, "
-                                             f"{100 * series[-1].to_goal:.0f} cm from the {dest}")
+                                             f"{_cm(series[-1].to_goal, 0)} from the {dest}")
     release = last_held + 1
     at = series[release]
     if at.to_goal is not None and at.to_goal <= th.at_goal_m or at_goal and at_goal[-1] == last_held:
-        return Failure("misplaced", release, f"released the {what} {100 * (at.to_goal or 0):.1f} cm from the "
+        return Failure("misplaced", release, f"released the {what} {_cm(at.to_goal)} from the "
                                              f"{dest}'s centre at step {release}, outside it")
     if lifted:
-        return Failure("dropped", release, f"lifted the {what} {100 * max(series[t].lift or 0 for t in lifted):.0f} cm, "
-                                           f"lost it at step {release}, {100 * (at.to_goal or 0):.0f} cm from the {dest}")
+        return Failure("dropped", release, f"lifted the {what} {_cm(max(series[t].lift or 0 for t in lifted), 0)}, "
+                                           f"lost it at step {release}, {_cm(at.to_goal, 0)} from the {dest}")
     return Failure("missed_grasp", held_at[0], f"closed on the {what} at step {held_at[0]} but lost it at step "
                                                f"{release} without lifting it")
