@@ -36,6 +36,7 @@ def _mode(states, grip=None, **kw):
 def test_never_reached_names_the_closest_approach():
     f = _mode([_state(reach=0.3 - 0.01 * t) for t in range(10)] + [_state(reach=0.25)] * 20)
     assert f.mode == "never_reached" and f.step == 9 and "21.0 cm" in f.evidence
+    assert _mode([_state(reach=0.3)] * 3 + [_state(reach=0.11)] * 5).mode == "never_reached"
 
 
 def test_missed_grasp_counts_the_closings_beside_the_object():
@@ -88,9 +89,10 @@ def test_going_for_another_object_is_wrong_object_even_if_it_knocked_the_target_
     assert f.mode == "wrong_object" and f.step == 6
 
 
-def test_knocked_off_unless_it_fell_from_the_grasp():
+def test_knocked_off_unless_it_fell_from_the_grasp_or_was_a_bystander():
     f = _mode([_state()] * 3 + [_state(knocked=("ketchup_1",))] * 5)
     assert f.mode == "knocked_off" and f.step == 3
+    assert _mode([_state()] * 3 + [_state(knocked=("milk_1",))] * 5).mode == "never_reached"  # not the goal's object
     held = [_state(reach=0.05, held=True, lift=0.1, to_goal=0.4)] * 3
     assert _mode([_state()] * 2 + held + [_state(knocked=("ketchup_1",), to_goal=0.4)] * 20).mode == "dropped"
 

@@ -8,7 +8,7 @@ The modes, in the order they are tried (the first that holds names the episode):
     undone         a goal predicate held, then stopped holding
     wrong_object   the fingers held another object, never one a goal moves (or, below, the arm shoved
                    another object before coming near the goal's)
-    knocked_off    an object fell or tipped over without being dropped from the grasp
+    knocked_off    an object the goal names fell or tipped over without being dropped from the grasp
     misplaced      the object reached the goal region but was released outside it, or never released
     dropped        the object was lifted, then lost before the goal
     missed_grasp   the fingers closed beside the object, or held it without ever lifting it
@@ -42,7 +42,7 @@ FAILURE_MODES: tuple[FailureMode, ...] = (
     FailureMode("env_error", "the simulator or the policy raised (not the policy's failure)"),
     FailureMode("undone", "a goal predicate held, then stopped holding"),
     FailureMode("wrong_object", "held or shoved another object, never the one the goal moves"),
-    FailureMode("knocked_off", "an object fell or tipped over without being dropped from the grasp"),
+    FailureMode("knocked_off", "the goal's object fell or tipped over without being dropped from the grasp"),
     FailureMode("misplaced", "carried to the goal region, released outside it or never released"),
     FailureMode("dropped", "lifted the object, then lost it before the goal"),
     FailureMode("missed_grasp", "closed the fingers beside the object, or held it without lifting it"),
@@ -55,7 +55,8 @@ MODE_NAMES = tuple(m.name for m in FAILURE_MODES)
 
 @dataclass(frozen=True)
 class ModeThresholds:
-    near_m: float = 0.08  # gripper this close to the object's origin: reached it (held objects read 4-6 cm)
+    near_m: float = 0.10  # gripper this close to the object's origin: reached it (held objects read 4-6 cm;
+    # origins sit at the base of tall bottles, so closing 5 cm beside one reads ~8 cm)
     lifted_m: float = 0.03  # the object this far above its start: lifted
     at_goal_m: float = 0.15  # the object this close to the goal region's centre, in the table plane: at the goal
     closed_gap: float = 0.07  # finger opening below this: the gripper is closed (or closing)
@@ -149,13 +150,15 @@ def _held_other(goals, states) -> Failure | None:
 
 
 def _knocked(goals, states) -> Failure | None:
-    """An object that fell or tipped before the fingers ever held it (a drop is not a knock)."""
+    """An object a goal names fell or tipped before the fingers ever held it (a drop is not a knock;
+    a bystander knocked over on the way does not explain why the goal failed)."""
+    named = {part for g in goals for part in g.split()[1:]}
     ever_held: set[str] = set()
     for t, s in enumerate(states):
         if s.held:
             ever_held.add(s.held)
         for name in s.knocked:
-            if name not in ever_held:
+            if name in named and name not in ever_held:
                 return Failure("knocked_off", t, f"knocked the {nice(name)} over or off at step {t}")
     return None
 
