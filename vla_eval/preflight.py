@@ -222,6 +222,10 @@ def preflight_run(policies: dict, native: bool, suite: str, out=print) -> None:
             for f in found:
                 print(f"pre-flight warning: {f.check}: {f.message}", file=sys.stderr)
             continue
+        from vla_eval.perturbations import split_tag
+
+        if not split_tag(tag)[0]:
+            continue  # a perturbation alone: the baseline's policy in a changed world, checked as the baseline
         found = check_policy(policy, suite)
         said = "; ".join(f"{f.check}: {f.message}" for f in found) or "nothing found (no rollout-free signature)"
         out(f"pre-flight on {tag} (injected): {said}")
