@@ -1,5 +1,5 @@
 """Contact sheets for checking failure modes by eye: N failed episodes of a run folder drawn at
-random (a fixed RNG seed, so the sample is not chosen), each as one PNG of 10 frames of its video
+random (a fixed RNG seed, so the sample is not chosen), each as one PNG of 8 frames of its video
 with the mode, step and evidence ``vla-eval why`` gives, the frame at the failure step marked.
 
     python scripts/failure_sheets.py runs/tiny-heldout --n 20 --out runs/tiny-heldout/sheets
@@ -26,11 +26,11 @@ def frames(path: Path) -> list[np.ndarray]:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
 
 
-def sheet(x, video: Path, out: Path, n_frames: int = 10) -> None:
+def sheet(x, video: Path, out: Path, n_frames: int = 8) -> None:
     fs = frames(video)
     step = x.failure.step if x.failure else 0
     picks = sorted(set(np.linspace(0, len(fs) - 1, n_frames - 1).round().astype(int)) | {min(step, len(fs) - 1)})
-    fig, axes = plt.subplots(1, len(picks), figsize=(1.6 * len(picks), 2.3), dpi=90)
+    fig, axes = plt.subplots(1, len(picks), figsize=(2.2 * len(picks), 2.6), dpi=100)
     for ax, i in zip(axes, picks):
         ax.imshow(fs[i])
         ax.set_title(f"{'>' if i == min(step, len(fs) - 1) else ''}t={i}", fontsize=7, color="red" if i == step else "k")
