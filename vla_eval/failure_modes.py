@@ -167,7 +167,6 @@ def _progress(kind: str, mover: str, goal: str, series: list[GoalState], states:
               grip_cmd: list[float], th: ModeThresholds) -> Failure | None:
     what = nice(mover)
     held_at = [t for t, gs in enumerate(series) if gs.held]
-    reaches = [gs.reach for gs in series if gs.reach is not None]
     if not held_at:
         closest = min(range(len(series)), key=lambda t: series[t].reach if series[t].reach is not None else 1e9)
         d = series[closest].reach
