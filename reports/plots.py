@@ -7,6 +7,17 @@ from typing import Mapping, Sequence
 from vla_eval.records import EpisodeRecord
 
 SUCCESS_COLOUR, FAILURE_COLOUR = "#2a9d4b", "#d1495b"
+
+
+def png_bytes(fig) -> bytes:
+    """A finished matplotlib figure as PNG bytes (tight layout), and the figure closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
 MODE_COLOURS = ("#d1495b", "#edae49", "#00798c", "#30638e", "#8d5a97", "#a44a3f", "#6c757d", "#003d5b", "#b5838d")
 
 
@@ -54,11 +65,7 @@ def gripper_timing_histogram(episodes: Sequence[EpisodeRecord], max_steps: int, 
     ax.set_title("Gripper timing by outcome" if modes is None else "Gripper timing by failure mode")
     ax.legend(frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def action_trace_plot(logs: dict, max_tags: int = 4) -> bytes:
@@ -90,8 +97,4 @@ def action_trace_plot(logs: dict, max_tags: int = 4) -> bytes:
     axes[0].set_title(f"actions of task {first[0] if first else '-'}, seed {first[1] if first else '-'} per run tag")
     axes[0].legend(fontsize=7, ncol=4, frameon=False)
     axes[-1].set_xlabel("policy step")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)

@@ -58,12 +58,12 @@ def profile(logs: dict[str, RunLog]) -> list[dict]:
 
 def profile_plot(rows: list[dict]) -> bytes:
     """Success against level per family (level 0: the unperturbed run on the same pairs), Wilson bars."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from vla_eval.reports.plots import png_bytes
 
     fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
     for family in dict.fromkeys(r["family"] for r in rows):
@@ -81,8 +81,4 @@ def profile_plot(rows: list[dict]) -> bytes:
     ax.set_title("Success against perturbation level (95% Wilson intervals)")
     ax.legend(frameon=False, fontsize=8, ncol=2)
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)

@@ -122,12 +122,12 @@ def auroc_over_time(f: Forecaster, episodes: Sequence[Episode], max_steps: int, 
 
 def forecast_plot(f: Forecaster, episodes: Sequence[Episode], max_steps: int) -> bytes:
     """Two panels: ROC-AUC against the step, and every episode's score trace with the alarm band."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from vla_eval.reports.plots import png_bytes
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
     curve = auroc_over_time(f, episodes, max_steps)
@@ -147,8 +147,4 @@ def forecast_plot(f: Forecaster, episodes: Sequence[Episode], max_steps: int) ->
     b.legend(frameon=False, fontsize=8)
     for ax in (a, b):
         ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
