@@ -147,13 +147,15 @@ def _mlp(X, y, hidden: int, l2: float, seed: int, epochs: int = 300) -> tuple[li
     return [W1.tolist(), b1.tolist(), w2.tolist()], float(b2[0])
 
 
-def band(forecaster: Forecaster, successes: Sequence[Episode], alpha: float, max_steps: int) -> Forecaster:
+def band(forecaster: Forecaster, successes: Sequence[Episode], alpha: float, max_steps: int,
+         scores: list[np.ndarray] | None = None) -> Forecaster:
     """Fit ``mu(t)``, ``sd(t)`` and ``c`` on successful episodes: ``c`` is the conformal quantile of
-    each success's largest standardised excess, so at most ``alpha`` of exchangeable successes alarm."""
+    each success's largest standardised excess, so at most ``alpha`` of exchangeable successes alarm.
+    ``scores``: the successes' score series if not the forecaster's own (cross-fitted, see ``fit``)."""
     if not successes:
         raise UsageError("the calibration runs hold no successful episode: the alarm band is fitted on successes; "
                          "add calibration seeds the policy solves")
-    scores = [forecaster.scores(e.series) for e in successes]
+    scores = scores if scores is not None else [forecaster.scores(e.series) for e in successes]
     mu, sd = np.zeros(max_steps), np.full(max_steps, SD_FLOOR)
     last = (0.0, 1.0)
     for t in range(max_steps):
@@ -171,7 +173,27 @@ def band(forecaster: Forecaster, successes: Sequence[Episode], alpha: float, max
 
 
 def fit(episodes: Sequence[Episode], cfg: FitConfig) -> Forecaster:
-    """A forecaster from calibration episodes (needs both outcomes unless the score is one signal)."""
+    """A forecaster from calibration episodes (needs both outcomes unless the score is one signal).
+
+    The band is fitted on scores the probe did not train on: each success is scored by a probe
+    fitted without its task (cross-fitting by task), so a probe that fits its calibration episodes
+    closely does not set a band its new episodes cross; with one task, by a probe without its seed half."""
+    f = _fit_scores(episodes, cfg)
+    successes = [e for e in episodes if not e.failed]
+    if cfg.model == "signal":
+        return band(f, successes, cfg.alpha, cfg.max_steps)
+    tasks = sorted({e.task_id for e in episodes})
+    group = (lambda e: e.task_id) if len(tasks) > 1 else (lambda e: e.seed % 2)
+    scores = []
+    for e in successes:
+        rest = [x for x in episodes if group(x) != group(e)]
+        usable = rest and 0 < sum(x.failed for x in rest) < len(rest)
+        scores.append((_fit_scores(rest, cfg) if usable else f).scores(e.series))
+    return band(f, successes, cfg.alpha, cfg.max_steps, scores)
+
+
+def _fit_scores(episodes: Sequence[Episode], cfg: FitConfig) -> Forecaster:
+    """The forecaster's score (its probe fitted on ``episodes``), its band not yet set."""
     if not episodes:
         raise UsageError("no calibration episodes (check the run folders and --calib-seeds)")
     names = cfg.names
@@ -198,6 +220,5 @@ def fit(episodes: Sequence[Episode], cfg: FitConfig) -> Forecaster:
     identity = {"policy": policy, "checkpoint": checkpoint, "suite": suite, "width": len(names),
                 "fitted_on": sorted({f"{Path(e.run).name}:{e.tag}" for e in episodes}),
                 "seeds": sorted({e.seed for e in episodes}), "tasks": sorted({e.task_id for e in episodes})}
-    f = Forecaster(tuple(names), cfg.model, mean.tolist(), scale.tolist(), weights, bias, [0.0], [1.0], 0.0, cfg.alpha,
-                   identity)
-    return band(f, [e for e in episodes if not e.failed], cfg.alpha, cfg.max_steps)
+    return Forecaster(tuple(names), cfg.model, mean.tolist(), scale.tolist(), weights, bias, [0.0], [1.0], 0.0,
+                      cfg.alpha, identity)
