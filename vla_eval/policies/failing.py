@@ -29,9 +29,10 @@ _VARIANTS = (
     Sabotage("dropped", "opens the gripper 8 steps into the carry"),
     Sabotage("misplaced", "releases the object 12 cm beside the basket's centre"),
     Sabotage("misplaced_held", "carries the object over the basket and never lowers or releases it"),
-    # The boxes of tasks 1 (cream cheese) and 6 (butter) slide instead of tipping: no knock to construct.
+    # Only the bottles tip over (tasks 2, 3, 4, 7, 9); pushed cans and boxes slide, knocking bystanders
+    # at most, which is not the goal's object knocked over: no knocked_off to construct there.
     Sabotage("knocked_off", "pushes the object over from the side at 5 cm above its base",
-             tasks=(0, 2, 3, 4, 5, 7, 8, 9)),
+             tasks=(2, 3, 4, 7, 9)),
     Sabotage("stalled", "hovers just above the object, open, for the rest of the episode"),
 )
 SABOTAGES = {s.mode: s for s in _VARIANTS}
