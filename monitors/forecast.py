@@ -74,46 +74,63 @@ class SignalState:
     """Every signal's running value after each step; ``push`` returns them in ``SIGNAL_NAMES`` order
     (uncertainty ones are NaN where the policy reports no token statistics)."""
 
-    def __init__(self):
+    def __init__(self, uncertainty: bool = True):
+        self.uncertainty = uncertainty  # False: those signals stay NaN (a forecaster that does not read them)
         self.n = 0
         self.prev: list[float] | None = None
         self.prev2: list[float] | None = None
+        self.prev_speed = 0.0
         self.reversals = 0
         self.rev_w, self.jerk_w, self.speed_w = _Window(WINDOW), _Window(WINDOW), _Window(WINDOW)
-        self.xyz_w: deque = deque(maxlen=WINDOW)
+        self.xyz_w: deque = deque(maxlen=WINDOW)  # (x, y, z, length) of the last WINDOW translations
+        self.xyz_sum = [0.0, 0.0, 0.0, 0.0]  # their running sums
         self.flip_w = _Window(CHATTER_WINDOW)
         self.grip_sign, self.flips, self.closed = 0, 0, 0
         self.prob_w, self.minp_w, self.ent_w, self.grip_w = (_Window(WINDOW) for _ in range(4))
         self.ent_sum, self.ent_n = 0.0, 0
 
     def push(self, action, token_probs=None, token_entropy=None) -> list[float]:
-        a = [float(x) for x in action[:7]]
-        xyz = a[:3]
-        speed = math.sqrt(sum(x * x for x in xyz))
-        rev = 0.0
-        if self.prev is not None:
-            p = self.prev[:3]
-            norm_p = math.sqrt(sum(x * x for x in p))
-            if speed > 0.05 and norm_p > 0.05 and sum(x * y for x, y in zip(xyz, p)) < 0:
+        # Scalars and local names throughout: this runs inside a control loop (bench-monitor).
+        a = action if type(action) is list else [float(x) for x in action[:7]]  # the monitor passes floats
+        x0, x1, x2, grip = a[0], a[1], a[2], a[6]
+        speed = math.sqrt(x0 * x0 + x1 * x1 + x2 * x2)
+        rev = jerk = 0.0
+        prev = self.prev
+        if prev is not None:
+            p0, p1, p2 = prev[0], prev[1], prev[2]
+            if speed > 0.05 and self.prev_speed > 0.05 and x0 * p0 + x1 * p1 + x2 * p2 < 0:
                 rev = 1.0
+            q = self.prev2
+            if q is not None:
+                j0, j1, j2 = x0 - 2 * p0 + q[0], x1 - 2 * p1 + q[1], x2 - 2 * p2 + q[2]
+                jerk = math.sqrt(j0 * j0 + j1 * j1 + j2 * j2)
         self.reversals += rev
-        jerk = 0.0
-        if self.prev2 is not None:
-            jerk = math.sqrt(sum((x - 2 * y + z) ** 2 for x, y, z in zip(xyz, self.prev[:3], self.prev2[:3])))
-        sign = (a[6] > 0) - (a[6] < 0)
+        sign = (grip > 0) - (grip < 0)
         flip = 1.0 if sign and self.grip_sign and sign != self.grip_sign else 0.0
         self.flips += flip
         self.grip_sign = sign or self.grip_sign
-        self.closed += a[6] > 0
-        self.xyz_w.append(xyz)
-        total = [sum(v[i] for v in self.xyz_w) for i in range(3)]
-        lengths = sum(math.sqrt(sum(x * x for x in v)) for v in self.xyz_w)
-        straight = 1.0 - math.sqrt(sum(x * x for x in total)) / lengths if lengths > 1e-9 else 0.0
+        self.closed += grip > 0
+        w = self.xyz_w
+        sums = self.xyz_sum
+        if len(w) == WINDOW:
+            o = w[0]
+            sums[0] -= o[0]
+            sums[1] -= o[1]
+            sums[2] -= o[2]
+            sums[3] -= o[3]
+        w.append((x0, x1, x2, speed))
+        sums[0] += x0
+        sums[1] += x1
+        sums[2] += x2
+        sums[3] += speed
+        sx, sy, sz, lengths = sums
+        straight = 1.0 - math.sqrt(sx * sx + sy * sy + sz * sz) / lengths if lengths > 1e-9 else 0.0
         self.n += 1
-        self.prev2, self.prev = self.prev, a
+        self.prev2, self.prev, self.prev_speed = prev, a, speed
         out = [self.rev_w.push(rev), self.reversals / self.n, self.jerk_w.push(jerk), self.flip_w.push(flip) * len(
             self.flip_w.q), straight, self.speed_w.push(speed), self.closed / self.n, float(self.flips)]
-        if token_probs is None or token_entropy is None or not len(token_probs) or not len(token_entropy):
+        if (not self.uncertainty or token_probs is None or token_entropy is None or not len(token_probs)
+                or not len(token_entropy)):
             return out + [math.nan] * len(FAMILIES["uncertainty"])
         probs, ents = [float(x) for x in token_probs], [float(x) for x in token_entropy]
         ent = sum(ents) / len(ents)
@@ -152,22 +169,26 @@ class Forecaster:
     identity: dict = field(default_factory=dict)  # policy, checkpoint, suite, fitted_on
 
     def __post_init__(self):
+        # Plain floats for the per-step path: for a dozen numbers numpy's call overhead dominates.
         self._idx = [SIGNAL_NAMES.index(s) for s in self.signals]
-        self._mean, self._scale = np.asarray(self.mean, float), np.asarray(self.scale, float)
+        self._mean, self._scale = [float(x) for x in self.mean], [float(x) for x in self.scale]
         if self.model == "mlp":
             self._w1, self._b1, self._w2 = (np.asarray(w, float) for w in self.weights)
         elif self.model == "logistic":
-            self._w = np.asarray(self.weights[0], float)
+            self._w = [float(x) for x in self.weights[0]]
 
     def score(self, signals) -> float:
-        """The score of one step's signals (``SignalState.push``'s list, all signals)."""
-        x = (np.asarray(signals, float)[self._idx] - self._mean) / self._scale
-        x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        """The score of one step's signals (``SignalState.push``'s list, all signals); a missing
+        (NaN) or infinite signal counts as its calibration mean."""
+        x = []
+        for i, m, sc in zip(self._idx, self._mean, self._scale):
+            z = (float(signals[i]) - m) / sc
+            x.append(z if math.isfinite(z) else 0.0)
         if self.model == "signal":
-            return float(x[0])
+            return x[0]
         if self.model == "logistic":
-            return float(x @ self._w + self.bias)
-        return float(np.maximum(self._w1 @ x + self._b1, 0.0) @ self._w2 + self.bias)
+            return sum(a * b for a, b in zip(x, self._w)) + self.bias
+        return float(np.maximum(self._w1 @ np.array(x) + self._b1, 0.0) @ self._w2 + self.bias)
 
     def scores(self, series: np.ndarray) -> np.ndarray:
         return np.array([self.score(row) for row in series])

@@ -26,6 +26,8 @@ FORECAST = "failure_forecast"  # the forecaster's verdict: a warning, never one 
 
 def _get(step, key, default=None):
     try:
+        if type(step) is dict:  # the common case, without the Mapping ABC check (microseconds per step)
+            return step.get(key, default)
         if isinstance(step, Mapping):
             return step.get(key, default)
         return getattr(step, key, default)
@@ -38,8 +40,9 @@ def _token_list(value) -> list[float] | None:
     if value is None or isinstance(value, (str, bytes)):
         return None
     try:
-        out = [float(x) for x in list(value)[:64]]
-    except (TypeError, ValueError):
+        items = value.tolist() if hasattr(value, "tolist") else list(value)
+        out = [float(x) for x in items[:64]]
+    except (TypeError, ValueError, AttributeError):
         return None
     return out if out and all(math.isfinite(x) for x in out) else None
 
@@ -59,7 +62,10 @@ class RuntimeMonitor:
         self._fired: set[str] = set()
         self._step = 0
         self.forecaster = forecaster
-        self._signals = SignalState() if forecaster is not None else None
+        self._signals = None
+        if forecaster is not None:
+            self._tokens = "uncertainty" in forecaster.families
+            self._signals = SignalState(uncertainty=self._tokens)
         self.forecast_score: float | None = None  # the latest step's score
 
     def _fire(self, v: Verdict | None) -> list[str]:
@@ -93,7 +99,11 @@ class RuntimeMonitor:
             return self._fire(Verdict("bad_action", ERROR, t, {"error": f"monitor could not read the step: {e!r}"[:200]}))
 
     def _forecast(self, action, step, t: int) -> list[str]:
-        signals = self._signals.push(action, _token_list(_get(step, "token_probs")), _token_list(_get(step, "token_entropy")))
+        if self._tokens:
+            signals = self._signals.push(action, _token_list(_get(step, "token_probs")),
+                                         _token_list(_get(step, "token_entropy")))
+        else:
+            signals = self._signals.push(action)
         score = self.forecaster.score(signals)
         self.forecast_score = score
         limit = self.forecaster.threshold(t)
