@@ -122,7 +122,18 @@ def _classify(goals: tuple[str, ...], states: list[TaskState], grip_cmd: list[fl
     if found is None:
         found = Failure("unexplained", len(states) - 1, "no mode fits: every goal predicate held at the last step")
     evidence = found.evidence if len(goals) == 1 else f"sub-goal {g + 1}/{len(goals)} ({goals[g]}): {found.evidence}"
-    return Failure(found.mode, found.step, evidence, g)
+    return Failure(found.mode, found.step, evidence + _also_knocked(states, found.evidence), g)
+
+
+def _also_knocked(states: list[TaskState], said: str) -> str:
+    """What else fell over during the episode (a bystander, or the object after a failed grasp): not
+    the mode, but a person watching the video sees it."""
+    seen: dict[str, int] = {}
+    for t, s in enumerate(states):
+        for name in s.knocked:
+            seen.setdefault(name, t)
+    extra = [f"{nice(n)} at step {t}" for n, t in seen.items() if f"knocked the {nice(n)}" not in said]
+    return f"; also knocked over: {', '.join(extra[:3])}" if extra else ""
 
 
 def _undone(goals, states) -> Failure | None:
