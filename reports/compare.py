@@ -2,8 +2,8 @@
 
 Per task and overall, the success-rate difference B - A with a 95% CI and an exact test:
 * paired by (task, seed) where both runs hold that episode (the same init state): the
-  difference of paired proportions with its Wald CI, and McNemar's exact test (a binomial test
-  on the discordant pairs);
+  difference of paired proportions with Newcombe's paired score CI, and McNemar's exact test (a
+  binomial test on the discordant pairs);
 * otherwise (no common seeds) unpaired: Newcombe's hybrid-score CI from the two Wilson
   intervals, and Fisher's exact test.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vla_eval.errors import UsageError, require
 from vla_eval.records import EpisodeRecord
-from vla_eval.reports.stats import Z95, Rate, rate_of
+from vla_eval.reports.stats import Rate, mcnemar_exact_p, paired_difference_ci, rate_of
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,6 @@ def by_episode(episodes) -> dict[tuple[int, int], EpisodeRecord]:
 
 
 def compare_episodes(a: dict, b: dict, scope: str) -> Difference:
-    stats = require("scipy.stats", "report", "vla-eval compare")
     ra, rb = rate_of(e.outcome for e in a.values()), rate_of(e.outcome for e in b.values())
     if not ra.n or not rb.n:
         raise UsageError(f"{scope}: a run has no judged episodes to compare")
@@ -61,11 +60,11 @@ def compare_episodes(a: dict, b: dict, scope: str) -> Difference:
         n = len(common)
         wins_b = sum(b[k].success and not a[k].success for k in common)  # discordant pairs
         wins_a = sum(a[k].success and not b[k].success for k in common)
+        both = sum(a[k].success and b[k].success for k in common)
         d = (wins_b - wins_a) / n
-        se = math.sqrt(max(wins_a + wins_b - (wins_b - wins_a) ** 2 / n, 0.0)) / n
-        p = stats.binomtest(min(wins_a, wins_b), wins_a + wins_b, 0.5).pvalue if wins_a + wins_b else 1.0
-        return Difference(scope, ra, rb, True, n, d, (max(-1.0, d - Z95 * se), min(1.0, d + Z95 * se)), float(p),
-                          "McNemar exact")
+        ci = paired_difference_ci(both, wins_a, wins_b, n - both - wins_a - wins_b)
+        return Difference(scope, ra, rb, True, n, d, ci, mcnemar_exact_p(wins_a, wins_b), "McNemar exact")
+    stats = require("scipy.stats", "report", "vla-eval compare")  # Fisher's test, for unpaired runs only
     (la, ua), (lb, ub) = ra.wilson95, rb.wilson95
     d = rb.p - ra.p
     ci = (d - math.sqrt((rb.p - lb) ** 2 + (ua - ra.p) ** 2), d + math.sqrt((ub - rb.p) ** 2 + (ra.p - la) ** 2))
