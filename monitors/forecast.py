@@ -203,6 +203,13 @@ class Forecaster:
                 return t
         return None
 
+    def check_identity(self, policy: str, checkpoint: str | None, suite: str, what: str) -> None:
+        """Refuse a run of another policy, checkpoint or suite than the one this was fitted on."""
+        fitted = (self.identity.get("policy"), self.identity.get("checkpoint") or "", self.identity.get("suite"))
+        if fitted != (policy, checkpoint or "", suite):
+            raise UsageError(f"the forecaster was fitted on policy/checkpoint/suite {fitted}; {what} is "
+                             f"{(policy, checkpoint or '', suite)}")
+
     @property
     def families(self) -> set[str]:
         return {s.family for s in SIGNALS if s.name in self.signals}

@@ -115,10 +115,10 @@ def _failure_modes(logs: dict[str, RunLog], max_steps: int) -> tuple[dict, dict 
                        "histogram": _b64(gripper_timing_histogram(episodes, max_steps, modes=modes))}
 
 
-def _robustness(logs: dict[str, RunLog]) -> dict | None:
+def _robustness(logs: dict[str, RunLog], explained: dict) -> dict | None:
     from vla_eval.reports.robustness import profile, profile_plot
 
-    rows = profile(logs)
+    rows = profile(logs, explained)
     if not rows:
         return None
     plot = _b64(profile_plot(rows)) if any(r["against"] == "baseline" for r in rows) else None
@@ -231,7 +231,7 @@ def context(run_dir: Path) -> dict:
         "verdict": {"level": v.level, "css": v.level.replace("/", ""), "text": v.text},
         "published": f"{published:.1f}%" if published is not None and not reasons else None,
         "source": _source("openvla"), "tag_tables": tables, "drill": drill, "monitor": monitor,
-        "failure_modes": failure_modes, "robustness": _robustness(logs),
+        "failure_modes": failure_modes, "robustness": _robustness(logs, explained),
         "action_trace": _b64(action_trace_plot({t: log for t, log in logs.items()})) if drill else None,
         "histograms": [{"tag": t, "png": _b64(gripper_timing_histogram(log.episodes, max_steps))}
                        for t, log in logs.items() if log.episodes],

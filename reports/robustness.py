@@ -24,8 +24,10 @@ def verdict(diff: float, ci: tuple[float, float], p: float, n: int) -> str:
     return f"no detectable change (interval {100 * ci[0]:+.0f} to {100 * ci[1]:+.0f} pp)"
 
 
-def profile(logs: dict[str, RunLog]) -> list[dict]:
-    """One row per perturbed run tag whose unperturbed run is in ``logs``."""
+def profile(logs: dict[str, RunLog], explained: dict | None = None) -> list[dict]:
+    """One row per perturbed run tag whose unperturbed run is in ``logs``; ``explained``: the
+    tags' failure modes if the caller has them already (the report does)."""
+    explained = explained or {}
     rows = []
     for tag, log in logs.items():
         faults, p = split_tag(tag)
@@ -50,7 +52,7 @@ def profile(logs: dict[str, RunLog]) -> list[dict]:
                      "success": f"{100 * rate.p:.0f}% ({rate.successes}/{n})", "wilson": f"{100 * lo:.0f}–{100 * hi:.0f}%",
                      "ref": f"{100 * sum(a[k] for k in common) / n:.0f}%", "diff": f"{100 * diff:+.0f} pp",
                      "ci": f"{100 * ci[0]:+.0f} to {100 * ci[1]:+.0f} pp", "p": f"{pval:.2g}",
-                     "verdict": verdict(diff, ci, pval, n), "modes": dominant(explain(tag, log)),
+                     "verdict": verdict(diff, ci, pval, n), "modes": dominant(explained.get(tag) or explain(tag, log)),
                      "p_success": rate.p, "p_lo": lo, "p_hi": hi, "p_ref": sum(a[k] for k in common) / n})
     order = list(FAMILIES)
     return sorted(rows, key=lambda r: (r["against"], order.index(r["family"]), r["level"]))

@@ -101,11 +101,7 @@ def _monitor_factory(cfg: SweepConfig, forecaster_path: str | None = None):
         from vla_eval.monitors.forecast import Forecaster
 
         forecaster = Forecaster.load(forecaster_path)
-        fitted = (forecaster.identity.get("policy"), forecaster.identity.get("checkpoint") or "",
-                  forecaster.identity.get("suite"))
-        if fitted != (cfg.policy, cfg.checkpoint or "", cfg.suite):
-            raise UsageError(f"--forecaster {forecaster_path} was fitted on policy/checkpoint/suite {fitted}; this run is "
-                             f"{(cfg.policy, cfg.checkpoint or '', cfg.suite)}")
+        forecaster.check_identity(cfg.policy, cfg.checkpoint, cfg.suite, f"this run ({forecaster_path})")
     return functools.partial(RuntimeMonitor, thresholds_for(cfg.policy, cfg.suite, cfg.checkpoint)[0], forecaster)
 
 

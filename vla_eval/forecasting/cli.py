@@ -55,10 +55,8 @@ def cmd_fit(args) -> int:
 
 def check_fits(f: Forecaster, episodes) -> None:
     """A forecaster is judged only on runs of the policy, checkpoint and suite it was fitted on."""
-    want = (f.identity.get("policy"), f.identity.get("checkpoint"), f.identity.get("suite"))
     for e in episodes:
-        if e.identity != want:
-            raise UsageError(f"the forecaster was fitted on policy/checkpoint/suite {want}; {e.run} is {e.identity}")
+        f.check_identity(*e.identity, what=e.run)
     if f.identity.get("width") != len(f.signals):
         raise UsageError(f"the forecaster's feature width {f.identity.get('width')} does not match its "
                          f"{len(f.signals)} signals")
