@@ -474,6 +474,8 @@ EXAMPLES = {
                      "vla-eval bench-policy --size 7b --device cuda"],
     "bench-report": ["vla-eval bench-report --episodes 50,500"],
     "bench-threads": ["vla-eval bench-threads", "vla-eval bench-threads --spin"],
+    "check-fullsize": ["vla-eval check-fullsize --checkpoint /data/openvla-7b-random --write --size 7b "
+                       "--official-code openvla/prismatic/extern/hf"],
     "check-backend": ["vla-eval check-backend --checkpoint openvla/openvla-7b-finetuned-libero-object --device cuda"],
     "collect-demos": ["vla-eval collect-demos", "vla-eval collect-demos --tasks 0-9 --per-task 5 --expert stateless "
                       "--out runs/dagger/demos"],

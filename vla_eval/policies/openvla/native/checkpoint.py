@@ -152,26 +152,49 @@ def read_config(ckpt_dir: Path) -> dict:
     return check_config(Path(ckpt_dir) / "config.json")
 
 
+def check_architecture(cfg: NativeConfig, scan, config_path: Path) -> None:
+    """The weight files' headers against the architecture config.json describes (built on the meta
+    device: no memory): one line naming the first tensor that is missing, extra or of another shape."""
+    with torch.device("meta"):
+        model = NativeOpenVLA(cfg)
+    want = {native_to_hf_key(k): list(v.shape) for k, v in model.state_dict().items()}
+    for name, shape in want.items():
+        if name not in scan.shapes:
+            raise UsageError(f"broken checkpoint: {config_path} describes tensor {name!r} {tuple(shape)}, which no "
+                             f"weight file holds (a shard missing, or config.json from another model)")
+        if scan.shapes[name] != shape:
+            raise UsageError(f"broken checkpoint file {scan.owner[name]}: tensor {name!r} has shape "
+                             f"{tuple(scan.shapes[name])}, but {config_path.name}'s sizes need {tuple(shape)} "
+                             f"(config.json and the weights disagree: both from the same checkpoint?)")
+    for name in scan.shapes:
+        if name not in want and not is_unused_vit_key(name, model):
+            raise UsageError(f"broken checkpoint file {scan.owner[name]}: tensor {name!r} is not part of the "
+                             f"architecture {config_path.name} describes (config.json and the weights disagree)")
+
+
 def load_native(ckpt_dir: str | Path, device: str = "cpu", dtype: str = "bfloat16",
                 attn_implementation: str = "sdpa") -> tuple[NativeOpenVLA, LoadReport]:
-    from vla_eval.policies.openvla.native.validate import check_checkpoint_dir
+    from vla_eval.policies.openvla.native.validate import scan_checkpoint_dir
 
     ckpt_dir = Path(ckpt_dir)
-    config = check_checkpoint_dir(ckpt_dir)  # every file, before any tensor is read
-    model = build_model(NativeConfig.from_hf(config), device, dtype, attn_implementation)
+    scan = scan_checkpoint_dir(ckpt_dir)  # every file, before any tensor is read
+    cfg = NativeConfig.from_hf(scan.config)
+    check_architecture(cfg, scan, ckpt_dir / "config.json")  # before 15 GB are allocated
+    model = build_model(cfg, device, dtype, attn_implementation)
     report = load_state(model, iter_safetensors(ckpt_dir, device=str(model.device)))
     return model, report
 
 
-def save_hf_layout(model: NativeOpenVLA, out_dir: str | Path, hf_config: dict, extra: dict | None = None) -> Path:
+def save_hf_layout(model: NativeOpenVLA, out_dir: str | Path, hf_config: dict, extra: dict | None = None,
+                   max_shard_bytes: int | None = None) -> Path:
     """Write ``model`` as an OpenVLA-layout checkpoint (keys renamed back, ``extra`` tensors
-    added as-is): used to build tiny random-weight checkpoints for tests and benchmarks."""
-    from safetensors.torch import save_file
+    added as-is), sharded as ``save_pretrained(max_shard_size=max_shard_bytes)`` would."""
+    from vla_eval.policies.openvla.native.shards import Entry, write_sharded
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = {native_to_hf_key(k): v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {native_to_hf_key(k): v.detach() for k, v in model.state_dict().items()}
     state.update(extra or {})
-    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})  # as transformers writes
+    write_sharded(out_dir, [Entry(k, tuple(v.shape), v.dtype, lambda v=v: v) for k, v in state.items()],
+                  max_shard_bytes)
     (out_dir / "config.json").write_text(json.dumps(hf_config, indent=1))
     return out_dir

@@ -4,9 +4,11 @@ weights, the trained tiny policy), so the official remote code could read them t
     config.json              every ``OpenVLAConfig`` field the released openvla-7b has
                              (backbone ids, arch specifier, resize strategy, act-layer
                              overrides, ``auto_map``, ...), norm_stats per unnorm key
-    model.safetensors        the remote code's key names (``ls1.scale_factor``), metadata
+    model.safetensors        (or model-0000k-of-0000n.safetensors + model.safetensors.index.json)
+                             the remote code's key names (``ls1.scale_factor``), metadata
                              ``{"format": "pt"}``, and every tensor, incl. the ViTs' last block,
                              final norms and SigLIP's attention-pool head that OpenVLA never runs
+    generation_config.json   as save_pretrained writes it
     preprocessor_config.json the ``PrismaticImageProcessor`` fields
     tokenizer.json, tokenizer_config.json, special_tokens_map.json
                              Llama-2's tokenizer with OpenVLA's settings (``<PAD>`` = 32000,
@@ -59,13 +61,10 @@ def preprocessor_config(vision: tuple[ViTConfig, ...]) -> dict:
     }
 
 
-def unused_vit_tensors(vision: tuple[ViTConfig, ...], seed: int = 0) -> dict[str, torch.Tensor]:
+def unused_vit_shapes(vision: tuple[ViTConfig, ...]) -> dict[str, tuple[int, ...]]:
     """Every tensor a released checkpoint holds beyond what OpenVLA runs: each ViT's last block
-    (timm's names), its final norm, and SigLIP's attention-pool head (no class token). Random,
-    nonzero values: nothing here may be read, and a loader that did would show."""
-    g = torch.Generator().manual_seed(seed)
-    rand = lambda *shape: torch.randn(*shape, generator=g) * 0.02 + 0.01  # noqa: E731
-    out: dict[str, torch.Tensor] = {}
+    (timm's names), its final norm, and SigLIP's attention-pool head (no class token)."""
+    out: dict[str, tuple[int, ...]] = {}
     for prefix, v in zip(VIT_PREFIXES, vision):
         d, h = v.embed_dim, v.mlp_hidden
         last = f"{prefix}blocks.{v.depth - 1}."
@@ -74,15 +73,22 @@ def unused_vit_tensors(vision: tuple[ViTConfig, ...], seed: int = 0) -> dict[str
                   "mlp.fc1.weight": (h, d), "mlp.fc1.bias": (h,), "mlp.fc2.weight": (d, h), "mlp.fc2.bias": (d,)}
         if v.layer_scale:
             shapes.update({"ls1.scale_factor": (d,), "ls2.scale_factor": (d,)})
-        out.update({last + k: rand(*s) for k, s in shapes.items()})
-        out.update({prefix + "norm.weight": rand(d), prefix + "norm.bias": rand(d)})
+        out.update({last + k: s for k, s in shapes.items()})
+        out.update({prefix + "norm.weight": (d,), prefix + "norm.bias": (d,)})
         if not v.class_token:  # SigLIP's "map" pooling head
             pool = {"latent": (1, 1, d), "q.weight": (d, d), "q.bias": (d,), "kv.weight": (2 * d, d),
                     "kv.bias": (2 * d,), "proj.weight": (d, d), "proj.bias": (d,), "norm.weight": (d,),
                     "norm.bias": (d,), "mlp.fc1.weight": (h, d), "mlp.fc1.bias": (h,), "mlp.fc2.weight": (d, h),
                     "mlp.fc2.bias": (d,)}
-            out.update({f"{prefix}attn_pool.{k}": rand(*s) for k, s in pool.items()})
+            out.update({f"{prefix}attn_pool.{k}": s for k, s in pool.items()})
     return out
+
+
+def unused_vit_tensors(vision: tuple[ViTConfig, ...], seed: int = 0) -> dict[str, torch.Tensor]:
+    """``unused_vit_shapes`` filled with random, nonzero values: nothing here may be read, and a
+    loader that did would show."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(*s, generator=g) * 0.02 + 0.01 for k, s in unused_vit_shapes(vision).items()}
 
 
 def tokenizer_config() -> dict:
@@ -116,15 +122,57 @@ def write_tokenizer(out_dir: Path, source: Path | None = None, tokenizer=None) -
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=1))
 
 
+# The hub folder of openvla/openvla-7b: what OpenVLA's conversion script writes (model, image processor
+# and processor through save_pretrained, weights sharded at 7 GB) plus its remote code. Written here:
+# all but the ones in NOT_WRITTEN; the code files only from a folder of OpenVLA's code.
+HUB_FILES = ("config.json", "generation_config.json", "model-00001-of-00003.safetensors",
+             "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors", "model.safetensors.index.json",
+             "preprocessor_config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+             "special_tokens_map.json", "added_tokens.json", "configuration_prismatic.py", "modeling_prismatic.py",
+             "processing_prismatic.py", "README.md", ".gitattributes")
+CODE_FILES = ("configuration_prismatic.py", "modeling_prismatic.py", "processing_prismatic.py")
+NOT_WRITTEN = {"tokenizer.model": "the SentencePiece model is not derivable from tokenizer.json; transformers "
+                                  "loads tokenizer.json first",
+               "README.md": "the hub's model card", ".gitattributes": "the hub's git settings"}
+
+
+def generation_config() -> dict:
+    return {"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 32000,
+            "transformers_version": "4.40.1"}
+
+
+def write_released_files(out_dir: Path, config: dict, vision: tuple[ViTConfig, ...], tokenizer_source: Path | None = None,
+                         tokenizer=None, official_code: Path | None = None) -> None:
+    """Everything but the weights: config, generation config, processor, tokenizer, and OpenVLA's
+    code files when ``official_code`` holds them (one line naming the missing file otherwise)."""
+    import shutil
+
+    from vla_eval.errors import UsageError
+
+    out_dir = Path(out_dir)
+    if official_code is not None:
+        missing = [f for f in CODE_FILES if not (Path(official_code) / f).is_file()]
+        if missing:
+            raise UsageError(f"--official-code {official_code} has no {missing[0]}; give OpenVLA's "
+                             f"prismatic/extern/hf folder (or a hub snapshot), which holds {', '.join(CODE_FILES)}")
+    (out_dir / "config.json").write_text(json.dumps(config, indent=1))
+    (out_dir / "generation_config.json").write_text(json.dumps(generation_config(), indent=1))
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(vision), indent=1))
+    write_tokenizer(out_dir, tokenizer_source, tokenizer)
+    if tokenizer_source is not None:
+        (out_dir / "added_tokens.json").write_text(json.dumps({"<PAD>": 32000}, indent=1))
+    for name in CODE_FILES if official_code is not None else ():
+        shutil.copyfile(Path(official_code) / name, out_dir / name)
+
+
 def save_released(model, out_dir: str | Path, config: dict, dtype: torch.dtype | None = None, seed: int = 0,
-                  tokenizer_source: Path | None = None, tokenizer=None) -> Path:
+                  tokenizer_source: Path | None = None, tokenizer=None, max_shard_bytes: int | None = None) -> Path:
     """Write ``model`` in the released layout (see the module docstring)."""
     from vla_eval.policies.openvla.native.checkpoint import save_hf_layout
 
     extra = unused_vit_tensors(model.cfg.vision, seed)
     if dtype is not None:
         extra = {k: v.to(dtype) for k, v in extra.items()}
-    out = save_hf_layout(model, out_dir, config, extra=extra)
-    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(model.cfg.vision), indent=1))
-    write_tokenizer(out, tokenizer_source, tokenizer)
+    out = save_hf_layout(model, out_dir, config, extra=extra, max_shard_bytes=max_shard_bytes)
+    write_released_files(out, config, model.cfg.vision, tokenizer_source, tokenizer)
     return out

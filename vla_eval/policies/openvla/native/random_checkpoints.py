@@ -3,9 +3,15 @@
 No weights can be downloaded everywhere this runs, so the native model is exercised on
 checkpoints written here in the full released layout (``layout.py``: every config field,
 safetensors metadata, every tensor incl. the never-run ones, Llama-2's tokenizer where it is
-installed), with random weights, nonzero everywhere (LayerScale, norms, biases too), so a key
-mapped to the wrong place cannot hide behind a zero or a one. Two sizes: ``7b`` (OpenVLA-7B's exact architecture, built in memory for
-``bench-policy``) and ``tiny`` (same structure, ~5 M parameters, written to disk in a second).
+installed, shards and their index as the hub has them), with random weights, nonzero
+everywhere (LayerScale, norms, biases too), so a key mapped to the wrong place cannot hide
+behind a zero or a one. Each tensor is drawn from its own seeded generator and written before
+the next is made (``shards.py``): OpenVLA-7B's 15 GB folder is written in ~1 GB of memory.
+
+    size    vision backbones               LLM                   parameters
+    tiny    tiny DINOv2 + SigLIP at 56 px   2 layers, 64 wide     ~5 M
+    small   OpenVLA-7B's (ViT-L + So400m)   2 layers, 64 wide     ~0.73 B: the smallest the official code accepts
+    7b      OpenVLA-7B's                    Llama-2-7B            7,498 M, OpenVLA-7B's exact architecture
 """
 from __future__ import annotations
 
@@ -20,29 +26,36 @@ OPENVLA_7B_TIMM_IDS = ["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patc
 TINY_TIMM_IDS = ["vla-eval/tiny-dinov2-reg4", "vla-eval/tiny-siglip"]
 
 
+TINY_LLM = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=4)
+SIZES = ("tiny", "small", "7b")
+RELEASED_SHARD_BYTES = 7 * 10**9  # OpenVLA's conversion script: save_pretrained(max_shard_size="7GB")
+
+
 def _demo_stats(scale: float) -> dict:
     return {"action": {"q01": [-scale] * 6 + [0.0], "q99": [scale] * 6 + [1.0], "mask": [True] * 6 + [False]}}
 
 
 def hf_config(size: str = "tiny") -> dict:
-    """``config.json`` in the released layout, for OpenVLA-7B's architecture or the tiny one."""
+    """``config.json`` in the released layout for one of ``SIZES``."""
+    from vla_eval.errors import bad_choice
     from vla_eval.policies.openvla.tokens import shipped_norm_stats
     from vla_eval.policies.openvla.native.layout import openvla_config
 
+    if size not in SIZES:
+        raise bad_choice("size", size, SIZES)
     text = {"model_type": "llama", "vocab_size": 32064, "pad_token_id": 32000, "torch_dtype": "bfloat16"}
-    if size == "tiny":
-        text.update(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=4)
-    elif size != "7b":
-        raise ValueError(f"size {size!r}: tiny or 7b")
+    if size != "7b":
+        text.update(TINY_LLM)
     ids = TINY_TIMM_IDS if size == "tiny" else OPENVLA_7B_TIMM_IDS
     # A fine-tuned checkpoint's key (only the _no_noops variant, as the released ones), plus
     # the base model's bridge_orig statistics.
     norm_stats = {"libero_object_no_noops": _demo_stats(0.9),
                   "bridge_orig": {"action": shipped_norm_stats("bridge_orig")["action"]}}
+    # The official code accepts only its known backbone ids, so "small" names the 7B's.
     return openvla_config(ids, [VISION_ARCHS[i].img_size for i in ids], text, norm_stats,
-                          vision_backbone_id="dinosiglip-vit-so-224px" if size == "7b" else "tiny-dinosiglip-56px",
-                          llm_backbone_id="llama2-7b-pure" if size == "7b" else "tiny-llama2")
+                          vision_backbone_id="tiny-dinosiglip-56px" if size == "tiny" else "dinosiglip-vit-so-224px",
+                          llm_backbone_id="tiny-llama2" if size == "tiny" else "llama2-7b-pure")
 
 
 def char_tokenizer():
@@ -59,50 +72,81 @@ def char_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
-def steer_head_to_action_bins(model) -> None:
+def random_value(name: str, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """O(1) random values by role: matrices ~ N(0, 1/fan_in), norm weights and LayerScale around 1
+    and 0.1, biases small but nonzero (transformers' init leaves ones and zeros)."""
+    noise = torch.randn(shape, generator=generator)
+    if len(shape) > 1:
+        return noise.mul_(shape[-1] ** -0.5)
+    if name.endswith(".scale_factor"):
+        return noise.mul_(0.05).add_(0.1)
+    if "norm" in name and name.endswith("weight"):
+        return noise.mul_(0.1).add_(1.0)
+    return noise.mul_(0.02)
+
+
+def steer_to_action_bins(head: torch.Tensor, action_vocab_size: int, n_bins: int) -> torch.Tensor:
     """Zero the LM-head rows of non-action tokens: a random model then emits action tokens
     (whose choice depends on the image and prompt) instead of arbitrary words, so its actions
     move and the pre-flight image check and the drills have something to see."""
-    head = model.language_model.lm_head.weight
-    n_bins, vocab = model.cfg.n_action_bins, model.cfg.action_vocab_size
-    with torch.no_grad():
-        keep = torch.zeros(head.shape[0], dtype=torch.bool, device=head.device)
-        keep[vocab - n_bins:vocab] = True
-        head[~keep] = 0.0
+    keep = torch.zeros(head.shape[0], dtype=torch.bool)
+    keep[action_vocab_size - n_bins:action_vocab_size] = True
+    head[~keep] = 0.0
+    return head
 
 
-def randomize(model, seed: int = 0) -> None:
-    """O(1) random weights everywhere: matrices ~ N(0, 1/fan_in), norm weights and LayerScale
-    around 1 and 0.1, biases small but nonzero (transformers' init leaves ones and zeros)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if p.dim() > 1:
-                p.copy_(noise * p.shape[-1] ** -0.5)
-            elif name.endswith(".gamma"):
-                p.copy_(0.1 + 0.05 * noise)
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.1 * noise)
-            else:
-                p.copy_(0.02 * noise)
+def random_entries(config: dict, seed: int = 0, dtype: torch.dtype = torch.float32) -> list:
+    """Every tensor of a released checkpoint for ``config``, in the remote model's order (each
+    ViT's parameters, then the ones OpenVLA never runs, projector, LLM), each from its own
+    generator seeded by (seed, position): made only when written."""
+    from vla_eval.policies.openvla.native.checkpoint import native_to_hf_key
+    from vla_eval.policies.openvla.native.layout import VIT_PREFIXES, unused_vit_shapes
+    from vla_eval.policies.openvla.native.model import NativeConfig, NativeOpenVLA
+    from vla_eval.policies.openvla.native.shards import Entry
+
+    cfg = NativeConfig.from_hf(config)
+    with torch.device("meta"):  # names and shapes only; no memory
+        shapes = {native_to_hf_key(k): tuple(v.shape) for k, v in NativeOpenVLA(cfg).state_dict().items()}
+    unused = unused_vit_shapes(cfg.vision)
+    ordered: dict[str, tuple[int, ...]] = {}
+    for prefix in VIT_PREFIXES:
+        ordered.update({k: s for k, s in shapes.items() if k.startswith(prefix)})
+        ordered.update({k: s for k, s in unused.items() if k.startswith(prefix)})
+    ordered.update({k: s for k, s in shapes.items() if k not in ordered})
+
+    def make(i: int, name: str, shape: tuple[int, ...]):
+        def build() -> torch.Tensor:
+            value = random_value(name, shape, torch.Generator().manual_seed(seed * 1_000_003 + i))
+            if name in unused:  # never run: nonzero values, so a loader that read them would show
+                value.add_(0.01)
+            if name == "language_model.lm_head.weight":
+                steer_to_action_bins(value, cfg.action_vocab_size, cfg.n_action_bins)
+            return value
+        return build
+
+    return [Entry(name, shape, dtype, make(i, name, shape)) for i, (name, shape) in enumerate(ordered.items())]
 
 
-def write_random_checkpoint(out_dir: str | Path, size: str = "tiny", seed: int = 0, tokenizer: str = "auto") -> Path:
-    """``tokenizer``: "llama2" (the cached Llama-2 tokenizer), "char" (the character-level one),
-    or "auto" (Llama-2 where installed)."""
+def write_random_checkpoint(out_dir: str | Path, size: str = "tiny", seed: int = 0, tokenizer: str = "auto",
+                            max_shard_bytes: int | None = None, dtype: torch.dtype | None = None,
+                            official_code: Path | None = None) -> Path:
+    """The released folder for ``size`` with random weights. ``tokenizer``: "llama2" (the cached
+    Llama-2 tokenizer), "char" (the character-level one), or "auto" (Llama-2 where installed).
+    ``dtype``: float32 for tiny (exact comparisons in tests), else bfloat16 as released.
+    ``official_code``: a folder with OpenVLA's ``*_prismatic.py``, copied in as the hub has them."""
     from vla_eval.policies.openvla.native import llama_tokenizer
-    from vla_eval.policies.openvla.native.checkpoint import build_model
-    from vla_eval.policies.openvla.native.layout import save_released
+    from vla_eval.policies.openvla.native.layout import write_released_files
     from vla_eval.policies.openvla.native.model import NativeConfig
+    from vla_eval.policies.openvla.native.shards import write_sharded
 
     if tokenizer not in ("auto", "llama2", "char"):
         raise ValueError(f"tokenizer {tokenizer!r}: auto, llama2 or char")
     use_llama = tokenizer == "llama2" or (tokenizer == "auto" and llama_tokenizer.is_installed())
-    cfg_dict = hf_config(size)
-    model = build_model(NativeConfig.from_hf(cfg_dict), "cpu", "float32")
-    randomize(model, seed)
-    steer_head_to_action_bins(model)
-    return save_released(model, out_dir, cfg_dict, seed=seed,
+    config = hf_config(size)
+    dtype = dtype or (torch.float32 if size == "tiny" else torch.bfloat16)
+    out = Path(out_dir)
+    write_sharded(out, random_entries(config, seed, dtype), max_shard_bytes)
+    write_released_files(out, config, NativeConfig.from_hf(config).vision,
                          tokenizer_source=llama_tokenizer.tokenizer_dir() if use_llama else None,
-                         tokenizer=None if use_llama else char_tokenizer())
+                         tokenizer=None if use_llama else char_tokenizer(), official_code=official_code)
+    return out

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from vla_eval.errors import UsageError
@@ -110,8 +111,21 @@ def check_safetensors(path: Path, dtypes: dict[str, str] | None = None) -> dict[
     return shapes
 
 
+@dataclass
+class Scan:
+    """What a checkpoint folder's headers say, read without reading a tensor."""
+    config: dict
+    shapes: dict[str, list[int]]  # tensor -> shape
+    owner: dict[str, Path]  # tensor -> the weight file that holds it
+
+
 def check_checkpoint_dir(ckpt_dir: Path) -> dict:
     """Every file the native backend reads; returns config.json. Raises one UsageError naming the file."""
+    return scan_checkpoint_dir(ckpt_dir).config
+
+
+def scan_checkpoint_dir(ckpt_dir: Path) -> Scan:
+    """``check_checkpoint_dir``, returning the headers' tensors too."""
     ckpt_dir = Path(ckpt_dir)
     try:
         ckpt_dir.resolve(strict=True)
@@ -137,7 +151,7 @@ def check_checkpoint_dir(ckpt_dir: Path) -> dict:
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json"):
         if (ckpt_dir / name).is_file():
             read_json_object(ckpt_dir / name)
-    return cfg
+    return Scan(cfg, shapes, owner)
 
 
 INDEX = "model.safetensors.index.json"
