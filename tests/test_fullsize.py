@@ -91,10 +91,10 @@ def _copy(src: Path, dst: Path) -> Path:
      ["model-00004-of-00003.safetensors", "not in"]),
     (lambda d: (d / "config.json").write_text(
         (d / "config.json").read_text().replace('"intermediate_size": 128', '"intermediate_size": 96')),
-     ["model-0000", "(128, 64)", "(96, 64)", "disagree"]),
+     ["model-0000", "(128, 64)", "(96, 64)", "disagree", "shape mismatches"]),
     (lambda d: (d / "config.json").write_text(
         (d / "config.json").read_text().replace('"num_hidden_layers": 2', '"num_hidden_layers": 3')),
-     ["layers.2", "no weight file holds"]),
+     ["layers.2", "held by no weight file"]),
 ])
 def test_a_broken_folder_is_refused_before_any_weight_is_read(sharded, tmp_path, monkeypatch, break_it, names):
     folder = _copy(sharded, tmp_path / "ckpt")
@@ -103,7 +103,7 @@ def test_a_broken_folder_is_refused_before_any_weight_is_read(sharded, tmp_path,
     def no_reading(*a, **k):
         raise AssertionError("a weight was read before the folder was checked")
 
-    monkeypatch.setattr(ckpt_mod, "iter_safetensors", no_reading)
+    monkeypatch.setattr(ckpt_mod, "read_weights", no_reading)
     with pytest.raises(UsageError) as err:
         ckpt_mod.load_native(folder, "cpu", "float32")
     assert all(n in str(err.value) for n in names), str(err.value)

@@ -273,9 +273,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
 
     model = build(cfg, stats)
     if cfg.init_from is not None:
-        from vla_eval.policies.openvla.native.checkpoint import iter_safetensors, load_state
+        from vla_eval.policies.openvla.native.checkpoint import load_weights
 
-        load_state(model, iter_safetensors(cfg.init_from))
+        load_weights(model, cfg.init_from)
     small = shrink_frames(demos.frames, model.cfg.vision[0].img_size)  # (N, 118, 118, 3)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     state_path, start = cfg.out / "train_state.pt", 0

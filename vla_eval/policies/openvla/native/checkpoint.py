@@ -4,7 +4,8 @@ Checkpoint keys are the remote code's module paths. One rename: the remote code 
 timm's LayerScale to store ``scale_factor`` (HF's loader used to rewrite any ``gamma``), and
 the native ViT keeps timm's ``gamma``. Keys for parts the native model never runs (the
 ViTs' last block, final norm, SigLIP's attention-pool head) are skipped and counted; any
-other unknown key, or a parameter the checkpoint lacks, is an error that lists them.
+other unknown key, a parameter the checkpoint lacks or a shape config.json disagrees with is
+refused by name from the files' headers, before memory is allocated or a weight is read.
 """
 from __future__ import annotations
 
@@ -49,58 +50,77 @@ class LoadReport:
     skipped_unused: int = 0
 
 
-def _listing(keys: list[str], limit: int = 12) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+TORCH_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
+                "I64": torch.int64, "I32": torch.int32}
 
 
-def load_state(model: NativeOpenVLA, tensors) -> LoadReport:
-    """Copy ``(hf_key, tensor)`` pairs into ``model`` (cast to its dtype, on its device)."""
-    params = model.state_dict()
-    report, seen, unexpected, mismatched = LoadReport(), set(), [], []
+def _bytes_of(t: torch.Tensor) -> memoryview:
+    return memoryview(t.reshape(-1).view(torch.uint8).numpy()).cast("B")
+
+
+def read_weights(model: NativeOpenVLA, scan) -> LoadReport:
+    """Each tensor's bytes read from its file straight into its parameter (through one temporary
+    only where the dtype or device differs): no file mapping held while loading, so peak memory
+    is the model plus its largest tensor. A float tensor holding NaN or inf is refused by name."""
+    params, report = model.state_dict(), LoadReport()
+    by_file: dict[Path, list[str]] = {}
+    for name in sorted(scan.shapes, key=lambda k: scan.spans[k][0]):
+        by_file.setdefault(scan.owner[name], []).append(name)
     with torch.no_grad():
-        for hf_key, tensor in tensors:
-            key = hf_to_native_key(hf_key)
-            if key not in params:
-                if is_unused_vit_key(hf_key, model):
-                    report.skipped_unused += 1
-                else:
-                    unexpected.append(hf_key)
-                continue
-            if tuple(params[key].shape) != tuple(tensor.shape):
-                mismatched.append(f"{hf_key} {tuple(tensor.shape)} vs model {tuple(params[key].shape)}")
-                continue
-            params[key].copy_(tensor.to(params[key].dtype))
-            seen.add(key)
-            report.loaded += 1
-    missing = sorted(set(params) - seen)
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys: {_listing(unexpected)}")
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatches: {_listing(mismatched)}")
-    if problems:
-        raise UsageError("checkpoint does not match the native OpenVLA architecture: " + "; ".join(problems))
+        for path, names in by_file.items():
+            with open(path, "rb", buffering=0) as f:
+                for name in names:
+                    key = hf_to_native_key(name)
+                    if key not in params:  # check_architecture let only never-run ViT tensors through
+                        report.skipped_unused += 1
+                        continue
+                    param, stored = params[key], TORCH_DTYPES.get(scan.dtypes[name])
+                    if stored is None:
+                        raise UsageError(f"broken checkpoint file {path}: tensor {name!r} is stored as "
+                                         f"{scan.dtypes[name]}; valid: {', '.join(TORCH_DTYPES)}")
+                    direct = param.device.type == "cpu" and param.dtype == stored and param.is_contiguous()
+                    buf = param if direct else torch.empty(param.shape, dtype=stored)
+                    start, stop = scan.spans[name]
+                    f.seek(start)
+                    if f.readinto(_bytes_of(buf)) != stop - start:
+                        raise UsageError(f"broken checkpoint file {path}: truncated while reading {name!r}; "
+                                         f"re-download the checkpoint into an empty folder")
+                    if buf.is_floating_point() and not bool(torch.isfinite(buf).all()):
+                        raise UsageError(f"broken checkpoint file {path}: tensor {name!r} holds NaN or inf values; "
+                                         f"re-download the checkpoint (or re-export it) into an empty folder")
+                    if not direct:
+                        param.copy_(buf)
+                    report.loaded += 1
     return report
 
 
-def iter_safetensors(ckpt_dir: Path, device: str = "cpu"):
-    """(name, tensor) over the checkpoint's weight files (the shard index's, if it has one); a
-    float tensor holding NaN or inf is refused by name (such a model acts, blind, on garbage)."""
-    from safetensors import safe_open
+@contextmanager
+def skip_init():
+    """Parameters allocated but not initialised (every one is then read from the checkpoint, and
+    ``check_architecture`` has made sure each is there): at 7B, a minute of random init saved."""
+    from transformers import PreTrainedModel
 
-    from vla_eval.policies.openvla.native.validate import weight_files
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    saved_init = PreTrainedModel.init_weights
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda tensor, *a, **k: tensor)
+        PreTrainedModel.init_weights = lambda self: None
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
+        PreTrainedModel.init_weights = saved_init
 
-    for path in weight_files(Path(ckpt_dir)):
-        with safe_open(str(path), framework="pt", device=device) as f:
-            for key in f.keys():
-                tensor = f.get_tensor(key)
-                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                    raise UsageError(f"broken checkpoint file {path}: tensor {key!r} holds NaN or inf values; "
-                                     f"re-download the checkpoint (or re-export it) into an empty folder")
-                yield key, tensor
+
+def load_weights(model: NativeOpenVLA, ckpt_dir: str | Path) -> LoadReport:
+    """A checkpoint folder's weights into an existing model of the same architecture (checked first)."""
+    from vla_eval.policies.openvla.native.validate import scan_checkpoint_dir
+
+    scan = scan_checkpoint_dir(Path(ckpt_dir))
+    check_architecture(model.cfg, scan, Path(ckpt_dir) / "config.json")
+    return read_weights(model, scan)
 
 
 @contextmanager
@@ -138,10 +158,13 @@ def check_device(device: str) -> torch.device:
 
 
 def build_model(cfg: NativeConfig, device: str = "cpu", dtype: str = "bfloat16",
-                attn_implementation: str = "sdpa") -> NativeOpenVLA:
-    """Random-weight model of the checkpoint's architecture, allocated on ``device`` in ``dtype``."""
+                attn_implementation: str = "sdpa", init: bool = True) -> NativeOpenVLA:
+    """Random-weight model of the checkpoint's architecture, allocated on ``device`` in ``dtype``
+    (``init=False``: uninitialised memory, for a model about to be loaded)."""
+    from contextlib import nullcontext
+
     dev, dt = check_device(device), parse_dtype(dtype)
-    with torch.device(dev), default_dtype(dt):
+    with torch.device(dev), default_dtype(dt), (nullcontext() if init else skip_init()):
         model = NativeOpenVLA(cfg, attn_implementation)
     return model.eval()
 
@@ -152,24 +175,28 @@ def read_config(ckpt_dir: Path) -> dict:
     return check_config(Path(ckpt_dir) / "config.json")
 
 
+def _listing(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
 def check_architecture(cfg: NativeConfig, scan, config_path: Path) -> None:
     """The weight files' headers against the architecture config.json describes (built on the meta
-    device: no memory): one line naming the first tensor that is missing, extra or of another shape."""
+    device: no memory): one line listing the missing, unexpected and misshapen tensors, by file."""
     with torch.device("meta"):
         model = NativeOpenVLA(cfg)
     want = {native_to_hf_key(k): list(v.shape) for k, v in model.state_dict().items()}
-    for name, shape in want.items():
-        if name not in scan.shapes:
-            raise UsageError(f"broken checkpoint: {config_path} describes tensor {name!r} {tuple(shape)}, which no "
-                             f"weight file holds (a shard missing, or config.json from another model)")
-        if scan.shapes[name] != shape:
-            raise UsageError(f"broken checkpoint file {scan.owner[name]}: tensor {name!r} has shape "
-                             f"{tuple(scan.shapes[name])}, but {config_path.name}'s sizes need {tuple(shape)} "
-                             f"(config.json and the weights disagree: both from the same checkpoint?)")
-    for name in scan.shapes:
-        if name not in want and not is_unused_vit_key(name, model):
-            raise UsageError(f"broken checkpoint file {scan.owner[name]}: tensor {name!r} is not part of the "
-                             f"architecture {config_path.name} describes (config.json and the weights disagree)")
+    missing = [k for k in want if k not in scan.shapes]
+    unexpected = [f"{k} (in {scan.owner[k].name})" for k in scan.shapes
+                  if k not in want and not is_unused_vit_key(k, model)]
+    mismatched = [f"{k} in {scan.owner[k].name} is {tuple(scan.shapes[k])}, {config_path.name}'s sizes need "
+                  f"{tuple(want[k])}" for k in want if k in scan.shapes and scan.shapes[k] != want[k]]
+    problems = [f"{len(items)} {what}: {_listing(items)}" for what, items in (
+        ("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)) if items]
+    if problems:
+        hint = " (missing: described by config.json, held by no weight file)" if missing else ""
+        raise UsageError(f"broken checkpoint {config_path.parent}: {config_path.name} and the weight files disagree: "
+                         + "; ".join(problems) + hint + "; are both from the same checkpoint?")
 
 
 def load_native(ckpt_dir: str | Path, device: str = "cpu", dtype: str = "bfloat16",
@@ -180,9 +207,8 @@ def load_native(ckpt_dir: str | Path, device: str = "cpu", dtype: str = "bfloat1
     scan = scan_checkpoint_dir(ckpt_dir)  # every file, before any tensor is read
     cfg = NativeConfig.from_hf(scan.config)
     check_architecture(cfg, scan, ckpt_dir / "config.json")  # before 15 GB are allocated
-    model = build_model(cfg, device, dtype, attn_implementation)
-    report = load_state(model, iter_safetensors(ckpt_dir, device=str(model.device)))
-    return model, report
+    model = build_model(cfg, device, dtype, attn_implementation, init=False)
+    return model, read_weights(model, scan)
 
 
 def save_hf_layout(model: NativeOpenVLA, out_dir: str | Path, hf_config: dict, extra: dict | None = None,

@@ -209,8 +209,12 @@ def _cmd(args) -> int:
         t = time.perf_counter()
         write_random_checkpoint(ckpt, args.size, args.seed, max_shard_bytes=RELEASED_SHARD_BYTES,
                                 official_code=args.official_code)
+        import resource
+
         size = sum(f.stat().st_size for f in ckpt.iterdir()) / 1e9
-        print(f"wrote {ckpt} ({args.size}, seed {args.seed}): {size:.2f} GB in {time.perf_counter() - t:.0f} s; "
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(f"wrote {ckpt} ({args.size}, seed {args.seed}): {size:.2f} GB in {time.perf_counter() - t:.0f} s, "
+              f"peak RSS while writing {peak:.2f} GiB; "
               f"files: {', '.join(sorted(f.name for f in ckpt.iterdir()))}", flush=True)
     elif args.official_code is not None:
         raise UsageError("--official-code is copied in by --write; without it, copy the files into the folder")

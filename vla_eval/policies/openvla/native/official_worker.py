@@ -11,6 +11,7 @@ image), unnorm_key=k, do_sample=False)``, once per key; its ``generate`` is wrap
 the scores. ``out.npz``: ``tokens`` (N, 7), ``logits`` (N, 7, V) float32, ``actions`` (K, N, 7),
 ``load_s``, ``act_s`` (N*K,), ``peak_rss_gib``. Only numpy, torch, PIL and the pinned packages.
 """
+import importlib
 import resource
 import sys
 import time
@@ -29,7 +30,7 @@ def _import_torchvision_transforms() -> None:
     library.register_fake = lambda op, *a, **k: (
         (lambda fn: fn) if str(op).startswith("torchvision::") else register(op, *a, **k))
     try:
-        import torchvision  # noqa: F401
+        importlib.import_module("torchvision")  # for its side effects, before transformers imports it
     finally:
         library.register_fake = register
 

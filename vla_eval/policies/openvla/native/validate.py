@@ -62,9 +62,11 @@ def check_config(path: Path) -> dict:
     return cfg
 
 
-def check_safetensors(path: Path, dtypes: dict[str, str] | None = None) -> dict[str, list[int]]:
+def check_safetensors(path: Path, dtypes: dict[str, str] | None = None,
+                      spans: dict[str, tuple[int, int]] | None = None) -> dict[str, list[int]]:
     """Header -> {tensor name: shape}; every byte range inside the file, the file complete.
-    ``dtypes``, if given, receives {tensor name: safetensors dtype}."""
+    ``dtypes``, if given, receives {tensor name: safetensors dtype}; ``spans`` {tensor name:
+    (first byte, end) in the file}."""
     try:
         size = path.stat().st_size
     except OSError as e:  # a link loop or a dangling link
@@ -82,7 +84,7 @@ def check_safetensors(path: Path, dtypes: dict[str, str] | None = None) -> dict[
         raise _broken(path, "its header is not JSON (garbage or not a safetensors file)") from None
     if not isinstance(header, dict):
         raise _broken(path, "its header is not a JSON object")
-    shapes, spans = {}, []
+    shapes, ranges = {}, []
     for name, entry in header.items():
         if name == "__metadata__":
             continue
@@ -96,15 +98,17 @@ def check_safetensors(path: Path, dtypes: dict[str, str] | None = None) -> dict[
         if not ok:
             raise _broken(path, f"tensor {name!r} has a malformed header entry")
         shapes[name] = shape
-        spans.append((begin, stop))
+        ranges.append((begin, stop))
         if dtypes is not None:
             dtypes[name] = entry["dtype"]
+        if spans is not None:
+            spans[name] = (8 + n + begin, 8 + n + stop)
     if not shapes:
         raise _broken(path, "holds no tensors")
-    spans.sort()
-    if spans[0][0] != 0 or any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
+    ranges.sort()
+    if ranges[0][0] != 0 or any(a[1] != b[0] for a, b in zip(ranges, ranges[1:])):
         raise _broken(path, "its tensors' byte ranges overlap or leave gaps (a damaged header)")
-    want = 8 + n + spans[-1][1]
+    want = 8 + n + ranges[-1][1]
     if size != want:
         raise _broken(path, f"truncated: {size} of {want} bytes" if size < want else
                       f"{size} bytes where its header describes {want} (bytes added or the header damaged)")
@@ -117,6 +121,8 @@ class Scan:
     config: dict
     shapes: dict[str, list[int]]  # tensor -> shape
     owner: dict[str, Path]  # tensor -> the weight file that holds it
+    dtypes: dict[str, str]  # tensor -> safetensors dtype ("BF16", ...)
+    spans: dict[str, tuple[int, int]]  # tensor -> its bytes in its file
 
 
 def check_checkpoint_dir(ckpt_dir: Path) -> dict:
@@ -136,8 +142,9 @@ def scan_checkpoint_dir(ckpt_dir: Path) -> Scan:
     owner: dict[str, Path] = {}  # tensor -> the file that holds it
     shapes: dict[str, list[int]] = {}
     dtypes: dict[str, str] = {}
+    spans: dict[str, tuple[int, int]] = {}
     for path in _weight_files(ckpt_dir, weight_map):
-        for name, shape in check_safetensors(path, dtypes).items():
+        for name, shape in check_safetensors(path, dtypes, spans).items():
             if name in owner:
                 raise _broken(path, f"tensor {name!r} is also in {owner[name].name} (a duplicated or stray shard)",
                               f"keep only the files {INDEX} names")
@@ -151,7 +158,7 @@ def scan_checkpoint_dir(ckpt_dir: Path) -> Scan:
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json"):
         if (ckpt_dir / name).is_file():
             read_json_object(ckpt_dir / name)
-    return Scan(cfg, shapes, owner)
+    return Scan(cfg, shapes, owner, dtypes, spans)
 
 
 INDEX = "model.safetensors.index.json"
