@@ -476,6 +476,7 @@ EXAMPLES = {
     "bench-threads": ["vla-eval bench-threads", "vla-eval bench-threads --spin"],
     "check-fullsize": ["vla-eval check-fullsize --checkpoint /data/openvla-7b-random --write --size 7b "
                        "--official-code openvla/prismatic/extern/hf"],
+    "check-world": ["vla-eval check-world", "vla-eval check-world --suite libero_object --tasks 0-2"],
     "check-backend": ["vla-eval check-backend --checkpoint openvla/openvla-7b-finetuned-libero-object --device cuda"],
     "collect-demos": ["vla-eval collect-demos", "vla-eval collect-demos --tasks 0-9 --per-task 5 --expert stateless "
                       "--out runs/dagger/demos"],

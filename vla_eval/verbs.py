@@ -28,6 +28,9 @@ VERBS: dict[str, Verb] = {v.name: v for v in (
     Verb("check-fullsize", "vla_eval.policies.openvla.native.fullsize", "openvla",
          "a released-layout checkpoint folder (random OpenVLA-7B with --write) through the native model and "
          "OpenVLA's own code on the CPU: load time, s/action, peak RSS, tokens identical?"),
+    Verb("check-world", "vla_eval.sims.world_check", None,
+         "pre-flight for an unintended shift: this machine's LIBERO camera, lights and settling against the "
+         "published stack's"),
     Verb("collect-demos", "vla_eval.tinyvla.cli", "data",
          "scripted-expert demos on real LIBERO (sampled scenes, never the eval init states) as parquet; resumable"),
     Verb("train-tiny", "vla_eval.tinyvla.cli", "data", "train the tiny OpenVLA on collected demos (CPU, resumable)"),
