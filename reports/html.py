@@ -222,6 +222,10 @@ def context(run_dir: Path) -> dict:
     if failure_modes:
         _video_per_mode(failure_modes, videos)
     modes_main = {(x.episode.task_id, x.episode.seed): x for x in explained.get(main_tag, [])}
+    from vla_eval.reports.forecast import forecast_section
+
+    forecast = forecast_section(run_dir, main_tag, max_steps)
+    alarms = forecast.pop("alarms") if forecast else {}
     prov = manifest.get("provenance", {})
     prov = prov if isinstance(prov, dict) else {"provenance": f"(not an object: {type(prov).__name__})"}
     return {
@@ -231,7 +235,7 @@ def context(run_dir: Path) -> dict:
         "verdict": {"level": v.level, "css": v.level.replace("/", ""), "text": v.text},
         "published": f"{published:.1f}%" if published is not None and not reasons else None,
         "source": _source("openvla"), "tag_tables": tables, "drill": drill, "monitor": monitor,
-        "failure_modes": failure_modes, "robustness": _robustness(logs, explained),
+        "failure_modes": failure_modes, "robustness": _robustness(logs, explained), "forecast": forecast,
         "action_trace": _b64(action_trace_plot({t: log for t, log in logs.items()})) if drill else None,
         "histograms": [{"tag": t, "png": _b64(gripper_timing_histogram(log.episodes, max_steps))}
                        for t, log in logs.items() if log.episodes],
@@ -241,7 +245,8 @@ def context(run_dir: Path) -> dict:
                       "error": e.error.splitlines()[0] if e.error else "", "steps": e.steps,
                       "first_close": "never" if e.first_close_step is None else e.first_close_step,
                       "wall": f"{e.wall_s:.1f}", "alerts": ", ".join(e.alerts) or "–",
-                      "mode": _mode_cell(modes_main.get((e.task_id, e.seed)))}
+                      "mode": _mode_cell(modes_main.get((e.task_id, e.seed))),
+                      "warning": "–" if alarms.get((e.task_id, e.seed)) is None else alarms[(e.task_id, e.seed)]}
                      for e in sorted(main.episodes, key=lambda x: (x.task_id, x.seed))],
         "provenance": [(k, val if isinstance(val, str) else json.dumps(val)) for k, val in prov.items()],
         "config_json": json.dumps(cfg, indent=2),

@@ -3,7 +3,8 @@
 Prints env create and reset times, the per-step time split into physics (cameras off)
 and rendering (the extra time of two 256x256 cameras), the task-state read every step makes
 (what the failure modes read), and aggregate steps/s for
-1..N spawned workers stepping together.
+1..N spawned workers stepping together. ``--perturb LEVEL``: instead, what each perturbation
+family costs per reset and per step against the unperturbed env.
 """
 from __future__ import annotations
 
@@ -86,6 +87,50 @@ def run_bench(cfg: BenchConfig, out=print) -> dict:
         rates[n] = _pool_rate(cfg, n)
         out(f"{n:>8}{rates[n]:>10.1f}{rates[n] / rates[1]:>10.2f}")
     return {"cameras_off": off, "cameras_on": on, "render_s": render, "pool_steps_per_s": rates}
+
+
+def perturbation_costs(suite: str, task_id: int, level: int, steps: int, out=print) -> dict:
+    """Per family at ``level``: reset time (the settle of the reset families included) and the
+    step time with cameras, each against an unperturbed env measured in alternating blocks of
+    10 steps beside it (so drift of a shared machine hits both alike). Medians of per-step times."""
+    import numpy as np
+
+    from vla_eval.perturbations import FAMILIES, parse
+    from vla_eval.sims.libero_env import LiberoEnv
+
+    def timed_steps(env, n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            env.step(WAIT_ACTION)
+            times.append(time.perf_counter() - t)
+        return times
+
+    rows = {}
+    out(f"LIBERO {suite} task {task_id}, cameras on, level {level}, {steps} steps each (median per step)")
+    out(f"{'family':>12}{'reset (s)':>11}{'step (ms)':>11}{'unperturbed':>13}{'cost':>8}")
+    with LiberoEnv(suite, task_id, cameras=True, hard_reset=False) as plain:
+        plain.reset(0)
+        t = time.perf_counter()
+        plain.reset(1)
+        plain_reset = time.perf_counter() - t
+        for name in FAMILIES:
+            with LiberoEnv(suite, task_id, cameras=True, hard_reset=False,
+                           perturbation=parse(f"{name}:{level}")) as env:
+                env.reset(0)
+                t = time.perf_counter()
+                env.reset(1)
+                reset = time.perf_counter() - t
+                ours, theirs = [], []
+                for _ in range(max(1, steps // 10)):
+                    ours += timed_steps(env, 10)
+                    theirs += timed_steps(plain, 10)
+            step, base = float(np.median(ours)), float(np.median(theirs))
+            rows[name] = {"reset_s": reset, "step_s": step, "unperturbed_step_s": base,
+                          "unperturbed_reset_s": plain_reset}
+            out(f"{name:>12}{reset:>11.2f}{1e3 * step:>11.1f}{1e3 * base:>13.1f}{100 * (step / base - 1):>+7.1f}%")
+    out(f"{'(none)':>12}{plain_reset:>11.2f}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -161,3 +161,42 @@ def test_forecast_fit_eval_and_study_on_a_run_folder(run_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "unseen tasks (leave one task out over 4 tasks" in r.stdout and "| task only |" in r.stdout
     assert "seen tasks (fit on seeds 0-5" in r.stdout
+
+
+def test_the_report_replays_the_runs_forecaster(run_dir, tmp_path):
+    """A --forecaster run keeps a copy; its report shows the ROC-AUC against time, the alarms, each
+    episode's first warning, and names the seeds the forecaster was fitted on."""
+    import shutil
+
+    from vla_eval.reports.html import context, render
+    from vla_eval.rundir import FORECASTER_COPY
+
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    assert context(run)["forecast"] is None  # no forecaster: no section
+    f = fit(load_episodes([run], seeds=set(range(6))), FitConfig(signals="all", max_steps=120))
+    f.save(run / FORECASTER_COPY)
+    ctx = context(run)
+    fc = ctx["forecast"]
+    assert fc["n"] == 48 and [r["at"] for r in fc["rows"]] == ["10% (12 steps)", "25% (30 steps)", "50% (60 steps)"]
+    assert float(fc["rows"][2]["auroc"]) > 0.8 and fc["plot"]
+    assert "seeds 0, 1, 2, 3, 4, 5 of this run are among the forecaster's calibration seeds" in fc["note"]
+    warned = [e for e in ctx["episodes"] if e["warning"] != "–"]
+    assert warned and all(isinstance(e["warning"], int) for e in warned)
+    html = render(run)
+    assert 'id="forecast-table"' in html and "forecast warning (step)" in html
+
+
+def test_a_run_keeps_its_forecaster_and_refuses_another_on_resume(tmp_path):
+    from vla_eval.rundir import FORECASTER_COPY
+    from vla_eval.sweep import _keep_forecaster
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text('{"format": "a"}')
+    b.write_text('{"format": "b"}')
+    run = tmp_path / "run"
+    run.mkdir()
+    _keep_forecaster(run, a)
+    _keep_forecaster(run, a)  # a resume with the same one
+    with pytest.raises(UsageError, match="another forecaster"):
+        _keep_forecaster(run, b)
+    assert (run / FORECASTER_COPY).read_text() == a.read_text()

@@ -347,8 +347,11 @@ def cmd_merge(args) -> int:
 
 
 def cmd_bench_sim(args) -> int:
-    from vla_eval.sims.bench import BenchConfig, run_bench
+    from vla_eval.sims.bench import BenchConfig, perturbation_costs, run_bench
 
+    if args.perturb is not None:
+        perturbation_costs(args.suite, args.task, args.perturb, args.steps)
+        return 0
     run_bench(BenchConfig(args.suite, args.task, args.steps, args.workers, not args.no_cameras))
     return 0
 
@@ -429,6 +432,8 @@ def build_parser(chosen: str | None = ALL_VERBS) -> argparse.ArgumentParser:
     b.add_argument("--steps", type=_positive_int, default=40)
     b.add_argument("--workers", type=_positive_int, default=2, help="measure 1..N workers")
     b.add_argument("--no-cameras", action="store_true", help="workers run physics only")
+    b.add_argument("--perturb", type=int, choices=(1, 2, 3), metavar="LEVEL",
+                   help="instead: each perturbation family at LEVEL against the unperturbed env (reset, step)")
     b.set_defaults(fn=cmd_bench_sim)
 
     dm = sub.add_parser("demo", help="CPU main job: the tiny OpenVLA's drill (baseline + 3 silent failures) "
@@ -464,7 +469,8 @@ EXAMPLES = {
     "run": ["vla-eval run --policy tiny --task 3 --seed 7 --log ep.jsonl", "vla-eval run --policy tiny --no-flip"],
     "report": ["vla-eval report runs/my-sweep"],
     "merge": ["vla-eval merge runs/all runs/shard0 runs/shard1"],
-    "bench-sim": ["vla-eval bench-sim --workers 2", "vla-eval bench-sim --no-cameras --steps 100"],
+    "bench-sim": ["vla-eval bench-sim --workers 2", "vla-eval bench-sim --no-cameras --steps 100",
+                  "vla-eval bench-sim --perturb 2"],
     "demo": ["vla-eval demo", "vla-eval demo --seeds 3 --out runs/demo3"],
     "monitor": ["vla-eval monitor runs/my-drill/*.jsonl",
                 "vla-eval monitor runs/cal/*.jsonl --calibrate th.json --calib-seeds 10-17 --alpha 0.05"],

@@ -33,6 +33,7 @@ from vla_eval.safe_json import read_json
 from vla_eval.sims.protocol import N_INIT_STATES, SUITES, check_task_id, suite_spec
 
 MANIFEST = "manifest.json"
+FORECASTER_COPY = "forecaster.json"  # a --forecaster run keeps a copy, for its report
 SUITES_FILE = "suites.json"
 ALL4 = ("libero_spatial", "libero_object", "libero_goal", "libero_10")  # the four suites OpenVLA reports
 

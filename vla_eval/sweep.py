@@ -79,6 +79,8 @@ def run_sweep(cfg: SweepConfig, run_dir: Path, model: OpenVLAOptions | None = No
             configure_gl()  # before the manifest records MUJOCO_GL
             with run_lock(run_dir, "run episodes"):  # one writer per folder, manifest checked under the lock
                 check_or_write_manifest(run_dir, cfg, _model_provenance(openvla) if openvla else None)
+                if ex.forecaster:
+                    _keep_forecaster(run_dir, Path(ex.forecaster))
                 return _run_tags(run_dir, tags, all_jobs, policies, ex, cfg.shape, monitor_factory)
         finally:
             if ray is not None:  # policy actors would hold their GPUs on a shared cluster after the run
@@ -103,6 +105,19 @@ def _monitor_factory(cfg: SweepConfig, forecaster_path: str | None = None):
         forecaster = Forecaster.load(forecaster_path)
         forecaster.check_identity(cfg.policy, cfg.checkpoint, cfg.suite, f"this run ({forecaster_path})")
     return functools.partial(RuntimeMonitor, thresholds_for(cfg.policy, cfg.suite, cfg.checkpoint)[0], forecaster)
+
+
+def _keep_forecaster(run_dir: Path, path: Path) -> None:
+    """A copy in the run folder, so its report can replay it; a resume with another one is refused
+    (the warnings in the logs would come from two forecasters)."""
+    from vla_eval.rundir import FORECASTER_COPY
+
+    kept, text = run_dir / FORECASTER_COPY, path.read_text()
+    if not kept.exists():
+        kept.write_text(text)
+    elif kept.read_text() != text:
+        raise UsageError(f"{run_dir} was run with another forecaster (kept as {kept}); resume it with that one, "
+                         f"or start a new run folder for {path}")
 
 
 def resume(run_dir: Path, model: OpenVLAOptions | None = None, execution: Execution = Execution()) -> SweepResult:
