@@ -130,6 +130,9 @@ def test_bad_arguments_are_refused(tmp_path):
     r = _cli("check-fullsize", "--checkpoint", tmp_path / "none", "--skip-official")
     assert r.returncode == 2 and "no such folder" in r.stderr
     r = _cli("check-fullsize", "--checkpoint", tmp_path / "new", "--write", "--size", "tiny")
+    assert r.returncode == 2 and "--official-code DIR" in r.stderr and not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    r = _cli("check-fullsize", "--checkpoint", tmp_path / "old")
     assert r.returncode == 2 and "has no OpenVLA code files" in r.stderr
     r = _cli("check-fullsize", "--checkpoint", tmp_path / "x", "--write", "--size", "huge")
     assert r.returncode == 2 and "huge" in r.stderr and "7b" in r.stderr

@@ -190,9 +190,8 @@ def _frames(args) -> tuple[np.ndarray, list[str]]:
 
 def _cmd(args) -> int:
     from vla_eval.errors import require
-    from vla_eval.policies.openvla.native.layout import CODE_FILES
+    from vla_eval.policies.openvla.native.layout import CODE_FILES, check_official_code
 
-    require("torch", "openvla", "check-fullsize")
     ckpt = args.checkpoint
     if args.n < 1:
         raise UsageError(f"--n must be at least 1, got {args.n}")
@@ -203,6 +202,20 @@ def _cmd(args) -> int:
                          "or empty one")
     if not args.write and not ckpt.is_dir():
         raise UsageError(f"--checkpoint {ckpt}: no such folder (add --write to write one with random weights)")
+    if args.official_code is not None and not args.write:
+        raise UsageError("--official-code is copied in by --write; without it, copy the files into the folder")
+    official = not args.skip_official
+    if official and not args.write and not all((ckpt / f).is_file() for f in CODE_FILES):
+        raise UsageError(f"{ckpt} has no OpenVLA code files ({', '.join(CODE_FILES)}): write it with --official-code "
+                         "DIR, or pass --skip-official")
+    if official and args.write and args.official_code is None:
+        raise UsageError("comparing with OpenVLA's code needs its files: pass --official-code DIR (its "
+                         "prismatic/extern/hf folder), or --skip-official")
+    if args.official_code is not None:
+        check_official_code(args.official_code)
+    env = official_env() if official else None  # the pins checked before anything is written
+    require("torch", "openvla", "check-fullsize")
+    frames, instructions = _frames(args)
     if args.write:
         from vla_eval.policies.openvla.native.random_checkpoints import RELEASED_SHARD_BYTES, write_random_checkpoint
 
@@ -216,14 +229,6 @@ def _cmd(args) -> int:
         print(f"wrote {ckpt} ({args.size}, seed {args.seed}): {size:.2f} GB in {time.perf_counter() - t:.0f} s, "
               f"peak RSS while writing {peak:.2f} GiB; "
               f"files: {', '.join(sorted(f.name for f in ckpt.iterdir()))}", flush=True)
-    elif args.official_code is not None:
-        raise UsageError("--official-code is copied in by --write; without it, copy the files into the folder")
-    official = not args.skip_official
-    if official and not all((ckpt / f).is_file() for f in CODE_FILES):
-        raise UsageError(f"{ckpt} has no OpenVLA code files ({', '.join(CODE_FILES)}): write it with --official-code "
-                         "DIR, or pass --skip-official")
-    env = official_env() if official else None
-    frames, instructions = _frames(args)
     with tempfile.TemporaryDirectory(prefix="vla-eval-fullsize-") as tmp:
         tmp = Path(tmp)
         keys = sorted(json.loads((ckpt / "config.json").read_text()).get("norm_stats", {}))

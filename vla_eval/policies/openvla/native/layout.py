@@ -141,20 +141,24 @@ def generation_config() -> dict:
             "transformers_version": "4.40.1"}
 
 
+def check_official_code(folder: Path) -> None:
+    from vla_eval.errors import UsageError
+
+    missing = [f for f in CODE_FILES if not (folder / f).is_file()]
+    if missing:
+        raise UsageError(f"--official-code {folder} has no {missing[0]}; give OpenVLA's prismatic/extern/hf folder "
+                         f"(or a hub snapshot), which holds {', '.join(CODE_FILES)}")
+
+
 def write_released_files(out_dir: Path, config: dict, vision: tuple[ViTConfig, ...], tokenizer_source: Path | None = None,
                          tokenizer=None, official_code: Path | None = None) -> None:
     """Everything but the weights: config, generation config, processor, tokenizer, and OpenVLA's
     code files when ``official_code`` holds them (one line naming the missing file otherwise)."""
     import shutil
 
-    from vla_eval.errors import UsageError
-
     out_dir = Path(out_dir)
     if official_code is not None:
-        missing = [f for f in CODE_FILES if not (Path(official_code) / f).is_file()]
-        if missing:
-            raise UsageError(f"--official-code {official_code} has no {missing[0]}; give OpenVLA's "
-                             f"prismatic/extern/hf folder (or a hub snapshot), which holds {', '.join(CODE_FILES)}")
+        check_official_code(Path(official_code))
     (out_dir / "config.json").write_text(json.dumps(config, indent=1))
     (out_dir / "generation_config.json").write_text(json.dumps(generation_config(), indent=1))
     (out_dir / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(vision), indent=1))
