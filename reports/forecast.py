@@ -14,21 +14,22 @@ from pathlib import Path
 from vla_eval.rundir import FORECASTER_COPY
 
 
-def forecast_section(run_dir: Path, tag: str, max_steps: int) -> dict | None:
-    """None when the run had no forecaster; else the numbers, the plot and {(task, seed): first warning}."""
+def forecast_section(run_dir: Path, tag: str, log, cfg, max_steps: int) -> dict | None:
+    """None when the run had no forecaster; else the numbers, the plot and {(task, seed): first warning}.
+    ``log``, ``cfg``: the tag's ``RunLog`` and the run's config, as the report has read them."""
     path = Path(run_dir) / FORECASTER_COPY
     if not path.is_file():
         return None
     from vla_eval.errors import UsageError
     from vla_eval.forecasting.evaluate import FRACTIONS, forecast_plot, judge, metrics
-    from vla_eval.forecasting.fit import load_episodes
+    from vla_eval.forecasting.fit import episodes_of
     from vla_eval.monitors.forecast import Forecaster
 
     try:
         f = Forecaster.load(path)
-        episodes = load_episodes([run_dir], (tag,))
     except UsageError as e:
         return {"note": f"the run's forecaster could not be replayed: {e}", "rows": [], "plot": None, "alarms": {}}
+    episodes = episodes_of(Path(run_dir), tag, log, cfg)
     if not episodes:
         return None
     judged = judge(f, episodes, max_steps)

@@ -186,7 +186,8 @@ def context(run_dir: Path) -> dict:
     if not (run_dir / MANIFEST).exists():
         raise UsageError(f"{run_dir} is not a vla-eval run folder (no {MANIFEST})")
     manifest = load_manifest(run_dir)
-    cfg = asdict(config_from_manifest(run_dir, manifest))
+    config = config_from_manifest(run_dir, manifest)
+    cfg = asdict(config)
     logs = _logs(run_dir, cfg["tags"])
     main_tag = "baseline" if "baseline" in logs else next(iter(logs))
     main = logs[main_tag]
@@ -224,7 +225,7 @@ def context(run_dir: Path) -> dict:
     modes_main = {(x.episode.task_id, x.episode.seed): x for x in explained.get(main_tag, [])}
     from vla_eval.reports.forecast import forecast_section
 
-    forecast = forecast_section(run_dir, main_tag, max_steps)
+    forecast = forecast_section(run_dir, main_tag, main, config, max_steps)
     alarms = forecast.pop("alarms") if forecast else {}
     prov = manifest.get("provenance", {})
     prov = prov if isinstance(prov, dict) else {"provenance": f"(not an object: {type(prov).__name__})"}

@@ -74,15 +74,20 @@ def load_episodes(run_dirs: Sequence[Path], tags: Sequence[str] = ("baseline",),
             raise UsageError(f"{run} is not a vla-eval run folder (no {MANIFEST})")
         cfg = config_from_manifest(run)
         for tag in tags:
-            if tag not in cfg.tags:
-                continue
-            log = read_tag(run, tag, cfg)
-            for ep in (log.episodes if log else []):
-                if ep.outcome == "error" or (seeds is not None and ep.seed not in seeds):
-                    continue
-                steps = log.steps_of(ep)
-                out.append(Episode(str(run), tag, ep.task_id, ep.seed, not ep.success, len(steps), ep.failure_step,
-                                   signal_series(steps), (cfg.policy, cfg.checkpoint or "", cfg.suite)))
+            if tag in cfg.tags:
+                out += episodes_of(run, tag, read_tag(run, tag, cfg), cfg, seeds)
+    return out
+
+
+def episodes_of(run: Path, tag: str, log, cfg, seeds=None) -> list[Episode]:
+    """One run tag's judged episodes from its already-read log (``RunLog`` or None)."""
+    out = []
+    for ep in (log.episodes if log else []):
+        if ep.outcome == "error" or (seeds is not None and ep.seed not in seeds):
+            continue
+        steps = log.steps_of(ep)
+        out.append(Episode(str(run), tag, ep.task_id, ep.seed, not ep.success, len(steps), ep.failure_step,
+                           signal_series(steps), (cfg.policy, cfg.checkpoint or "", cfg.suite)))
     return out
 
 

@@ -9,7 +9,6 @@ refused by name from the files' headers, before memory is allocated or a weight 
 """
 from __future__ import annotations
 
-import json
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch
 
 from vla_eval.errors import UsageError, bad_choice
 from vla_eval.policies.openvla.native.model import NativeConfig, NativeOpenVLA
+from vla_eval.policies.openvla.native.shards import SAFETENSORS_DTYPES
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _VIT_PREFIXES = ("vision_backbone.featurizer.", "vision_backbone.fused_featurizer.")
@@ -32,9 +32,10 @@ def native_to_hf_key(key: str) -> str:
     return re.sub(r"\.(ls[12])\.gamma$", r".\1.scale_factor", key)
 
 
-def is_unused_vit_key(key: str, model: NativeOpenVLA) -> bool:
-    """Parameters of the ViT parts after the feature block: present in the checkpoint, never run."""
-    for prefix, vit in zip(_VIT_PREFIXES, model.cfg.vision):
+def is_unused_vit_key(key: str, vision) -> bool:
+    """Parameters of the ViT parts after the feature block (``vision``: the two ``ViTConfig``):
+    present in the checkpoint, never run."""
+    for prefix, vit in zip(_VIT_PREFIXES, vision):
         if key.startswith(prefix):
             rest = key[len(prefix):]
             m = re.match(r"blocks\.(\d+)\.", rest)
@@ -44,14 +45,21 @@ def is_unused_vit_key(key: str, model: NativeOpenVLA) -> bool:
     return False
 
 
+def released_shapes(cfg: NativeConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor the native model runs, by its checkpoint name, with its shape (in the model's
+    order; built on the meta device: no memory)."""
+    with torch.device("meta"):
+        model = NativeOpenVLA(cfg)
+    return {native_to_hf_key(k): tuple(v.shape) for k, v in model.state_dict().items()}
+
+
 @dataclass
 class LoadReport:
     loaded: int = 0
     skipped_unused: int = 0
 
 
-TORCH_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64,
-                "I64": torch.int64, "I32": torch.int32}
+TORCH_DTYPES = {name: dt for dt, name in SAFETENSORS_DTYPES.items()}
 
 
 def _bytes_of(t: torch.Tensor) -> memoryview:
@@ -183,14 +191,12 @@ def _listing(keys: list[str], limit: int = 8) -> str:
 def check_architecture(cfg: NativeConfig, scan, config_path: Path) -> None:
     """The weight files' headers against the architecture config.json describes (built on the meta
     device: no memory): one line listing the missing, unexpected and misshapen tensors, by file."""
-    with torch.device("meta"):
-        model = NativeOpenVLA(cfg)
-    want = {native_to_hf_key(k): list(v.shape) for k, v in model.state_dict().items()}
+    want = released_shapes(cfg)
     missing = [k for k in want if k not in scan.shapes]
     unexpected = [f"{k} (in {scan.owner[k].name})" for k in scan.shapes
-                  if k not in want and not is_unused_vit_key(k, model)]
+                  if k not in want and not is_unused_vit_key(k, cfg.vision)]
     mismatched = [f"{k} in {scan.owner[k].name} is {tuple(scan.shapes[k])}, {config_path.name}'s sizes need "
-                  f"{tuple(want[k])}" for k in want if k in scan.shapes and scan.shapes[k] != want[k]]
+                  f"{want[k]}" for k in want if k in scan.shapes and tuple(scan.shapes[k]) != want[k]]
     problems = [f"{len(items)} {what}: {_listing(items)}" for what, items in (
         ("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)) if items]
     if problems:
@@ -211,16 +217,13 @@ def load_native(ckpt_dir: str | Path, device: str = "cpu", dtype: str = "bfloat1
     return model, read_weights(model, scan)
 
 
-def save_hf_layout(model: NativeOpenVLA, out_dir: str | Path, hf_config: dict, extra: dict | None = None,
-                   max_shard_bytes: int | None = None) -> Path:
-    """Write ``model`` as an OpenVLA-layout checkpoint (keys renamed back, ``extra`` tensors
-    added as-is), sharded as ``save_pretrained(max_shard_size=max_shard_bytes)`` would."""
+def save_weights(model: NativeOpenVLA, out_dir: str | Path, extra: dict | None = None,
+                 max_shard_bytes: int | None = None) -> None:
+    """``model``'s weight files in the released layout (keys renamed back, ``extra`` tensors added
+    as-is), sharded as ``save_pretrained(max_shard_size=max_shard_bytes)`` would."""
     from vla_eval.policies.openvla.native.shards import Entry, write_sharded
 
-    out_dir = Path(out_dir)
     state = {native_to_hf_key(k): v.detach() for k, v in model.state_dict().items()}
     state.update(extra or {})
-    write_sharded(out_dir, [Entry(k, tuple(v.shape), v.dtype, lambda v=v: v) for k, v in state.items()],
+    write_sharded(Path(out_dir), [Entry(k, tuple(v.shape), v.dtype, lambda v=v: v) for k, v in state.items()],
                   max_shard_bytes)
-    (out_dir / "config.json").write_text(json.dumps(hf_config, indent=1))
-    return out_dir

@@ -84,11 +84,15 @@ def unused_vit_shapes(vision: tuple[ViTConfig, ...]) -> dict[str, tuple[int, ...
     return out
 
 
+def unused_value(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Random, nonzero values for a never-run tensor: nothing here may be read, and a loader that
+    did would show."""
+    return torch.randn(shape, generator=generator).mul_(0.02).add_(0.01)
+
+
 def unused_vit_tensors(vision: tuple[ViTConfig, ...], seed: int = 0) -> dict[str, torch.Tensor]:
-    """``unused_vit_shapes`` filled with random, nonzero values: nothing here may be read, and a
-    loader that did would show."""
     g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(*s, generator=g) * 0.02 + 0.01 for k, s in unused_vit_shapes(vision).items()}
+    return {k: unused_value(s, g) for k, s in unused_vit_shapes(vision).items()}
 
 
 def tokenizer_config() -> dict:
@@ -172,11 +176,11 @@ def write_released_files(out_dir: Path, config: dict, vision: tuple[ViTConfig, .
 def save_released(model, out_dir: str | Path, config: dict, dtype: torch.dtype | None = None, seed: int = 0,
                   tokenizer_source: Path | None = None, tokenizer=None, max_shard_bytes: int | None = None) -> Path:
     """Write ``model`` in the released layout (see the module docstring)."""
-    from vla_eval.policies.openvla.native.checkpoint import save_hf_layout
+    from vla_eval.policies.openvla.native.checkpoint import save_weights
 
     extra = unused_vit_tensors(model.cfg.vision, seed)
     if dtype is not None:
         extra = {k: v.to(dtype) for k, v in extra.items()}
-    out = save_hf_layout(model, out_dir, config, extra=extra, max_shard_bytes=max_shard_bytes)
-    write_released_files(out, config, model.cfg.vision, tokenizer_source, tokenizer)
-    return out
+    save_weights(model, out_dir, extra=extra, max_shard_bytes=max_shard_bytes)
+    write_released_files(Path(out_dir), config, model.cfg.vision, tokenizer_source, tokenizer)
+    return Path(out_dir)

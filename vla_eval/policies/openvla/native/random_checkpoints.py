@@ -99,14 +99,13 @@ def random_entries(config: dict, seed: int = 0, dtype: torch.dtype = torch.float
     """Every tensor of a released checkpoint for ``config``, in the remote model's order (each
     ViT's parameters, then the ones OpenVLA never runs, projector, LLM), each from its own
     generator seeded by (seed, position): made only when written."""
-    from vla_eval.policies.openvla.native.checkpoint import native_to_hf_key
-    from vla_eval.policies.openvla.native.layout import VIT_PREFIXES, unused_vit_shapes
-    from vla_eval.policies.openvla.native.model import NativeConfig, NativeOpenVLA
+    from vla_eval.policies.openvla.native.checkpoint import released_shapes
+    from vla_eval.policies.openvla.native.layout import VIT_PREFIXES, unused_value, unused_vit_shapes
+    from vla_eval.policies.openvla.native.model import NativeConfig
     from vla_eval.policies.openvla.native.shards import Entry
 
     cfg = NativeConfig.from_hf(config)
-    with torch.device("meta"):  # names and shapes only; no memory
-        shapes = {native_to_hf_key(k): tuple(v.shape) for k, v in NativeOpenVLA(cfg).state_dict().items()}
+    shapes = released_shapes(cfg)
     unused = unused_vit_shapes(cfg.vision)
     ordered: dict[str, tuple[int, ...]] = {}
     for prefix in VIT_PREFIXES:
@@ -116,9 +115,8 @@ def random_entries(config: dict, seed: int = 0, dtype: torch.dtype = torch.float
 
     def make(i: int, name: str, shape: tuple[int, ...]):
         def build() -> torch.Tensor:
-            value = random_value(name, shape, torch.Generator().manual_seed(seed * 1_000_003 + i))
-            if name in unused:  # never run: nonzero values, so a loader that read them would show
-                value.add_(0.01)
+            g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+            value = unused_value(shape, g) if name in unused else random_value(name, shape, g)
             if name == "language_model.lm_head.weight":
                 steer_to_action_bins(value, cfg.action_vocab_size, cfg.n_action_bins)
             return value

@@ -25,7 +25,8 @@ import torch
 
 from vla_eval.policies.openvla.native.validate import INDEX
 
-SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64"}
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
+                      torch.int64: "I64", torch.int32: "I32"}  # torch dtype -> its name in a header
 
 
 @dataclass(frozen=True)
