@@ -5,6 +5,9 @@ Per step, ``SignalState`` turns what the loop already has into running summaries
     action family       reversal, reversal_all, jerk, chatter, straightness, speed, closed_frac, flips
     uncertainty family  prob_w, min_prob_w, entropy_w, entropy_all, grip_entropy_w   (native OpenVLA)
 
+    feature family      the model's hidden-state summary (``sweep --record-features``), projected on
+                        k fitted directions: their running mean over the last 10 steps and so far
+
 A ``Forecaster`` (fitted by ``vla-eval forecast fit`` on calibration runs, a JSON file) maps them to
 a score: one signal itself (training-free), a logistic probe or a small MLP; an alarm is raised at
 the first step whose score crosses a time-varying threshold ``mu(t) + c * sd(t)``, fitted on
@@ -54,6 +57,7 @@ FAMILIES = {"action": tuple(s.name for s in SIGNALS if s.family == "action"),
             "uncertainty": tuple(s.name for s in SIGNALS if s.family == "uncertainty")}
 FAMILIES["all"] = FAMILIES["action"] + FAMILIES["uncertainty"]
 NEEDS = {"uncertainty": ("token_probs", "token_entropy", "the native OpenVLA backend (--backend native, the default)")}
+FEATURES = "features"  # the hidden-state family: "features" alone or "<family>+features"
 
 
 class _Window:
@@ -140,6 +144,50 @@ class SignalState:
                       self.ent_w.push(ent), self.ent_sum / self.ent_n, self.grip_w.push(ents[-1])]
 
 
+class FeatureState:
+    """The feature family streaming: each step's hidden-state summary (2, d) projected on the
+    fitted directions, ``z = P (f - c)`` (k values), then the running means of ``z`` over the last
+    ``WINDOW`` steps and over all steps so far: 2k inputs. A missing or malformed summary leaves
+    the means as they were (NaN before the first good one)."""
+
+    def __init__(self, center, projection):
+        self.c = np.asarray(center, np.float32)
+        self.P = np.asarray(projection, np.float32)  # (k, D)
+        k = self.P.shape[0]
+        self.window: deque = deque(maxlen=WINDOW)
+        self.win_sum, self.all_sum, self.n = np.zeros(k), np.zeros(k), 0
+
+    def push(self, features) -> list[float]:
+        f = None
+        if features is not None:
+            try:
+                f = np.asarray(features, np.float32).reshape(-1)
+            except (TypeError, ValueError):
+                f = None
+        if f is not None and f.shape == self.c.shape and np.isfinite(f).all():
+            z = self.P @ (f - self.c)
+            if len(self.window) == WINDOW:
+                self.win_sum -= self.window[0]
+            self.window.append(z)
+            self.win_sum += z
+            self.all_sum += z
+            self.n += 1
+        if not self.n:
+            return [math.nan] * (2 * len(self.win_sum))
+        return (self.win_sum / len(self.window)).tolist() + (self.all_sum / self.n).tolist()
+
+
+def feature_series(features: np.ndarray, center, projection) -> np.ndarray:
+    """(T, 2k) the feature family of a recorded episode ((T, 2, d) summaries), as ``FeatureState``
+    streams it."""
+    z = (np.asarray(features, np.float32).reshape(len(features), -1) - np.asarray(center, np.float32)) @ np.asarray(
+        projection, np.float32).T
+    csum = np.cumsum(z.astype(float), axis=0)
+    n = np.arange(1, len(z) + 1)[:, None]
+    lagged = np.vstack([np.zeros((WINDOW, z.shape[1])), csum])[:len(z)]  # sum up to step t - WINDOW
+    return np.hstack([(csum - lagged) / np.minimum(n, WINDOW), csum / n])
+
+
 def signal_series(steps) -> np.ndarray:
     """(T, len(SIGNAL_NAMES)) signals of a recorded episode (step records or dicts)."""
     state = SignalState()
@@ -166,23 +214,37 @@ class Forecaster:
     band_sd: list[float]
     band_c: float  # alarm when score > mu(t) + c * sd(t)
     alpha: float
-    identity: dict = field(default_factory=dict)  # policy, checkpoint, suite, fitted_on
+    identity: dict = field(default_factory=dict)  # policy, checkpoint, suite, fitted_on, widths
+    features: dict | None = None  # the feature family: {"center": D floats, "projection": k x D}
 
     def __post_init__(self):
         # Plain floats for the per-step path: for a dozen numbers numpy's call overhead dominates.
         self._idx = [SIGNAL_NAMES.index(s) for s in self.signals]
+        self._k2 = 2 * len(self.features["projection"]) if self.features else 0
         self._mean, self._scale = [float(x) for x in self.mean], [float(x) for x in self.scale]
         if self.model == "mlp":
             self._w1, self._b1, self._w2 = (np.asarray(w, float) for w in self.weights)
         elif self.model == "logistic":
             self._w = [float(x) for x in self.weights[0]]
 
-    def score(self, signals) -> float:
-        """The score of one step's signals (``SignalState.push``'s list, all signals); a missing
-        (NaN) or infinite signal counts as its calibration mean."""
+    @property
+    def feature_width(self) -> int | None:
+        """D, the width of the hidden-state summary (2 x the model's hidden size) it reads; None without."""
+        return len(self.features["center"]) if self.features else None
+
+    def feature_state(self) -> FeatureState | None:
+        return FeatureState(self.features["center"], self.features["projection"]) if self.features else None
+
+    def score(self, signals, feature_inputs=None) -> float:
+        """The score of one step's signals (``SignalState.push``'s list, all signals) and, for the
+        feature family, ``FeatureState.push``'s list; a missing (NaN) or infinite input counts as
+        its calibration mean."""
         x = []
-        for i, m, sc in zip(self._idx, self._mean, self._scale):
-            z = (float(signals[i]) - m) / sc
+        values = [float(signals[i]) for i in self._idx]
+        if self._k2:
+            values += list(feature_inputs) if feature_inputs is not None else [math.nan] * self._k2
+        for v, m, sc in zip(values, self._mean, self._scale):
+            z = (v - m) / sc
             x.append(z if math.isfinite(z) else 0.0)
         if self.model == "signal":
             return x[0]
@@ -190,8 +252,13 @@ class Forecaster:
             return sum(a * b for a, b in zip(x, self._w)) + self.bias
         return float(np.maximum(self._w1 @ np.array(x) + self._b1, 0.0) @ self._w2 + self.bias)
 
-    def scores(self, series: np.ndarray) -> np.ndarray:
-        return np.array([self.score(row) for row in series])
+    def scores(self, series: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        """Per step scores of a recorded episode: its signal series and (feature family) its (T, 2, d) summaries."""
+        if not self._k2:
+            return np.array([self.score(row) for row in series])
+        fs = (feature_series(features, self.features["center"], self.features["projection"]) if features is not None
+              else np.full((len(series), self._k2), np.nan))
+        return np.array([self.score(row, f) for row, f in zip(series, fs)])
 
     def threshold(self, t: int) -> float:
         i = min(t, len(self.band_mu) - 1)
@@ -212,7 +279,7 @@ class Forecaster:
 
     @property
     def families(self) -> set[str]:
-        return {s.family for s in SIGNALS if s.name in self.signals}
+        return {s.family for s in SIGNALS if s.name in self.signals} | ({FEATURES} if self.features else set())
 
     def save(self, path: str | Path) -> None:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -236,7 +303,13 @@ class Forecaster:
             f = cls(**{**d, "signals": tuple(d["signals"])})
             if f.model not in MODELS or len(f.band_mu) != len(f.band_sd) or not f.band_mu:
                 raise ValueError("bad model or band")
-            f.score([0.0] * len(SIGNAL_NAMES))
+            if f.features and {len(row) for row in f.features["projection"]} != {f.feature_width}:
+                raise ValueError("the feature projection's width differs from its centre's")
+            if len(f.mean) != len(f.signals) + f._k2 or len(f.scale) != len(f.mean):
+                raise ValueError(f"{len(f.mean)} standardisation entries for {len(f.signals) + f._k2} inputs")
+            if f.model == "logistic" and len(f._w) != len(f.mean):
+                raise ValueError(f"{len(f._w)} weights for {len(f.mean)} inputs")
+            f.score([0.0] * len(SIGNAL_NAMES), [0.0] * f._k2)
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise UsageError(f"forecaster file {path} is malformed ({e}); fit it again with vla-eval forecast fit") from None
         return f

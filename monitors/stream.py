@@ -63,9 +63,11 @@ class RuntimeMonitor:
         self._step = 0
         self.forecaster = forecaster
         self._signals = None
+        self._features = None
         if forecaster is not None:
             self._tokens = "uncertainty" in forecaster.families
             self._signals = SignalState(uncertainty=self._tokens)
+            self._features = forecaster.feature_state()
         self.forecast_score: float | None = None  # the latest step's score
 
     def _fire(self, v: Verdict | None) -> list[str]:
@@ -75,9 +77,10 @@ class RuntimeMonitor:
         self.verdicts.append(v)
         return [v.predicate]
 
-    def update(self, step) -> list[str]:
+    def update(self, step, features=None) -> list[str]:
         """One control step: anything with ``action`` (7 floats) and optionally ``reward``,
         ``done`` (a StepRecord or a dict). Returns the names of predicates that fired now.
+        ``features``: the model's (2, d) hidden-state summary, for a forecaster that reads them.
         Never raises on bad values: those become a ``bad_action`` ERROR."""
         t = self._step
         self._step += 1
@@ -93,18 +96,19 @@ class RuntimeMonitor:
             for check in STREAMING:
                 out += self._fire(check(self.state, t))
             if self._signals is not None:
-                out += self._forecast(action, step, t)
+                out += self._forecast(action, step, t, features)
             return out
         except Exception as e:  # noqa: BLE001 - last line of defence: a monitor never breaks a control loop
             return self._fire(Verdict("bad_action", ERROR, t, {"error": f"monitor could not read the step: {e!r}"[:200]}))
 
-    def _forecast(self, action, step, t: int) -> list[str]:
+    def _forecast(self, action, step, t: int, features) -> list[str]:
         if self._tokens:
             signals = self._signals.push(action, _token_list(_get(step, "token_probs")),
                                          _token_list(_get(step, "token_entropy")))
         else:
             signals = self._signals.push(action)
-        score = self.forecaster.score(signals)
+        feature_inputs = self._features.push(features) if self._features is not None else None
+        score = self.forecaster.score(signals, feature_inputs)
         self.forecast_score = score
         limit = self.forecaster.threshold(t)
         if score > limit:

@@ -200,3 +200,121 @@ def test_a_run_keeps_its_forecaster_and_refuses_another_on_resume(tmp_path):
     with pytest.raises(UsageError, match="another forecaster"):
         _keep_forecaster(run, b)
     assert (run / FORECASTER_COPY).read_text() == a.read_text()
+
+
+# -- the feature family: hidden-state summaries beside the logs (sweep --record-features) --------
+WIDTH = 8  # hidden size of the synthetic model: summaries are (steps, 2, 8)
+
+
+def _summaries(failing: bool, steps: int, rng) -> np.ndarray:
+    """Failures drift along one direction after step 15; coordinates on very different scales."""
+    x = rng.normal(0, 1, (steps, 2, WIDTH)) * np.geomspace(0.01, 100, WIDTH)
+    if failing:
+        x[15:, 1, 3] += 3.0 * np.geomspace(0.01, 100, WIDTH)[3]
+    return x.astype(np.float16)
+
+
+@pytest.fixture(scope="module")
+def feature_run(run_dir, tmp_path_factory):
+    """The synthetic run with every episode's summaries written by the runner's own keeper."""
+    import shutil
+
+    from vla_eval.features import FeatureKeeper
+    from vla_eval.rundir import read_tag
+
+    run = shutil.copytree(run_dir, tmp_path_factory.mktemp("ff") / "run")
+    keeper, rng = FeatureKeeper(run, "baseline"), np.random.default_rng(3)
+    for ep in read_tag(run, "baseline").episodes:
+        keeper.finish(ep.task_id, ep.seed, ep.attempt, list(_summaries(not ep.success, ep.steps, rng)))
+    return run
+
+
+def test_feature_family_streams_as_it_replays(feature_run):
+    from vla_eval.monitors.forecast import FeatureState, feature_series
+
+    e = next(x for x in load_episodes([feature_run]) if x.failed)
+    assert e.features.shape == (e.steps, 2, WIDTH) and e.features.dtype == np.float16
+    rng = np.random.default_rng(0)
+    center, projection = rng.normal(size=2 * WIDTH), rng.normal(size=(3, 2 * WIDTH))
+    state = FeatureState(center, projection)
+    streamed = np.array([state.push(row) for row in e.features])
+    np.testing.assert_allclose(streamed, feature_series(e.features, center, projection), rtol=1e-4, atol=1e-3)
+    assert all(math.isnan(v) for v in FeatureState(center, projection).push(None))  # nothing yet: missing
+    state.push(np.zeros(5))  # another width: ignored, the means stay
+    np.testing.assert_allclose(state.push(None), streamed[-1], rtol=1e-6)
+
+
+def test_feature_probe_ranks_unseen_tasks_and_streams_in_the_monitor(feature_run, tmp_path):
+    episodes = load_episodes([feature_run])
+    judged, _ = leave_one_task_out(episodes, FitConfig("features", "logistic", 0.1, 120, components=4))
+    m = metrics(judged, 120)
+    assert m.auroc[1] > 0.9 and m.false_alarms <= 0.3, m
+    f = fit(episodes, FitConfig("action+features", "logistic", 0.1, 120, components=4))
+    assert f.feature_width == 2 * WIDTH and len(f.mean) == len(f.signals) + 8 and f.identity["feature_width"] == 16
+    f.save(tmp_path / "f.json")
+    g = Forecaster.load(tmp_path / "f.json")
+    e = next(x for x in episodes if x.failed)
+    from vla_eval.rundir import read_tag
+
+    log = read_tag(feature_run, "baseline")
+    steps = log.steps_of(next(x for x in log.episodes if (x.task_id, x.seed) == (e.task_id, e.seed)))
+    monitor, live = RuntimeMonitor(forecaster=g), []
+    for s, h in zip(steps, e.features):
+        monitor.update(s, features=h)
+        live.append(monitor.forecast_score)
+    np.testing.assert_allclose(live, f.scores(e.series, e.features), rtol=1e-4, atol=1e-4)
+    assert "failure_forecast" in [v.predicate for v in monitor.verdicts]
+    quiet = RuntimeMonitor(forecaster=g)
+    for h in (None, "x", np.full((2, WIDTH), np.nan), object()):
+        quiet.update({"action": [0.1] * 7}, features=h)  # garbage: no exception reaches the loop
+
+
+def test_feature_forecasters_refuse_runs_without_them_or_of_another_width(run_dir, feature_run, tmp_path):
+    from vla_eval.forecasting.cli import check_fits
+
+    with pytest.raises(UsageError, match="record them with vla-eval sweep --record-features"):
+        fit(load_episodes([run_dir]), FitConfig("features", "logistic"))
+    with pytest.raises(UsageError, match="fit it with --model logistic or mlp"):
+        FitConfig("features", "signal")
+    episodes = load_episodes([feature_run])
+    f = fit(episodes, FitConfig("features", "logistic", 0.1, 120, components=2))
+    wide = [e.__class__(**{**e.__dict__, "features": np.zeros((e.steps, 2, 2 * WIDTH), np.float16)}) for e in episodes]
+    with pytest.raises(UsageError, match=r"width \[32\] in these runs; the forecaster reads width 16"):
+        check_fits(f, wide)
+    f.save(tmp_path / "f.json")
+    d = json.loads((tmp_path / "f.json").read_text())
+    d["features"]["projection"][0] = d["features"]["projection"][0][:-1]
+    (tmp_path / "g.json").write_text(json.dumps(d))
+    with pytest.raises(UsageError, match="malformed.*projection's width"):
+        Forecaster.load(tmp_path / "g.json")
+    r = _cli("study", feature_run, "--seeds", "0-11", "--max-steps", "120", "--components", "4")
+    assert r.returncode == 0, r.stderr
+    assert "| logistic features |" in r.stdout and "| logistic action+features |" in r.stdout
+
+
+@pytest.mark.libero
+def test_sweep_records_features_beside_the_log_and_refuses_where_it_cannot(feature_run, tmp_path, cli_run, cli_main):
+    """`sweep --record-features` on the shipped tiny policy in real LIBERO: one (steps, 2, 96)
+    float16 file per committed episode, joined to it by attempt; the forecasters read them. A
+    feature forecaster without the flag, or of another model's width, is refused before any episode."""
+    from vla_eval.features import FEATURES_DIR
+
+    out = tmp_path / "run"
+    r = cli_run("sweep", "--policy", "tiny", "--tasks", "0", "--seeds", "2", "--max-steps", "4", "--fast-reset",
+                "--record-features", "--no-progress", "--no-report", "--out", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    files = sorted((out / FEATURES_DIR / "baseline").iterdir())
+    assert len(files) == 2 and not list((out / FEATURES_DIR).rglob("*.tmp"))
+    episodes = load_episodes([out])
+    assert [e.features.shape for e in episodes] == [(4, 2, 96)] * 2 and episodes[0].features.dtype == np.float16
+    assert np.isfinite(episodes[0].features.astype(float)).all()
+    code, err = cli_main("sweep", "--policy", "zero", "--seeds", "1", "--record-features", "--out", tmp_path / "z")
+    assert code == 2 and "--record-features records a model's hidden state; policy 'zero' has none" in err
+    assert not (tmp_path / "z").exists()
+    fit(load_episodes([feature_run]), FitConfig("features", "logistic", 0.1, 120, components=2)).save(tmp_path / "f.json")
+    base = ("sweep", "--policy", "tiny", "--seeds", "1", "--monitor", "--forecaster", tmp_path / "f.json", "--out")
+    code, err = cli_main(*base, tmp_path / "y")
+    assert code == 2 and "reads the model's hidden-state summaries (the feature family): add --record-features" in err
+    code, err = cli_main(*base, tmp_path / "y", "--record-features")
+    assert code == 2 and "summaries of width 16; this model's are 192 wide" in err
+    assert not (tmp_path / "y").exists()

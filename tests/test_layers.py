@@ -23,7 +23,7 @@ LAYERS = {
     "vla_eval.verbs": 0, "vla_eval.perturbations": 0,                 # ... and the perturbation families                                               # the table of lazily imported subcommands
     "vla_eval.records": 1, "vla_eval.monitors": 1,                     # shared types; numpy-only monitor
     "vla_eval.failure_modes": 1,                                       # failure modes read from the records
-    "vla_eval.sims": 2, "vla_eval.rundir": 2,                          # simulators; the run-folder reader
+    "vla_eval.sims": 2, "vla_eval.rundir": 2, "vla_eval.features": 2,  # simulators; the run-folder readers
     "vla_eval.policies": 3,                                           # policies (over sims' Observation)
     "vla_eval.rollout": 4, "vla_eval.runner": 4, "vla_eval.sweep": 4, "vla_eval.api": 4, "vla_eval.preflight": 4,
     "vla_eval.tinyvla": 4, "vla_eval.videos": 4, "vla_eval.failure_check": 4,                      # demos and training of the tiny policy

@@ -149,6 +149,31 @@ def test_batched_cached_decode_equals_per_sample_reference(backend):
     assert ((tokens >= 32000 - 256) & (tokens < 32000)).all() and len({tuple(t) for t in tokens.tolist()}) > 1
 
 
+def test_feature_summary_is_the_layers_output_at_the_action_positions(backend):
+    """``return_features``: per row, the middle and last decoder layer's output at the 7 positions
+    that produced the action tokens, averaged; checked against a no-cache, unpadded forward pass of
+    the whole sequence with ``output_hidden_states``. The tokens do not change when it is asked for."""
+    model = backend.model
+    pixels, ids = _pixels(backend, 3, seed=5), backend.prompt_ids(PROMPTS)
+    tokens, feats = model.generate_action_tokens(pixels, ids, 7, return_features=True)
+    assert torch.equal(tokens, model.generate_action_tokens(pixels, ids, 7))
+    middle, last = model.feature_layers
+    assert feats.shape == (3, 2, model.llama_config.hidden_size) and feats.dtype == np.float16
+    assert (middle, last) == (max(model.llama_config.num_hidden_layers // 2, 1), model.llama_config.num_hidden_layers)
+    for i in range(3):
+        with torch.no_grad():
+            patches = model.projector(model.vision_backbone(pixels[i:i + 1]))[0]
+            embed = model.language_model.get_input_embeddings()
+            tok = embed(torch.tensor(ids[i] + [EMPTY_TOKEN] + tokens[i, :-1].tolist()))
+            seq = torch.cat([tok[:1], patches, tok[1:]])[None]
+            hs = model.language_model.model(inputs_embeds=seq, output_hidden_states=True).hidden_states
+        want = torch.stack([hs[middle][0, -7:].mean(0), hs[last][0, -7:].mean(0)]).numpy()
+        np.testing.assert_allclose(feats[i].astype(np.float32), want, rtol=2e-2, atol=2e-2)
+    acts, stats = model.predict_action(pixels, ids, "libero_object_no_noops", return_token_prob=True, features=True)
+    np.testing.assert_array_equal(stats.features, feats)
+    assert model.predict_action(pixels, ids, "libero_object_no_noops", return_token_prob=True)[1].features is None
+
+
 def test_actions_decode_as_predict_action(backend):
     model = backend.model
     pixels, ids = _pixels(backend, 2, seed=3), backend.prompt_ids(PROMPTS[:2])

@@ -80,6 +80,8 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: str) -> None:
     p.add_argument("--stop-on-alert", action="store_true", help="end an episode at its monitor's first alert")
     p.add_argument("--forecaster", type=Path, metavar="F.json",
                    help="with the monitor, a failure forecaster (vla-eval forecast fit): its warnings go to the logs")
+    p.add_argument("--record-features", action="store_true",
+                   help="native OpenVLA: each step's hidden-state summary (middle and last layer) to features/")
     p.add_argument("--videos", default="default", metavar="POLICY",
                    help="agentview videos to keep (cameras on): none | failures | all | first:K | default "
                         "(every failure + one success per tag, at most 8 per tag)")
@@ -132,7 +134,7 @@ def _execution(args):
                      ray_address=args.ray, policy_actors=args.policy_actors, videos=args.videos,
                      monitor=args.monitor, stop_on_alert=args.stop_on_alert,
                      forecaster=str(args.forecaster) if args.forecaster else None,
-                     retry_errors=args.retry_errors, progress=not args.no_progress)
+                     record_features=args.record_features, retry_errors=args.retry_errors, progress=not args.no_progress)
 
 
 def _default_out(cfgs, kind: str) -> Path:

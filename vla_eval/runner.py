@@ -51,6 +51,7 @@ class Execution:
     ray_address: str | None = None  # env workers as Ray actors: "local" or a cluster address
     policy_actors: int | None = None  # with Ray: the policy in N actors (None: one per GPU for a CUDA model)
     videos: str = "default"  # which agentview videos to keep (``vla_eval.videos``)
+    record_features: bool = False  # per-step hidden-state summaries to features/ (native OpenVLA)
     monitor: bool = False  # the runtime monitor (this policy's shipped thresholds) on every episode
     stop_on_alert: bool = False  # end an episode at its monitor's first alert
     forecaster: str | None = None  # a failure forecaster file for the monitor (``monitors.forecast``)
@@ -92,12 +93,13 @@ class _Active:
     monitor: Monitor | None = None
     reset_s: float = 0.0  # wall time of the reset call that started this episode
     frames: list = field(default_factory=list)  # small upright agentview frames, if videos are kept
+    features: list = field(default_factory=list)  # per step (2, d) hidden-state summaries, if recorded
 
 
 class Monitor(Protocol):
     """What the runner feeds (``vla_eval.monitors.RuntimeMonitor`` fits): alerts per step and at the end."""
 
-    def update(self, step: StepRecord) -> list[str]: ...
+    def update(self, step: StepRecord, features=None) -> list[str]: ...  # features: (2, d), when recorded
 
     def finish(self, episode: EpisodeRecord) -> list[str]: ...
 
@@ -113,6 +115,12 @@ class VideoSink(Protocol):
     def finish(self, task_id: int, seed: int, outcome: str, frames: list) -> None: ...
 
 
+class FeatureSink(Protocol):
+    """Gets each finished episode's per-step hidden-state summaries (``features.FeatureKeeper`` fits)."""
+
+    def finish(self, task_id: int, seed: int, attempt: str, rows: list) -> None: ...
+
+
 def run_episodes(
     policy: Policy,
     jobs: Sequence[EpisodeJob],
@@ -124,10 +132,12 @@ def run_episodes(
     on_episode: Callable[[EpisodeRecord], None] | None = None,
     pool: Pool | None = None,
     videos: VideoSink | None = None,
+    features: FeatureSink | None = None,
 ) -> list[EpisodeRecord]:
     """Run ``jobs``; records go to ``writer``. Pass an open ``pool`` to reuse its envs across
     calls (e.g. the tags of a drill); else one is made and closed. ``videos`` gets each
-    finished episode's frames. Per slot this is ``rollout.rollout``'s loop (tested equal)."""
+    finished episode's frames, ``features`` its hidden-state summaries (when the policy returns
+    them). Per slot this is ``rollout.rollout``'s loop (tested equal)."""
     if shape.cameras is False and policy.uses_images:
         raise UsageError(f"policy {policy.name!r} reads images; run it with cameras on")
     own_pool = pool is None
@@ -136,7 +146,7 @@ def run_episodes(
     try:
         groups = slot_groups(pool.n_workers, ex.overlap)
         return _Rollout(policy, deque(jobs), writer, run_tag, shape, ex.stop_on_alert, monitor_factory, on_episode,
-                        pool, videos).run(groups)
+                        pool, videos, features).run(groups)
     finally:
         if own_pool:
             pool.close()
@@ -173,6 +183,7 @@ class _Rollout:
     on_episode: Callable[[EpisodeRecord], None] | None
     pool: Pool
     videos: VideoSink | None = None
+    features: FeatureSink | None = None
     active: dict = field(default_factory=dict)  # slot -> _Active
     done: list = field(default_factory=list)
     requeued: dict = field(default_factory=dict)  # job -> times re-queued after a lost worker
@@ -241,11 +252,15 @@ class _Rollout:
                 continue
             rec = step_record(self.run_tag, a.job.task_id, a.job.seed, a.attempt, len(a.steps), step.batch, i, res,
                               step.policy_s, sim_s)
-            alerts = a.monitor.update(rec) if a.monitor is not None else []
+            feats = step.batch.features[i] if step.batch.features is not None else None
+            alerts = [] if a.monitor is None else a.monitor.update(rec) if feats is None else a.monitor.update(
+                rec, features=feats)
             if alerts:
                 rec = replace(rec, alerts=tuple(alerts))
                 a.alerts.extend(alerts)
             self.writer.write(rec)
+            if self.features is not None and feats is not None:
+                a.features.append(feats)
             a.obs = res.obs
             a.steps.append(rec)
             self._frame(a, res.obs)
@@ -299,6 +314,8 @@ class _Rollout:
         ep = replace(ep, alerts=tuple(dict.fromkeys(a.alerts)))
         if self.videos is not None:  # before the episode line: a kept episode never lacks its video
             self.videos.finish(ep.task_id, ep.seed, outcome, a.frames)
+        if self.features is not None:  # likewise its features
+            self.features.finish(ep.task_id, ep.seed, ep.attempt, a.features)
         self.writer.write(ep)
         self.done.append(ep)
         if self.on_episode:

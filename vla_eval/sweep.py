@@ -58,17 +58,25 @@ def run_sweep(cfg: SweepConfig, run_dir: Path, model: OpenVLAOptions | None = No
     tags = [(tag, toggles_for(tag)) for tag in cfg.tags]
     all_jobs = make_jobs(cfg.suite, cfg.task_ids, cfg.seeds)[i::k]
     openvla = None
+    if ex.record_features and not spec.model:
+        from vla_eval.policies.factory import POLICIES
+
+        raise UsageError(f"--record-features records a model's hidden state; policy {cfg.policy!r} has none (valid "
+                         f"with --policy {' or '.join(n for n, s in POLICIES.items() if s.model)})")
     if spec.model:
         from vla_eval.policies.factory import model_options
 
         openvla = replace(model or model_options(cfg.policy), checkpoint=cfg.checkpoint, revision=cfg.revision,
-                          batch=max(1, ex.workers))  # the model is called with one row per env
+                          batch=max(1, ex.workers), features=ex.record_features)  # one row per env
         openvla = resolve_options(cfg.policy, cfg.suite, openvla)
     elif model is not None:
         raise UsageError(f"policy {cfg.policy!r} has no model to configure")
-    monitor_factory = _monitor_factory(cfg, ex.forecaster) if ex.monitor or ex.stop_on_alert or ex.forecaster else None
+    monitor_factory = (_monitor_factory(cfg, ex.forecaster, ex.record_features)
+                       if ex.monitor or ex.stop_on_alert or ex.forecaster else None)
     with _ray_session(ex.ray_address, local_cpus=ex.workers + (ex.policy_actors or 0)) as ray:
         policies = _load_policies(ray, ex.policy_actors, cfg, tags, openvla)  # set-up errors before any episode
+        if monitor_factory is not None and monitor_factory.args[1] is not None:
+            _check_feature_width(monitor_factory.args[1], policies.values(), ex.forecaster)
         try:
             from vla_eval.preflight import preflight_run
 
@@ -89,10 +97,10 @@ def run_sweep(cfg: SweepConfig, run_dir: Path, model: OpenVLAOptions | None = No
                 release(ray, policies.values())
 
 
-def _monitor_factory(cfg: SweepConfig, forecaster_path: str | None = None):
+def _monitor_factory(cfg: SweepConfig, forecaster_path: str | None = None, record_features: bool = False):
     """A fresh monitor per episode, with the thresholds calibrated for this policy where shipped,
     and the failure forecaster if one is given (refused here, before any episode, if it was fitted
-    on another policy, checkpoint or suite)."""
+    on another policy, checkpoint or suite, or reads hidden-state summaries the run does not record)."""
     import functools
 
     from vla_eval.monitors import RuntimeMonitor
@@ -104,7 +112,18 @@ def _monitor_factory(cfg: SweepConfig, forecaster_path: str | None = None):
 
         forecaster = Forecaster.load(forecaster_path)
         forecaster.check_identity(cfg.policy, cfg.checkpoint, cfg.suite, f"this run ({forecaster_path})")
+        if forecaster.features and not record_features:
+            raise UsageError(f"the forecaster {forecaster_path} reads the model's hidden-state summaries (the feature "
+                             f"family): add --record-features")
     return functools.partial(RuntimeMonitor, thresholds_for(cfg.policy, cfg.suite, cfg.checkpoint)[0], forecaster)
+
+
+def _check_feature_width(forecaster, policies, path) -> None:
+    """A feature forecaster reads summaries of one model's width; another model's are refused."""
+    widths = {getattr(p, "feature_width", None) for p in policies} - {None}
+    if forecaster.features and widths and widths != {forecaster.feature_width}:
+        raise UsageError(f"the forecaster {path} reads hidden-state summaries of width {forecaster.feature_width}; "
+                         f"this model's are {sorted(widths)[0]} wide (another model)")
 
 
 def _keep_forecaster(run_dir: Path, path: Path) -> None:
@@ -195,6 +214,7 @@ def _load_policies(ray, policy_actors: int | None, cfg: SweepConfig, tags, openv
 
 
 def _run_tags(run_dir, tags, all_jobs, policies, ex: Execution, shape, monitor_factory) -> SweepResult:
+    from vla_eval.features import FeatureKeeper
     from vla_eval.videos import VideoKeeper
 
     result = SweepResult(run_dir)
@@ -210,8 +230,9 @@ def _run_tags(run_dir, tags, all_jobs, policies, ex: Execution, shape, monitor_f
             bar = _progress(tag, len(all_jobs), have, enabled=ex.progress)
             with JsonlWriter(run_dir / f"{tag}.jsonl") as writer:
                 keeper = VideoKeeper(run_dir / "videos", ex.videos if shape.cameras else "none", tag)
+                features = FeatureKeeper(run_dir, tag) if ex.record_features else None
                 new = run_episodes(policies[tag], todo, writer, tag, shape, ex, monitor_factory,
-                                   on_episode=bar.update_episode, pool=pool, videos=keeper)
+                                   on_episode=bar.update_episode, pool=pool, videos=keeper, features=features)
             bar.close()
             result.ran += len(new)
             keep = {(e.task_id, e.seed) for e in new}

@@ -17,6 +17,9 @@ from vla_eval.monitors.forecast import FAMILIES, MODELS, SIGNAL_NAMES, Forecaste
 # The study's rows: what each forecaster reads and how it scores.
 STUDY = (("reversal_all", "signal"), ("jerk", "signal"), ("entropy_all", "signal"), ("action", "logistic"),
          ("uncertainty", "logistic"), ("all", "logistic"), ("all", "mlp"))
+# ... and where every episode has its hidden-state summaries (sweep --record-features):
+STUDY_FEATURES = (("features", "logistic"), ("features", "mlp"), ("action+features", "logistic"),
+                  ("all+features", "logistic"))
 
 
 def _f(x, pct=False) -> str:
@@ -45,7 +48,7 @@ HEADER = ("| forecaster | judged | ROC-AUC at {f} | within-task AUROC | AUPRC | 
 def cmd_fit(args) -> int:
     if args.out.exists():
         raise UsageError(f"--out {args.out} exists; choose a new file")
-    cfg = FitConfig(args.signals, args.model, args.alpha, args.max_steps)
+    cfg = FitConfig(args.signals, args.model, args.alpha, args.max_steps, components=args.components)
     f = fit(load_episodes(args.runs, seeds=set(args.calib_seeds)), cfg)
     f.save(args.out)
     print(f"forecaster: {args.out} ({cfg.model} on {', '.join(f.signals)}; band c = {f.band_c:.2f} at alpha {cfg.alpha}; "
@@ -57,10 +60,7 @@ def check_fits(f: Forecaster, episodes) -> None:
     """A forecaster is judged only on runs of the policy, checkpoint and suite it was fitted on."""
     for e in episodes:
         f.check_identity(*e.identity, what=e.run)
-    if f.identity.get("width") != len(f.signals):
-        raise UsageError(f"the forecaster's feature width {f.identity.get('width')} does not match its "
-                         f"{len(f.signals)} signals")
-    check_signals(episodes, f.signals)
+    check_signals(episodes, f.signals, f.feature_width)
 
 
 def cmd_eval(args) -> int:
@@ -85,28 +85,39 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_study(args) -> int:
-    episodes = load_episodes(args.runs)
-    if not episodes:
-        raise UsageError("no judged episodes in these runs")
+def _study_rows(episodes) -> list[tuple[str, str]]:
+    """The study's forecasters these episodes have the signals for."""
     has_tokens = not any(all(x != x for x in e.series[:, SIGNAL_NAMES.index("entropy_all")]) for e in episodes)
     rows = [(s, m) for s, m in STUDY if has_tokens or s not in FAMILIES["uncertainty"] + ("uncertainty", "all")]
+    if all(e.features is not None for e in episodes):
+        rows += [(s, m) for s, m in STUDY_FEATURES if has_tokens or not s.startswith("all")]
+    return rows
+
+
+def cmd_study(args) -> int:
+    loaded = load_episodes(args.runs)
+    episodes = [e for e in loaded if not args.seeds or e.seed in set(args.seeds)]  # the unseen-task study's
+    if not episodes:
+        raise UsageError("no judged episodes in these runs (check --seeds)")
+    rows = _study_rows(episodes)
     n_tasks = len({e.task_id for e in episodes})
     print(f"unseen tasks (leave one task out over {n_tasks} tasks; seeds {argtypes.format_ids({e.seed for e in episodes})}):")
     print(HEADER)
     base = None
     for signals, model in rows:
-        judged, base = leave_one_task_out(episodes, FitConfig(signals, model, args.alpha, args.max_steps))
+        judged, base = leave_one_task_out(episodes, FitConfig(signals, model, args.alpha, args.max_steps,
+                                                              components=args.components))
         print(table_row(f"{model} {signals}", metrics(judged, args.max_steps)))
     print(table_row("task only", metrics(base, args.max_steps), with_alarms=False))
     if args.calib_seeds and args.judge_seeds:
-        calib = [e for e in episodes if e.seed in set(args.calib_seeds)]
-        held = [e for e in episodes if e.seed in set(args.judge_seeds)]
+        calib = [e for e in loaded if e.seed in set(args.calib_seeds)]
+        held = [e for e in loaded if e.seed in set(args.judge_seeds)]
         print(f"\nseen tasks (fit on seeds {argtypes.format_ids(args.calib_seeds)}, judge seeds "
               f"{argtypes.format_ids(args.judge_seeds)}, all tasks):")
         print(HEADER)
-        for signals, model in rows:
-            judged, base = seen_tasks(calib, held, FitConfig(signals, model, args.alpha, args.max_steps))
+        for signals, model in _study_rows(calib + held):
+            judged, base = seen_tasks(calib, held, FitConfig(signals, model, args.alpha, args.max_steps,
+                                                             components=args.components))
             print(table_row(f"{model} {signals}", metrics(judged, args.max_steps)))
         print(table_row("task only", metrics(base, args.max_steps), with_alarms=False))
     return 0
@@ -118,15 +129,19 @@ def register(sub) -> None:
     p = sub.add_parser("forecast", help=VERBS["forecast"].help)
     verbs = p.add_subparsers(dest="forecast_verb", required=True, metavar="{fit,eval,study}")
     common = dict(type=argtypes.int_at_least(1, " steps"), default=280, help="the suite's step limit (default 280)")
+    components = dict(type=argtypes.int_at_least(1, high=256), default=8,
+                      help="feature family: directions the hidden-state summaries are projected on (default 8)")
     a = verbs.add_parser("fit", help="fit a forecaster on calibration runs")
     a.add_argument("runs", nargs="+", type=Path)
     a.add_argument("--calib-seeds", type=argtypes.seeds("--calib-seeds", count=False), required=True,
                    help="the seeds to fit on (ids and ranges; a lone number is one seed)")
-    a.add_argument("--signals", default="all", help=f"a family ({', '.join(FAMILIES)}) or, with --model signal, "
-                                                     f"one of {', '.join(SIGNAL_NAMES)}")
+    a.add_argument("--signals", default="all", help=f"a family ({', '.join(FAMILIES)}), features (the hidden-state "
+                                                     "summaries of sweep --record-features) or FAMILY+features; with "
+                                                     f"--model signal one of {', '.join(SIGNAL_NAMES)}")
     a.add_argument("--model", default="logistic", choices=MODELS)
     a.add_argument("--alpha", type=float, default=0.1, help="false alarms allowed on successful episodes (default 0.1)")
     a.add_argument("--max-steps", **common)
+    a.add_argument("--components", **components)
     a.add_argument("--out", type=argtypes.out_file, required=True)
     a.set_defaults(fn=cmd_fit)
     e = verbs.add_parser("eval", help="judge a forecaster on held-out runs")
@@ -141,6 +156,9 @@ def register(sub) -> None:
     s.add_argument("runs", nargs="+", type=Path)
     s.add_argument("--calib-seeds", type=argtypes.seeds("--calib-seeds", count=False))
     s.add_argument("--judge-seeds", type=argtypes.seeds("--judge-seeds", count=False))
+    s.add_argument("--seeds", type=argtypes.seeds("--seeds", count=False),
+                   help="the unseen-task (leave one task out) study on these seeds' episodes only (default: all)")
     s.add_argument("--alpha", type=float, default=0.1)
     s.add_argument("--max-steps", **common)
+    s.add_argument("--components", **components)
     s.set_defaults(fn=cmd_study)

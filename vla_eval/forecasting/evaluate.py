@@ -32,7 +32,7 @@ class Judged:
 def judge(f: Forecaster, episodes: Sequence[Episode], max_steps: int) -> list[Judged]:
     out = []
     for e in episodes:
-        s = f.scores(e.series)
+        s = f.scores(e.series, e.features)
         at = tuple(float(s[min(int(fr * max_steps), len(s) - 1)]) for fr in FRACTIONS)
         out.append(Judged(e, at, f.first_alarm(s)))
     return out
@@ -115,7 +115,7 @@ def seen_tasks(calib: Sequence[Episode], held: Sequence[Episode], cfg: FitConfig
 
 def auroc_over_time(f: Forecaster, episodes: Sequence[Episode], max_steps: int, every: int = 10) -> list[tuple[int, float]]:
     """(step, ROC-AUC of the scores at that step) every ``every`` steps: the curve of the report."""
-    scores = [f.scores(e.series) for e in episodes]
+    scores = [f.scores(e.series, e.features) for e in episodes]
     y = [e.failed for e in episodes]
     return [(t, auroc([s[min(t, len(s) - 1)] for s in scores], y)) for t in range(0, max_steps, every)]
 
@@ -138,7 +138,7 @@ def forecast_plot(f: Forecaster, episodes: Sequence[Episode], max_steps: int) ->
     a.set_ylim(0, 1)
     a.set_title(f"ROC-AUC against time ({len(episodes)} episodes)")
     for e in episodes:
-        s = f.scores(e.series)
+        s = f.scores(e.series, e.features)
         b.plot(s, lw=0.7, alpha=0.6, color="#d1495b" if e.failed else "#2a9d4b")
     b.plot([f.threshold(t) for t in range(max_steps)], color="k", lw=1.2, ls="--", label="alarm band")
     b.set_xlabel("policy step")

@@ -15,7 +15,8 @@ from typing import Sequence
 import numpy as np
 
 from vla_eval.errors import UsageError, bad_choice
-from vla_eval.monitors.forecast import FAMILIES, MODELS, NEEDS, SIGNAL_NAMES, Forecaster, signal_series
+from vla_eval.monitors.forecast import (
+    FAMILIES, FEATURES, MODELS, NEEDS, SIGNAL_NAMES, Forecaster, feature_series, signal_series)
 
 STRIDE = 5  # training pairs: every 5th step of every episode
 MIN_ALIVE = 5  # the band at step t needs this many successes still running; later steps carry it forward
@@ -35,32 +36,48 @@ class Episode:
     failure_step: int | None  # when its failure mode became true (failure_modes), if known
     series: np.ndarray  # (steps, len(SIGNAL_NAMES))
     identity: tuple[str, str, str]  # policy, checkpoint, suite
+    features: np.ndarray | None = None  # (steps, 2, d) hidden-state summaries, if the run recorded them
 
 
 @dataclass(frozen=True)
 class FitConfig:
-    signals: str = "all"  # a family of monitors.forecast.FAMILIES, or one signal name (training-free)
+    # a family of monitors.forecast.FAMILIES, one signal name (training-free), "features" (the hidden-state
+    # summaries of --record-features) or "<family>+features"
+    signals: str = "all"
     model: str = "logistic"  # signal | logistic | mlp
     alpha: float = 0.1  # false alarms allowed on successful calibration episodes
     max_steps: int = 280  # the band's length (the suite's step limit)
     l2: float = 1.0
     hidden: int = 16
     seed: int = 0
+    components: int = 8  # feature family: directions the summaries are projected on (PCA of calibration steps)
 
     def __post_init__(self):
         if self.model not in MODELS:
             raise bad_choice("forecaster model", self.model, MODELS)
-        if self.signals not in FAMILIES and self.signals not in SIGNAL_NAMES:
-            raise bad_choice("signals", self.signals, (*FAMILIES, *SIGNAL_NAMES))
-        if (self.model == "signal") != (self.signals in SIGNAL_NAMES):
+        valid = (*FAMILIES, *SIGNAL_NAMES, FEATURES, *(f"{f}+{FEATURES}" for f in FAMILIES))
+        if self.signals not in valid:
+            raise bad_choice("signals", self.signals, valid)
+        if self.uses_features and self.model == "signal":
+            raise UsageError(f"--signals {self.signals} reads the hidden-state summaries: fit it with --model "
+                             "logistic or mlp")
+        if not 1 <= self.components <= 256:
+            raise UsageError(f"--components {self.components}: 1 to 256 directions")
+        if not self.uses_features and (self.model == "signal") != (self.signals in SIGNAL_NAMES):
             raise UsageError("--model signal takes one signal name (e.g. --signals reversal_all); logistic and mlp "
                              f"take a family: {', '.join(FAMILIES)}")
         if not 0 < self.alpha < 1:
             raise UsageError(f"--alpha {self.alpha} must lie in (0, 1)")
 
     @property
+    def uses_features(self) -> bool:
+        return self.signals == FEATURES or self.signals.endswith("+" + FEATURES)
+
+    @property
     def names(self) -> tuple[str, ...]:
-        return (self.signals,) if self.signals in SIGNAL_NAMES else FAMILIES[self.signals]
+        """The named signals it reads (none for "features" alone)."""
+        family = self.signals.removesuffix("+" + FEATURES)
+        return () if family == FEATURES else (family,) if family in SIGNAL_NAMES else FAMILIES[family]
 
 
 def load_episodes(run_dirs: Sequence[Path], tags: Sequence[str] = ("baseline",), seeds=None) -> list[Episode]:
@@ -80,19 +97,35 @@ def load_episodes(run_dirs: Sequence[Path], tags: Sequence[str] = ("baseline",),
 
 
 def episodes_of(run: Path, tag: str, log, cfg, seeds=None) -> list[Episode]:
-    """One run tag's judged episodes from its already-read log (``RunLog`` or None)."""
+    """One run tag's judged episodes from its already-read log (``RunLog`` or None), with their
+    hidden-state summaries where the run recorded them."""
+    from vla_eval.features import read_features
+
     out = []
     for ep in (log.episodes if log else []):
         if ep.outcome == "error" or (seeds is not None and ep.seed not in seeds):
             continue
         steps = log.steps_of(ep)
         out.append(Episode(str(run), tag, ep.task_id, ep.seed, not ep.success, len(steps), ep.failure_step,
-                           signal_series(steps), (cfg.policy, cfg.checkpoint or "", cfg.suite)))
+                           signal_series(steps), (cfg.policy, cfg.checkpoint or "", cfg.suite),
+                           read_features(run, tag, ep)))
     return out
 
 
-def check_signals(episodes: Sequence[Episode], names: Sequence[str]) -> None:
-    """Every needed signal is recorded, or one message naming it and what records it."""
+def check_signals(episodes: Sequence[Episode], names: Sequence[str], feature_width: int | None = None) -> None:
+    """Every needed signal is recorded, or one message naming it and what records it; with
+    ``feature_width``, every episode's hidden-state summaries, of that width."""
+    if feature_width is not None:
+        lacking = [e for e in episodes if e.features is None]
+        if lacking:
+            e = lacking[0]
+            raise UsageError(f"the feature family needs the hidden-state summaries of every episode; {e.run} has none "
+                             f"for task {e.task_id} seed {e.seed} ({len(lacking)} episodes lack them): record them "
+                             f"with vla-eval sweep --record-features (native OpenVLA)")
+        widths = {int(np.prod(e.features.shape[1:])) for e in episodes}
+        if widths != {feature_width}:
+            raise UsageError(f"hidden-state summaries of width {sorted(widths)} in these runs; the forecaster reads "
+                             f"width {feature_width} (another model)")
     uncertain = set(names) & set(FAMILIES["uncertainty"])
     if uncertain and any(np.isnan(e.series[:, SIGNAL_NAMES.index(n)]).all() for e in episodes for n in uncertain):
         fields = NEEDS["uncertainty"]
@@ -100,10 +133,30 @@ def check_signals(episodes: Sequence[Episode], names: Sequence[str]) -> None:
                          f"these runs lack; they are recorded by {fields[2]}. Use --signals action for any policy.")
 
 
-def _pairs(episodes, idx):
+def _inputs(e: Episode, idx, projection) -> np.ndarray:
+    """(steps, inputs) what the probe reads: the named signals, then the feature family's 2k values."""
+    x = e.series[:, idx]
+    return x if projection is None else np.hstack([x, feature_series(e.features, *projection)])
+
+
+def fit_projection(episodes: Sequence[Episode], k: int) -> tuple[list, list]:
+    """The feature family's directions: each coordinate of the calibration steps' summaries
+    standardised, then their top-``k`` principal directions (unsupervised: fitted on every
+    calibration step alike). -> (centre (D,), projection (k, D)) with the scaling folded in."""
+    rows = np.vstack([e.features[::STRIDE].reshape(-1, int(np.prod(e.features.shape[1:]))) for e in episodes])
+    rows = rows.astype(np.float64)
+    if len(rows) > 20_000:  # the directions settle long before; the SVD's cost does not
+        rows = rows[np.random.default_rng(0).choice(len(rows), 20_000, replace=False)]
+    center, scale = rows.mean(0), rows.std(0)
+    scale = np.where(scale > 1e-6, scale, 1.0)
+    _, _, vt = np.linalg.svd((rows - center) / scale, full_matrices=False)
+    return center.tolist(), (vt[:k] / scale).tolist()
+
+
+def _pairs(episodes, idx, projection=None):
     X, y = [], []
     for e in episodes:
-        rows = e.series[::STRIDE][:, idx]
+        rows = _inputs(e, idx, projection)[::STRIDE]
         X.append(rows)
         y += [float(e.failed)] * len(rows)
     return np.nan_to_num(np.vstack(X)), np.asarray(y)
@@ -160,7 +213,7 @@ def band(forecaster: Forecaster, successes: Sequence[Episode], alpha: float, max
     if not successes:
         raise UsageError("the calibration runs hold no successful episode: the alarm band is fitted on successes; "
                          "add calibration seeds the policy solves")
-    scores = scores if scores is not None else [forecaster.scores(e.series) for e in successes]
+    scores = scores if scores is not None else [forecaster.scores(e.series, e.features) for e in successes]
     mu, sd = np.zeros(max_steps), np.full(max_steps, SD_FLOOR)
     last = (0.0, 1.0)
     for t in range(max_steps):
@@ -193,7 +246,7 @@ def fit(episodes: Sequence[Episode], cfg: FitConfig) -> Forecaster:
     for e in successes:
         rest = [x for x in episodes if group(x) != group(e)]
         usable = rest and 0 < sum(x.failed for x in rest) < len(rest)
-        scores.append((_fit_scores(rest, cfg) if usable else f).scores(e.series))
+        scores.append((_fit_scores(rest, cfg) if usable else f).scores(e.series, e.features))
     return band(f, successes, cfg.alpha, cfg.max_steps, scores)
 
 
@@ -202,14 +255,19 @@ def _fit_scores(episodes: Sequence[Episode], cfg: FitConfig) -> Forecaster:
     if not episodes:
         raise UsageError("no calibration episodes (check the run folders and --calib-seeds)")
     names = cfg.names
-    check_signals(episodes, names)
+    width = None
+    if cfg.uses_features:
+        first = next((e for e in episodes if e.features is not None), None)
+        width = int(np.prod(first.features.shape[1:])) if first is not None else -1
+    check_signals(episodes, names, width)
     idx = [SIGNAL_NAMES.index(n) for n in names]
     failed = sum(e.failed for e in episodes)
     if cfg.model != "signal" and failed in (0, len(episodes)):
         which = "failure" if failed == 0 else "success"
         raise UsageError(f"the calibration episodes hold no {which}: a probe needs both outcomes to fit "
                          f"({len(episodes)} episodes); add calibration seeds, or use --model signal")
-    X, y = _pairs(episodes, idx)
+    projection = fit_projection(episodes, cfg.components) if cfg.uses_features else None
+    X, y = _pairs(episodes, idx, projection)
     mean, scale = X.mean(0), np.where(X.std(0) > 1e-9, X.std(0), 1.0)
     Z = (X - mean) / scale
     weights, bias = [], 0.0
@@ -222,8 +280,10 @@ def _fit_scores(episodes: Sequence[Episode], cfg: FitConfig) -> Forecaster:
     if len(ids) > 1:
         raise UsageError(f"calibration runs of different policies, checkpoints or suites: {ids}; fit one forecaster each")
     policy, checkpoint, suite = ids[0]
-    identity = {"policy": policy, "checkpoint": checkpoint, "suite": suite, "width": len(names),
+    identity = {"policy": policy, "checkpoint": checkpoint, "suite": suite, "width": X.shape[1],
+                **({"feature_width": width} if width else {}),
                 "fitted_on": sorted({f"{Path(e.run).name}:{e.tag}" for e in episodes}),
                 "seeds": sorted({e.seed for e in episodes}), "tasks": sorted({e.task_id for e in episodes})}
+    features = {"center": projection[0], "projection": projection[1]} if projection else None
     return Forecaster(tuple(names), cfg.model, mean.tolist(), scale.tolist(), weights, bias, [0.0], [1.0], 0.0,
-                      cfg.alpha, identity)
+                      cfg.alpha, identity, features)

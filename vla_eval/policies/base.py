@@ -24,6 +24,9 @@ class ActionBatch:
     # (B, n) per action token: the chosen token's probability and its distribution's entropy (nats).
     token_probs: np.ndarray | None = None
     token_entropy: np.ndarray | None = None
+    # (B, 2, d) float16 hidden-state summary (middle and last decoder layer at the action tokens),
+    # only when asked for (``--record-features``); kept in a side file, never in the step records.
+    features: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class TokenStats:
 
     probs: np.ndarray  # (B, n) probability of each chosen token
     entropy: np.ndarray  # (B, n) entropy of each token's distribution, nats
+    features: np.ndarray | None = None  # (B, 2, d) hidden-state summary, when asked for
 
 
 class Backend(Protocol):

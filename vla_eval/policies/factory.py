@@ -27,6 +27,7 @@ class OpenVLAOptions:
     native: bool = True  # the trust_remote_code-free model with batched decoding; False: OpenVLA's remote code
     dtype: str = "bfloat16"  # native model only; the remote-code path is bf16 as published
     batch: int = 1  # observations per model call (= parallel envs); checked against GPU memory
+    features: bool = False  # also return the hidden-state summary per step (--record-features; native only)
 
     def __post_init__(self):
         if self.dtype not in DTYPES:

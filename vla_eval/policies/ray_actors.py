@@ -88,7 +88,7 @@ def _reassemble(parts: dict[int, ActionBatch], rows: dict[int, list[int]], n: in
     actions = np.zeros((n, 7))
     first = next(iter(parts.values()))
     fields = {f: (np.zeros((n, *np.shape(getattr(first, f))[1:])) if all(getattr(p, f) is not None for p in parts.values())
-                  else None) for f in ("img_mean", "token_prob", "token_probs", "token_entropy")}
+                  else None) for f in ("img_mean", "token_prob", "token_probs", "token_entropy", "features")}
     for k, idx in rows.items():
         actions[idx] = parts[k].actions
         for f, arr in fields.items():

@@ -32,7 +32,7 @@ class OpenVLAPolicy:
     uses_images = True
     cameras = ("agentview",)  # the published loop reads the third-person view only
 
-    def __init__(self, backend: Backend, toggles, unnorm_key: str, name: str = "openvla"):
+    def __init__(self, backend: Backend, toggles, unnorm_key: str, name: str = "openvla", features: bool = False):
         self.backend, self.toggles, self.unnorm_key, self.name = backend, toggles, unnorm_key, name
         build_prompt("", toggles.prompt_template)  # unknown template: fail now, not mid-episode
         decoding = decoding_options(toggles)
@@ -40,10 +40,20 @@ class OpenVLAPolicy:
         if changed and not backend.confidence:
             raise UsageError(f"fault {toggles.tag!r} changes the model's {' and '.join(changed)}, which only the native "
                              "backend exposes; drop --backend remote-code")
-        self.decoding = decoding
+        if features and not backend.confidence:
+            raise UsageError("--record-features reads the model's hidden state, which only the native backend "
+                             "exposes; drop --backend remote-code")
+        self.decoding = {**decoding, "features": True} if features else decoding
 
     def reset(self, slot: int = 0) -> None:
         pass  # stateless: every step is one forward pass
+
+    @property
+    def feature_width(self) -> int | None:
+        """Width of the flattened hidden-state summary (2 layers x hidden size); None without one."""
+        model = getattr(self.backend, "model", None)
+        config = getattr(model, "llama_config", None)
+        return 2 * config.hidden_size if self.backend.confidence and config is not None else None
 
     def model_inputs(self, o: Observation) -> tuple[np.ndarray, str]:
         """What the model receives for one observation: (224x224x3 image, prompt)."""
@@ -67,7 +77,8 @@ class OpenVLAPolicy:
         img_mean = np.array([im.mean() for im in images])
         if stats is None:
             return ActionBatch(self.postprocess(raw), img_mean)
-        return ActionBatch(self.postprocess(raw), img_mean, stats.probs.mean(axis=1), stats.probs, stats.entropy)
+        return ActionBatch(self.postprocess(raw), img_mean, stats.probs.mean(axis=1), stats.probs, stats.entropy,
+                           stats.features)
 
     def postprocess(self, raw) -> np.ndarray:
         """(B, 7) model actions (gripper in [0, 1]) -> env actions (gripper -1 open / +1 close)."""
@@ -187,5 +198,6 @@ def make_openvla_policies(suite: str, toggles_per_tag, opts, name: str = "openvl
         if dtype not in backends:
             backends[dtype] = load_backend(suite, replace(opts, dtype=dtype))
         backend = backends[dtype]
-        policies.append(OpenVLAPolicy(backend, t, prepare_unnorm_key(backend.norm_stats, suite, t.unnorm_key), name))
+        policies.append(OpenVLAPolicy(backend, t, prepare_unnorm_key(backend.norm_stats, suite, t.unnorm_key), name,
+                                      opts.features))
     return policies

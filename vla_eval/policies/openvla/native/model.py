@@ -167,25 +167,51 @@ class NativeOpenVLA(nn.Module):
     def _last_logits(self, out) -> torch.Tensor:
         return self.language_model.lm_head(out.last_hidden_state[:, -1]).float()  # (B, vocab)
 
+    @property
+    def feature_layers(self) -> tuple[int, int]:
+        """The decoder layers whose outputs ``features`` summarises: the middle one and the last."""
+        n = self.llama_config.num_hidden_layers
+        return max(n // 2, 1), n
+
     @torch.inference_mode()
     def generate_action_tokens(self, pixels: torch.Tensor, prompt_ids: list[list[int]], n_tokens: int = 7,
-                               return_logits: bool = False, empty_token: bool = True):
+                               return_logits: bool = False, empty_token: bool = True, return_features: bool = False):
         """Greedy decode of exactly ``n_tokens`` per row with a KV cache -> (B, n_tokens) ids
-        (and the (B, n_tokens, vocab) float logits if asked). No early stop: a bin per dim."""
+        (and the (B, n_tokens, vocab) float logits if asked). No early stop: a bin per dim.
+
+        ``return_features``: also the hidden-state summary (B, 2, d): the outputs of the middle and
+        the last decoder layer (``feature_layers``; the last after the final norm, what the logits
+        read) at the ``n_tokens`` positions that produced the action tokens, averaged over them."""
         embeds, mask, positions = self.build_prefill(pixels, prompt_ids, empty_token)
         llm = self.language_model.model
-        out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
-        logits = [self._last_logits(out)]
-        tokens = [logits[-1].argmax(-1)]
-        for _ in range(n_tokens - 1):
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            positions = positions[:, -1:] + 1
-            out = llm(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=positions,
-                      use_cache=True, **_cache_kwargs(llm, out))
-            logits.append(self._last_logits(out))
-            tokens.append(logits[-1].argmax(-1))
+        middle: list[torch.Tensor] = []
+        hook = None
+        if return_features:  # the middle layer's output at the newest position of every forward pass
+            layer = llm.layers[self.feature_layers[0] - 1]
+            hook = layer.register_forward_hook(
+                lambda _m, _i, out: middle.append((out[0] if isinstance(out, tuple) else out)[:, -1].float()))
+        try:
+            out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+            last = [out.last_hidden_state[:, -1].float()]
+            logits = [self._last_logits(out)]
+            tokens = [logits[-1].argmax(-1)]
+            for _ in range(n_tokens - 1):
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+                positions = positions[:, -1:] + 1
+                out = llm(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=positions,
+                          use_cache=True, **_cache_kwargs(llm, out))
+                last.append(out.last_hidden_state[:, -1].float())
+                logits.append(self._last_logits(out))
+                tokens.append(logits[-1].argmax(-1))
+        finally:
+            if hook is not None:
+                hook.remove()
         tokens = torch.stack(tokens, dim=1)
-        return (tokens, torch.stack(logits, dim=1)) if return_logits else tokens
+        result = (tokens, torch.stack(logits, dim=1)) if return_logits else (tokens,)
+        if return_features:
+            summary = torch.stack([torch.stack(middle).mean(0), torch.stack(last).mean(0)], dim=1)  # (B, 2, d)
+            result += (summary.to(torch.float16).cpu().numpy(),)
+        return result if len(result) > 1 else result[0]
 
     @torch.inference_mode()
     def generate_with_hf(self, pixels: torch.Tensor, prompt_ids: list[list[int]], n_tokens: int = 7):
@@ -212,21 +238,23 @@ class NativeOpenVLA(nn.Module):
 
     def predict_action(self, pixels: torch.Tensor, prompt_ids: list[list[int]], unnorm_key: str,
                        return_token_prob: bool = False, empty_token: bool = True, vocab_size: int | None = None,
-                       unnorm_mask: bool = True):
+                       unnorm_mask: bool = True, features: bool = False):
         """Batched ``predict_action``: (B, 6, H, W) pixels + B token lists -> (B, 7) actions, and
         with ``return_token_prob`` a ``TokenStats``: per action token the probability of the chosen
         token (greedy, so the max probability) and the entropy of its distribution: the model's
         confidence, free since the logits exist anyway.
         ``empty_token``, ``vocab_size``, ``unnorm_mask``: the released defaults; other values
-        reproduce decoding faults (``vla_eval.faults``)."""
+        reproduce decoding faults (``vla_eval.faults``). ``features``: the ``TokenStats`` also carry
+        the hidden-state summary of ``generate_action_tokens`` (``--record-features``)."""
         if unnorm_key not in self.cfg.norm_stats:
             raise bad_choice("unnorm_key", unnorm_key, sorted(self.cfg.norm_stats))
-        tokens, logits = self.generate_action_tokens(pixels, prompt_ids, self.action_dim(unnorm_key),
-                                                     return_logits=True, empty_token=empty_token)
+        tokens, logits, *summary = self.generate_action_tokens(
+            pixels, prompt_ids, self.action_dim(unnorm_key), return_logits=True, empty_token=empty_token,
+            return_features=features)
         actions = self.tokens_to_actions(tokens.cpu().numpy(), unnorm_key, vocab_size, unnorm_mask)
         if not return_token_prob:
             return actions
         logp = torch.log_softmax(logits.float(), dim=-1)  # (B, n, V)
         prob = logp.gather(-1, tokens[..., None])[..., 0].exp()  # (B, n): each chosen token's probability
         entropy = -(logp.exp() * logp).sum(-1)  # (B, n) nats
-        return actions, TokenStats(prob.cpu().numpy(), entropy.cpu().numpy())
+        return actions, TokenStats(prob.cpu().numpy(), entropy.cpu().numpy(), summary[0] if summary else None)
