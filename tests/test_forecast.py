@@ -318,3 +318,9 @@ def test_sweep_records_features_beside_the_log_and_refuses_where_it_cannot(featu
     code, err = cli_main(*base, tmp_path / "y", "--record-features")
     assert code == 2 and "summaries of width 16; this model's are 192 wide" in err
     assert not (tmp_path / "y").exists()
+
+
+def test_bench_monitor_times_a_feature_probe(cli_run):
+    r = cli_run("bench-monitor", "--steps", "300", "--feature-width", "64")
+    assert r.returncode == 0, r.stderr
+    assert "all predicates + logistic probe on action signals + 64-wide features): p50" in r.stdout
