@@ -324,3 +324,31 @@ def test_bench_monitor_times_a_feature_probe(cli_run):
     r = cli_run("bench-monitor", "--steps", "300", "--feature-width", "64")
     assert r.returncode == 0, r.stderr
     assert "all predicates + logistic probe on action signals + 64-wide features): p50" in r.stdout
+
+
+def test_forecast_faults_tabulates_warnings_per_run_tag(run_dir, tmp_path):
+    """A drill folder (baseline + an injected fault whose episodes all zig-zag): per tag, the share
+    warned by each fraction of the step limit and the median first warning."""
+    from vla_eval.rundir import SweepConfig, check_or_write_manifest
+
+    run = tmp_path / "drill"
+    check_or_write_manifest(run, SweepConfig(suite="libero_object", task_ids=(0, 1), seeds=tuple(range(4)),
+                                             policy="tiny", tags=("baseline", "no_flip"), max_steps=120))
+    rng = np.random.default_rng(11)
+    for tag in ("baseline", "no_flip"):
+        with JsonlWriter(run / f"{tag}.jsonl") as w:
+            for task in (0, 1):
+                for seed in range(4):
+                    failing = tag == "no_flip"
+                    steps = _steps(tag, task, seed, failing, rng)
+                    for s in steps:
+                        w.write(s)
+                    w.write(EpisodeRecord(tag, "libero_object", task, seed, seed, f"a{task}-{seed}",
+                                          "failure" if failing else "success", len(steps), None, 1.0, 0.0, 0.0))
+    fit(load_episodes([run_dir]), FitConfig("all", "logistic", 0.1, 120)).save(tmp_path / "f.json")
+    r = _cli("faults", run, "--forecaster", tmp_path / "f.json")
+    assert r.returncode == 0, r.stderr
+    rows = {line.split("|")[1].strip(): line for line in r.stdout.splitlines() if line.startswith("| ")}
+    assert "| 8 (0) |" in rows["baseline"] and "| 8 (8) | " in rows["no_flip"] and "| 100% |" in rows["no_flip"]
+    r = _cli("faults", tmp_path, "--forecaster", tmp_path / "f.json")
+    assert r.returncode == 2 and "not a vla-eval run folder" in r.stderr

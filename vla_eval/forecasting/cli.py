@@ -1,8 +1,9 @@
-"""``vla-eval forecast fit | eval | study``: failure forecasters from recorded runs.
+"""``vla-eval forecast fit | eval | study | faults``: failure forecasters from recorded runs.
 
     vla-eval forecast fit runs/calib --calib-seeds 35-39 --signals all --out f.json
     vla-eval forecast eval runs/heldout --forecaster f.json --seeds 40-44
     vla-eval forecast study runs/heldout --calib-seeds 35-39 --judge-seeds 40-44   # the docs' tables
+    vla-eval forecast faults runs/drill --forecaster f.json                        # warnings per injected fault
 """
 from __future__ import annotations
 
@@ -85,6 +86,30 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_faults(args) -> int:
+    """How early a forecaster fitted on natural failures warns of injected faults: per run tag of a
+    drill, the share of episodes warned by each fraction of the step limit and the median first warning."""
+    from vla_eval.rundir import MANIFEST, config_from_manifest
+
+    if not (args.run / MANIFEST).is_file():
+        raise UsageError(f"{args.run} is not a vla-eval run folder (no {MANIFEST})")
+    f = Forecaster.load(args.forecaster)
+    limit = len(f.band_mu)
+    print("| run tag | episodes (failed) | warned by " + " / ".join(f"{int(100 * x)}%" for x in FRACTIONS) +
+          " of the step limit | warned at all | median first warning (step) |\n| --- | --- | --- | --- | --- |")
+    for tag in config_from_manifest(args.run).tags:
+        episodes = load_episodes([args.run], tags=(tag,))
+        if not episodes:
+            continue
+        check_fits(f, episodes)
+        alarms = [j.alarm for j in judge(f, episodes, limit)]
+        by = [sum(a is not None and a <= int(x * limit) for a in alarms) / len(alarms) for x in FRACTIONS]
+        warned = sorted(a for a in alarms if a is not None)
+        print(f"| {tag} | {len(episodes)} ({sum(e.failed for e in episodes)}) | {' / '.join(_f(b, pct=True) for b in by)}"
+              f" | {_f(len(warned) / len(alarms), pct=True)} | {warned[len(warned) // 2] if warned else '–'} |")
+    return 0
+
+
 def _study_rows(episodes) -> list[tuple[str, str]]:
     """The study's forecasters these episodes have the signals for."""
     has_tokens = not any(all(x != x for x in e.series[:, SIGNAL_NAMES.index("entropy_all")]) for e in episodes)
@@ -127,7 +152,7 @@ def register(sub) -> None:
     from vla_eval.verbs import VERBS
 
     p = sub.add_parser("forecast", help=VERBS["forecast"].help)
-    verbs = p.add_subparsers(dest="forecast_verb", required=True, metavar="{fit,eval,study}")
+    verbs = p.add_subparsers(dest="forecast_verb", required=True, metavar="{fit,eval,study,faults}")
     common = dict(type=argtypes.int_at_least(1, " steps"), default=280, help="the suite's step limit (default 280)")
     components = dict(type=argtypes.int_at_least(1, high=256), default=8,
                       help="feature family: directions the hidden-state summaries are projected on (default 8)")
@@ -162,3 +187,7 @@ def register(sub) -> None:
     s.add_argument("--max-steps", **common)
     s.add_argument("--components", **components)
     s.set_defaults(fn=cmd_study)
+    d = verbs.add_parser("faults", help="how early a forecaster warns of each injected fault of a drill run")
+    d.add_argument("run", type=Path)
+    d.add_argument("--forecaster", type=Path, required=True)
+    d.set_defaults(fn=cmd_faults)
