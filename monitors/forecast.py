@@ -226,6 +226,10 @@ class Forecaster:
             self._w1, self._b1, self._w2 = (np.asarray(w, float) for w in self.weights)
         elif self.model == "logistic":
             self._w = [float(x) for x in self.weights[0]]
+            # Standardisation folded into the weights: score = b + sum(w_i (v_i - m_i) / s_i), a missing
+            # input contributing 0, computed as one loop over plain floats (the per-step path).
+            self._wf = [w / sc for w, sc in zip(self._w, self._scale)]
+            self._bf = self.bias - sum(w * m for w, m in zip(self._wf, self._mean))
 
     @property
     def feature_width(self) -> int | None:
@@ -239,6 +243,12 @@ class Forecaster:
         """The score of one step's signals (``SignalState.push``'s list, all signals) and, for the
         feature family, ``FeatureState.push``'s list; a missing (NaN) or infinite input counts as
         its calibration mean."""
+        if self.model == "logistic" and not self._k2:
+            total = self._bf
+            for i, w, m in zip(self._idx, self._wf, self._mean):
+                v = signals[i]
+                total += w * (v if v - v == 0 else m)  # v - v is 0 only for a finite v
+            return total
         x = []
         values = [float(signals[i]) for i in self._idx]
         if self._k2:
