@@ -71,3 +71,26 @@ def test_bad_input_is_one_line_and_nothing_is_written(tmp_path):
     assert r.returncode == 2 and "reference of suite 'libero_object'" in r.stderr
     r = _cli("--reference", tmp_path / "none.json")
     assert r.returncode == 2 and "no reference world" in r.stderr
+
+
+@pytest.mark.libero
+def test_sweep_checks_its_first_tasks_world_before_the_first_episode(tmp_path, cli_run, monkeypatch, capsys):
+    r = cli_run("sweep", "--policy", "zero", "--tasks", "0", "--seeds", "1", "--max-steps", "2", "--check-world",
+                "--no-progress", "--no-report", "--out", tmp_path / "run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "pre-flight world: libero_object task 0: matches the published world" in r.stdout
+
+    import vla_eval.sims.world_check as wc
+    from vla_eval.preflight import preflight_world
+
+    def shifted(suite, tasks, reference, out=print):
+        out(f"{suite} task {tasks[0]}: 1 difference(s)")
+        out("  - agentview camera moved 15.0 mm")
+        return 1
+
+    monkeypatch.setattr(wc, "check_world", shifted)
+    assert preflight_world("libero_object", 3) == 1
+    assert "pre-flight warning: world: - agentview camera moved 15.0 mm" in capsys.readouterr().err
+    monkeypatch.setattr(wc, "reference_path", lambda suite: tmp_path / "none.json")
+    said = []
+    assert preflight_world("libero_object", 3, out=said.append) == 0 and "not checked" in said[0]

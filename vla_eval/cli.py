@@ -82,6 +82,8 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: str) -> None:
                    help="with the monitor, a failure forecaster (vla-eval forecast fit): its warnings go to the logs")
     p.add_argument("--record-features", action="store_true",
                    help="native OpenVLA: each step's hidden-state summary (middle and last layer) to features/")
+    p.add_argument("--check-world", action="store_true", help="pre-flight: the first task's camera, lights and "
+                   "settling against the published world (vla-eval check-world); differences are warnings")
     p.add_argument("--videos", default="default", metavar="POLICY",
                    help="agentview videos to keep (cameras on): none | failures | all | first:K | default "
                         "(every failure + one success per tag, at most 8 per tag)")
@@ -134,7 +136,7 @@ def _execution(args):
                      ray_address=args.ray, policy_actors=args.policy_actors, videos=args.videos,
                      monitor=args.monitor, stop_on_alert=args.stop_on_alert,
                      forecaster=str(args.forecaster) if args.forecaster else None,
-                     record_features=args.record_features, retry_errors=args.retry_errors, progress=not args.no_progress)
+                     record_features=args.record_features, check_world=args.check_world, retry_errors=args.retry_errors, progress=not args.no_progress)
 
 
 def _default_out(cfgs, kind: str) -> Path:

@@ -229,3 +229,24 @@ def preflight_run(policies: dict, native: bool, suite: str, out=print) -> None:
         found = check_policy(policy, suite)
         said = "; ".join(f"{f.check}: {f.message}" for f in found) or "nothing found (no rollout-free signature)"
         out(f"pre-flight on {tag} (injected): {said}")
+
+
+def preflight_world(suite: str, task: int, out=print) -> int:
+    """``sweep --check-world``: the run's first task against the suite's reference world (camera,
+    lights, settling; ``sims.world_check``), in an env of its own before the first episode. A
+    difference is a warning with what differs, never a stop: the user may mean it. -> differences."""
+    import sys
+
+    from vla_eval.safe_json import read_json
+    from vla_eval.sims.world_check import check_world, reference_path
+
+    path = reference_path(suite)
+    if not path.is_file():
+        out(f"pre-flight world: no reference world for {suite} ships with vla-eval; not checked")
+        return 0
+    lines: list[str] = []
+    differing = check_world(suite, [task], read_json(path, "reference world"), out=lines.append)
+    for line in lines:
+        print(f"pre-flight {'warning: ' if differing else ''}world: {line.strip()}",
+              file=sys.stderr if differing else sys.stdout)
+    return differing

@@ -52,6 +52,7 @@ class Execution:
     policy_actors: int | None = None  # with Ray: the policy in N actors (None: one per GPU for a CUDA model)
     videos: str = "default"  # which agentview videos to keep (``vla_eval.videos``)
     record_features: bool = False  # per-step hidden-state summaries to features/ (native OpenVLA)
+    check_world: bool = False  # pre-flight: the first task's world against the suite's published reference
     monitor: bool = False  # the runtime monitor (this policy's shipped thresholds) on every episode
     stop_on_alert: bool = False  # end an episode at its monitor's first alert
     forecaster: str | None = None  # a failure forecaster file for the monitor (``monitors.forecast``)

@@ -81,6 +81,10 @@ def run_sweep(cfg: SweepConfig, run_dir: Path, model: OpenVLAOptions | None = No
             from vla_eval.preflight import preflight_run
 
             preflight_run(policies, openvla is None or openvla.native, cfg.suite)
+            if ex.check_world:
+                from vla_eval.preflight import preflight_world
+
+                preflight_world(cfg.suite, cfg.task_ids[0])
             run_dir = Path(run_dir)
             from vla_eval.sims.libero_env import configure_gl
 
