@@ -11,6 +11,9 @@ reference written on the published stack (libero 0.1.1, robosuite 1.4.0, mujoco 
     settle   how far each object moves in the published 10 wait steps after the init state is
              set, and then in 40 more steps with the robot still: an init state that does not
              settle (objects still moving after the wait) is a physics shift
+    rest     where each object rests after the wait (position, orientation): an init state that
+             settles somewhere else (MuJoCo 3.4's box-box contact change leaves libero_spatial
+             task 5's bowl on the ramekin's rim, 3.4 cm from where 3.3 seats it) is one too
 
 Nothing here changes an episode: the check runs in its own env before a sweep. Exit 0 when every
 task matches, 1 when something differs (each difference on one line), 2 on bad input.
@@ -27,7 +30,8 @@ from vla_eval.errors import UsageError
 STILL_STEPS = 40  # after the published wait: objects of a settled scene stay put
 # Tolerances: float noise of the same stack is ~1e-9; a real shift is millimetres or percent.
 TOL_POS_M, TOL_ANGLE, TOL_LIGHT = 1e-4, 1e-4, 1e-3
-TOL_SETTLE_M = 0.005  # more movement than the reference by this much: not the published physics
+TOL_SETTLE_M = 0.005  # movement differing from the reference's by this much: not the published physics
+TOL_REST_M, TOL_REST_DEG = 0.005, 5.0  # a resting pose this far from the reference's
 
 
 def reference_path(suite: str) -> Path:
@@ -38,6 +42,12 @@ def reference_path(suite: str) -> Path:
 
 def _positions(inner) -> dict[str, np.ndarray]:
     return {n: inner.sim.data.body_xpos[b].copy() for n, b in inner.obj_body_id.items() if n in inner.objects_dict}
+
+
+def _poses(inner) -> dict[str, dict]:
+    return {n: {"pos": [round(float(x), 6) for x in inner.sim.data.body_xpos[b]],
+                "quat": [round(float(x), 6) for x in inner.sim.data.body_xquat[b]]}
+            for n, b in inner.obj_body_id.items() if n in inner.objects_dict}
 
 
 def fingerprint(env) -> dict:
@@ -52,7 +62,7 @@ def fingerprint(env) -> dict:
     start = _positions(inner.env)
     for _ in range(NUM_WAIT_STEPS):
         inner.step(WAIT_ACTION.tolist())
-    settled = _positions(inner.env)
+    settled, rest = _positions(inner.env), _poses(inner.env)
     for _ in range(STILL_STEPS):
         inner.step(WAIT_ACTION.tolist())
     still = _positions(inner.env)
@@ -63,6 +73,7 @@ def fingerprint(env) -> dict:
                    for i in range(model.nlight)],
         "settle_m": {n: round(float(np.linalg.norm(settled[n] - start[n])), 6) for n in start},
         "still_m": {n: round(float(np.linalg.norm(still[n] - settled[n])), 6) for n in start},
+        "rest": rest,
     }
 
 
@@ -90,9 +101,18 @@ def differences(got: dict, ref: dict) -> list[str]:
             now = got[phase].get(name)
             if now is None:
                 out.append(f"object {name} is missing from the scene")
-            elif now > published + TOL_SETTLE_M:
+            elif abs(now - published) > TOL_SETTLE_M:
                 out.append(f"{name} moves {now * 1000:.1f} mm {what} (published: {published * 1000:.1f} mm): the "
                            f"init state does not settle as published (physics differ: MuJoCo version?)")
+    for name, published in ref.get("rest", {}).items():  # references written before poses were kept lack it
+        now = got.get("rest", {}).get(name)
+        if now is None:
+            continue  # a missing object is named above
+        off = float(np.linalg.norm(np.subtract(now["pos"], published["pos"])))
+        tilt = np.degrees(2 * float(np.arccos(min(1.0, abs(float(np.dot(now["quat"], published["quat"])))))))
+        if off > TOL_REST_M or tilt > TOL_REST_DEG:
+            out.append(f"{name} comes to rest {off * 1000:.1f} mm and {tilt:.1f} deg from its published pose after the "
+                       f"wait: the init state settles somewhere else (physics differ: MuJoCo version?)")
     return out
 
 
