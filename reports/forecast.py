@@ -22,7 +22,7 @@ def forecast_section(run_dir: Path, tag: str, log, cfg, max_steps: int) -> dict 
         return None
     from vla_eval.errors import UsageError
     from vla_eval.forecasting.evaluate import FRACTIONS, forecast_plot, judge, metrics
-    from vla_eval.forecasting.fit import episodes_of
+    from vla_eval.forecasting.fit import check_signals, episodes_of
     from vla_eval.monitors.forecast import Forecaster
 
     try:
@@ -32,6 +32,10 @@ def forecast_section(run_dir: Path, tag: str, log, cfg, max_steps: int) -> dict 
     episodes = episodes_of(Path(run_dir), tag, log, cfg)
     if not episodes:
         return None
+    try:
+        check_signals(episodes, f.signals, f.feature_width)  # e.g. a feature forecaster, features not recorded
+    except UsageError as e:
+        return {"note": f"the run's forecaster could not be replayed: {e}", "rows": [], "plot": None, "alarms": {}}
     judged = judge(f, episodes, max_steps)
     m = metrics(judged, max_steps)
     fitted = set(f.identity.get("seeds", []))
@@ -44,7 +48,8 @@ def forecast_section(run_dir: Path, tag: str, log, cfg, max_steps: int) -> dict 
     note = (f"seeds {', '.join(map(str, overlap))} of this run are among the forecaster's calibration seeds: "
             f"judged on them, its numbers flatter it" if overlap else "")
     return {
-        "model": f"{f.model} over {', '.join(f.signals)}", "fitted_on": ", ".join(f.identity.get("fitted_on", [])),
+        "model": f"{f.model} over {', '.join(f.signals)}" + (
+            f" + hidden-state features ({f.feature_width} wide)" if f.features else ""), "fitted_on": ", ".join(f.identity.get("fitted_on", [])),
         "n": m.n, "failures": m.failures, "rows": rows, "false_alarms": pct(m.false_alarms),
         "lead": "–" if m.median_lead is None else f"{m.median_lead:.0f}", "note": note,
         "plot": base64.b64encode(forecast_plot(f, episodes, max_steps)).decode() if m.failures and m.n > m.failures

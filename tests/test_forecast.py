@@ -352,3 +352,21 @@ def test_forecast_faults_tabulates_warnings_per_run_tag(run_dir, tmp_path):
     assert "| 8 (0) |" in rows["baseline"] and "| 8 (8) | " in rows["no_flip"] and "| 100% |" in rows["no_flip"]
     r = _cli("faults", tmp_path, "--forecaster", tmp_path / "f.json")
     assert r.returncode == 2 and "not a vla-eval run folder" in r.stderr
+
+
+def test_the_report_replays_a_feature_forecaster_or_says_why_not(run_dir, feature_run, tmp_path):
+    import shutil
+
+    from vla_eval.reports.html import context
+    from vla_eval.rundir import FORECASTER_COPY
+
+    f = fit(load_episodes([feature_run], seeds=set(range(6))), FitConfig("action+features", "logistic", 0.1, 120,
+                                                                          components=4))
+    with_features = shutil.copytree(feature_run, tmp_path / "with")
+    f.save(with_features / FORECASTER_COPY)
+    fc = context(with_features)["forecast"]
+    assert "hidden-state features (16 wide)" in fc["model"] and float(fc["rows"][2]["auroc"]) > 0.8
+    without = shutil.copytree(run_dir, tmp_path / "without")
+    f.save(without / FORECASTER_COPY)
+    fc = context(without)["forecast"]
+    assert fc["rows"] == [] and "could not be replayed" in fc["note"] and "--record-features" in fc["note"]
