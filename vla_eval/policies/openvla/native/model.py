@@ -192,7 +192,7 @@ class NativeOpenVLA(nn.Module):
                 lambda _m, _i, out: middle.append((out[0] if isinstance(out, tuple) else out)[:, -1].float()))
         try:
             out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True)
-            last = [out.last_hidden_state[:, -1].float()]
+            last = [out.last_hidden_state[:, -1].float()] if return_features else []
             logits = [self._last_logits(out)]
             tokens = [logits[-1].argmax(-1)]
             for _ in range(n_tokens - 1):
@@ -200,7 +200,8 @@ class NativeOpenVLA(nn.Module):
                 positions = positions[:, -1:] + 1
                 out = llm(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=positions,
                           use_cache=True, **_cache_kwargs(llm, out))
-                last.append(out.last_hidden_state[:, -1].float())
+                if return_features:
+                    last.append(out.last_hidden_state[:, -1].float())
                 logits.append(self._last_logits(out))
                 tokens.append(logits[-1].argmax(-1))
         finally:
