@@ -254,8 +254,7 @@ class _Rollout:
             rec = step_record(self.run_tag, a.job.task_id, a.job.seed, a.attempt, len(a.steps), step.batch, i, res,
                               step.policy_s, sim_s)
             feats = step.batch.features[i] if step.batch.features is not None else None
-            alerts = [] if a.monitor is None else a.monitor.update(rec) if feats is None else a.monitor.update(
-                rec, features=feats)
+            alerts = a.monitor.update(rec, features=feats) if a.monitor is not None else []
             if alerts:
                 rec = replace(rec, alerts=tuple(alerts))
                 a.alerts.extend(alerts)

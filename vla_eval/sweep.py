@@ -71,12 +71,13 @@ def run_sweep(cfg: SweepConfig, run_dir: Path, model: OpenVLAOptions | None = No
         openvla = resolve_options(cfg.policy, cfg.suite, openvla)
     elif model is not None:
         raise UsageError(f"policy {cfg.policy!r} has no model to configure")
-    monitor_factory = (_monitor_factory(cfg, ex.forecaster, ex.record_features)
-                       if ex.monitor or ex.stop_on_alert or ex.forecaster else None)
+    forecaster = _load_forecaster(cfg, ex.forecaster, ex.record_features) if ex.forecaster else None
+    wants_monitor = ex.monitor or ex.stop_on_alert or forecaster is not None
+    monitor_factory = _monitor_factory(cfg, forecaster) if wants_monitor else None
     with _ray_session(ex.ray_address, local_cpus=ex.workers + (ex.policy_actors or 0)) as ray:
         policies = _load_policies(ray, ex.policy_actors, cfg, tags, openvla)  # set-up errors before any episode
-        if monitor_factory is not None and monitor_factory.args[1] is not None:
-            _check_feature_width(monitor_factory.args[1], policies.values(), ex.forecaster)
+        if forecaster is not None:
+            _check_feature_width(forecaster, policies.values(), ex.forecaster)
         try:
             from vla_eval.preflight import preflight_run
 
@@ -101,24 +102,27 @@ def run_sweep(cfg: SweepConfig, run_dir: Path, model: OpenVLAOptions | None = No
                 release(ray, policies.values())
 
 
-def _monitor_factory(cfg: SweepConfig, forecaster_path: str | None = None, record_features: bool = False):
+def _load_forecaster(cfg: SweepConfig, path: str, record_features: bool):
+    """The failure forecaster for the monitor, refused here, before any episode, if it was fitted
+    on another policy, checkpoint or suite, or reads hidden-state summaries the run does not record."""
+    from vla_eval.monitors.forecast import Forecaster
+
+    forecaster = Forecaster.load(path)
+    forecaster.check_identity(cfg.policy, cfg.checkpoint, cfg.suite, f"this run ({path})")
+    if forecaster.features and not record_features:
+        raise UsageError(f"the forecaster {path} reads the model's hidden-state summaries (the feature "
+                         f"family): add --record-features")
+    return forecaster
+
+
+def _monitor_factory(cfg: SweepConfig, forecaster=None):
     """A fresh monitor per episode, with the thresholds calibrated for this policy where shipped,
-    and the failure forecaster if one is given (refused here, before any episode, if it was fitted
-    on another policy, checkpoint or suite, or reads hidden-state summaries the run does not record)."""
+    and the failure forecaster if one is given."""
     import functools
 
     from vla_eval.monitors import RuntimeMonitor
     from vla_eval.monitors.predicates import thresholds_for
 
-    forecaster = None
-    if forecaster_path:
-        from vla_eval.monitors.forecast import Forecaster
-
-        forecaster = Forecaster.load(forecaster_path)
-        forecaster.check_identity(cfg.policy, cfg.checkpoint, cfg.suite, f"this run ({forecaster_path})")
-        if forecaster.features and not record_features:
-            raise UsageError(f"the forecaster {forecaster_path} reads the model's hidden-state summaries (the feature "
-                             f"family): add --record-features")
     return functools.partial(RuntimeMonitor, thresholds_for(cfg.policy, cfg.suite, cfg.checkpoint)[0], forecaster)
 
 

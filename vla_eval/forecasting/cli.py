@@ -89,23 +89,23 @@ def cmd_eval(args) -> int:
 def cmd_faults(args) -> int:
     """How early a forecaster fitted on natural failures warns of injected faults: per run tag of a
     drill, the share of episodes warned by each fraction of the step limit and the median first warning."""
-    from vla_eval.rundir import MANIFEST, config_from_manifest
+    from vla_eval.rundir import config_from_manifest
 
-    if not (args.run / MANIFEST).is_file():
-        raise UsageError(f"{args.run} is not a vla-eval run folder (no {MANIFEST})")
+    tags = config_from_manifest(args.run).tags  # a folder that is no run: one line naming it
     f = Forecaster.load(args.forecaster)
+    episodes = load_episodes([args.run], tags=tags)
+    check_fits(f, episodes)
     limit = len(f.band_mu)
     print("| run tag | episodes (failed) | warned by " + " / ".join(f"{int(100 * x)}%" for x in FRACTIONS) +
           " of the step limit | warned at all | median first warning (step) |\n| --- | --- | --- | --- | --- |")
-    for tag in config_from_manifest(args.run).tags:
-        episodes = load_episodes([args.run], tags=(tag,))
-        if not episodes:
+    for tag in tags:
+        mine = [e for e in episodes if e.tag == tag]
+        if not mine:
             continue
-        check_fits(f, episodes)
-        alarms = [j.alarm for j in judge(f, episodes, limit)]
+        alarms = [j.alarm for j in judge(f, mine, limit)]
         by = [sum(a is not None and a <= int(x * limit) for a in alarms) / len(alarms) for x in FRACTIONS]
         warned = sorted(a for a in alarms if a is not None)
-        print(f"| {tag} | {len(episodes)} ({sum(e.failed for e in episodes)}) | {' / '.join(_f(b, pct=True) for b in by)}"
+        print(f"| {tag} | {len(mine)} ({sum(e.failed for e in mine)}) | {' / '.join(_f(b, pct=True) for b in by)}"
               f" | {_f(len(warned) / len(alarms), pct=True)} | {warned[len(warned) // 2] if warned else '–'} |")
     return 0
 

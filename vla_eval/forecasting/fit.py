@@ -38,6 +38,11 @@ class Episode:
     identity: tuple[str, str, str]  # policy, checkpoint, suite
     features: np.ndarray | None = None  # (steps, 2, d) hidden-state summaries, if the run recorded them
 
+    @property
+    def feature_width(self) -> int | None:
+        """D = 2 x d, the flattened width of its summaries (what a forecaster's projection reads)."""
+        return None if self.features is None else int(np.prod(self.features.shape[1:]))
+
 
 @dataclass(frozen=True)
 class FitConfig:
@@ -122,7 +127,7 @@ def check_signals(episodes: Sequence[Episode], names: Sequence[str], feature_wid
             raise UsageError(f"the feature family needs the hidden-state summaries of every episode; {e.run} has none "
                              f"for task {e.task_id} seed {e.seed} ({len(lacking)} episodes lack them): record them "
                              f"with vla-eval sweep --record-features (native OpenVLA)")
-        widths = {int(np.prod(e.features.shape[1:])) for e in episodes}
+        widths = {e.feature_width for e in episodes}
         if widths != {feature_width}:
             raise UsageError(f"hidden-state summaries of width {sorted(widths)} in these runs; the forecaster reads "
                              f"width {feature_width} (another model)")
@@ -143,7 +148,7 @@ def fit_projection(episodes: Sequence[Episode], k: int) -> tuple[list, list]:
     """The feature family's directions: each coordinate of the calibration steps' summaries
     standardised, then their top-``k`` principal directions (unsupervised: fitted on every
     calibration step alike). -> (centre (D,), projection (k, D)) with the scaling folded in."""
-    rows = np.vstack([e.features[::STRIDE].reshape(-1, int(np.prod(e.features.shape[1:]))) for e in episodes])
+    rows = np.vstack([e.features[::STRIDE].reshape(-1, e.feature_width) for e in episodes])
     rows = rows.astype(np.float64)
     if len(rows) > 20_000:  # the directions settle long before; the SVD's cost does not
         rows = rows[np.random.default_rng(0).choice(len(rows), 20_000, replace=False)]
@@ -255,10 +260,8 @@ def _fit_scores(episodes: Sequence[Episode], cfg: FitConfig) -> Forecaster:
     if not episodes:
         raise UsageError("no calibration episodes (check the run folders and --calib-seeds)")
     names = cfg.names
-    width = None
-    if cfg.uses_features:
-        first = next((e for e in episodes if e.features is not None), None)
-        width = int(np.prod(first.features.shape[1:])) if first is not None else -1
+    # the width the calibration episodes have (check_signals names any episode without, or of another)
+    width = next((e.feature_width for e in episodes if e.features is not None), -1) if cfg.uses_features else None
     check_signals(episodes, names, width)
     idx = [SIGNAL_NAMES.index(n) for n in names]
     failed = sum(e.failed for e in episodes)
