@@ -27,7 +27,7 @@ _task_list = id_set("--tasks")
 def _add_run_args(p: argparse.ArgumentParser, seeds_default: str) -> None:
     """The run flags. Those that define what is run (recorded in the manifest) sit in one group,
     whose actions ``_given_identity`` reads: a resume refuses them instead of ignoring them."""
-    from vla_eval.policies.factory import BACKENDS, DTYPES, POLICIES
+    from vla_eval.policies.factory import BACKENDS, DTYPES, policies
 
     ident = p.add_argument_group("what is run (recorded in the run folder; a resume takes these from it)")
     actions = [ident.add_argument(
@@ -41,8 +41,8 @@ def _add_run_args(p: argparse.ArgumentParser, seeds_default: str) -> None:
         ident.add_argument("--seeds", type=seed_set, default=seeds_default,
                            help=f"a count N (seeds 0..N-1) or seed ids such as 10-59, 3,4 or 7-7 (one seed); seed i -> "
                                 f"stored init state i (default {seeds_default})"),
-        ident.add_argument("--policy", default="openvla", choices=POLICIES,
-                           help="; ".join(f"{n}: {s.help}" for n, s in POLICIES.items())),
+        ident.add_argument("--policy", default="openvla", choices=policies(),
+                           help="; ".join(f"{n}: {s.help}" for n, s in policies().items())),
         ident.add_argument("--checkpoint", help="HF id or local path (default: openvla/openvla-7b-finetuned-<suite>)"),
         ident.add_argument("--revision", help="pin the checkpoint's revision (commit hash)"),
         ident.add_argument("--cameras", choices=("auto", "on", "off"), default="auto",

@@ -59,10 +59,10 @@ def run_sweep(cfg: SweepConfig, run_dir: Path, model: OpenVLAOptions | None = No
     all_jobs = make_jobs(cfg.suite, cfg.task_ids, cfg.seeds)[i::k]
     openvla = None
     if ex.record_features and not spec.model:
-        from vla_eval.policies.factory import POLICIES
+        from vla_eval.policies.factory import model_policy_names
 
         raise UsageError(f"--record-features records a model's hidden state; policy {cfg.policy!r} has none (valid "
-                         f"with --policy {' or '.join(n for n, s in POLICIES.items() if s.model)})")
+                         f"with --policy {model_policy_names()})")
     if spec.model:
         from vla_eval.policies.factory import model_options
 

@@ -11,6 +11,7 @@ import numpy as np
 from vla_eval.sims.protocol import Observation
 from vla_eval.errors import UsageError
 from vla_eval.policies.base import ActionBatch
+from vla_eval.policies.registry import PolicySpec, register_policy, state_builder
 from vla_eval.policies.zero import CLOSE, OPEN
 
 
@@ -233,3 +234,7 @@ class StatelessExpert:
         """The object has fallen off the table (below the table top): no expert can finish."""
         obj, _ = _poses(o)
         return bool(obj[2] < -0.05)
+
+
+register_policy(PolicySpec("scripted", "the scripted expert (privileged sim state)", reads_images=False,
+                           build=state_builder(ScriptedExpert)))

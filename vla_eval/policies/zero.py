@@ -6,6 +6,7 @@ from typing import Sequence
 import numpy as np
 
 from vla_eval.policies.base import ActionBatch
+from vla_eval.policies.registry import PolicySpec, register_policy, state_builder
 from vla_eval.sims.protocol import Observation
 
 OPEN, CLOSE = -1.0, 1.0  # LIBERO's gripper commands
@@ -25,3 +26,7 @@ class ZeroPolicy:
         actions = np.zeros((len(obs), 7))
         actions[:, 6] = OPEN
         return ActionBatch(actions)
+
+
+register_policy(PolicySpec("zero", "zero actions, gripper open (smoke tests)", reads_images=False,
+                           build=state_builder(ZeroPolicy)))
