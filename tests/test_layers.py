@@ -30,7 +30,7 @@ LAYERS = {
     "vla_eval.reports": 5, "vla_eval.drills": 5,                       # reports over runs; CPU drills
     "vla_eval.tinyvla.dagger": 5, "vla_eval.diagnose": 5,              # DAgger rounds; fault ranking over run folders
     "vla_eval.forecasting": 5,                                         # forecasters fitted and judged on runs
-    "vla_eval.cli": 6, "vla_eval.setup": 6, "vla_eval.monitors.cli": 6, "vla_eval.drills.cli": 6, "vla_eval.tinyvla.cli": 6,
+    "vla_eval.cli": 6, "vla_eval.run_flags": 6, "vla_eval.setup": 6, "vla_eval.monitors.cli": 6, "vla_eval.drills.cli": 6, "vla_eval.tinyvla.cli": 6,
     "vla_eval.forecasting.cli": 6,  # command lines on top
 }
 

@@ -5,138 +5,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from vla_eval import __version__
-from vla_eval.argtypes import (MAX_STEP_LIMIT, add_threads_flag, float_between, format_ids, id_set, int_at_least,
-                               out_dir, out_file, seed_set)
+from vla_eval import __version__, run_flags
+from vla_eval.argtypes import add_threads_flag, format_ids, int_at_least, out_dir, out_file, seed_set
 from vla_eval.errors import DIST, MissingDependency, UsageError, install_hint
-from vla_eval.faults import CHAPTER_FAULTS, FAULTS, parse_faults
-
-DEFAULT_SUITE = "libero_object"
-
+from vla_eval.faults import CHAPTER_FAULTS
+from vla_eval.run_flags import DEFAULT_SUITE
 
 _non_negative = int_at_least(0)
 _positive_int = int_at_least(1)
-_positive_float = float_between(0.0)
-_step_limit = int_at_least(1, " steps (LIBERO's longest suite allows 520)", high=MAX_STEP_LIMIT)
-_process_count = int_at_least(0, " processes", high=256)
-
-
-_task_list = id_set("--tasks")
-
-
-def _add_run_args(p: argparse.ArgumentParser, seeds_default: str) -> None:
-    """The run flags. Those that define what is run (recorded in the manifest) sit in one group,
-    whose actions ``_given_identity`` reads: a resume refuses them instead of ignoring them."""
-    from vla_eval.policies.factory import BACKENDS, DTYPES, policies
-
-    ident = p.add_argument_group("what is run (recorded in the run folder; a resume takes these from it)")
-    actions = [ident.add_argument(
-        "--suite", default=DEFAULT_SUITE, help="libero_spatial|libero_object|libero_goal|libero_10|libero_90, "
-        "or several (comma-separated, or all4): one sub-folder per suite and a summary report")]
-    tasks = ident.add_mutually_exclusive_group()
-    actions += [tasks.add_argument("--task", type=int, default=0, help="task id within the suite (default 0)"),
-                tasks.add_argument("--all-tasks", action="store_true", help="every task of the suite"),
-                tasks.add_argument("--tasks", type=_task_list, help="comma-separated task ids, e.g. 0,3,5")]
-    actions += [
-        ident.add_argument("--seeds", type=seed_set, default=seeds_default,
-                           help=f"a count N (seeds 0..N-1) or seed ids such as 10-59, 3,4 or 7-7 (one seed); seed i -> "
-                                f"stored init state i (default {seeds_default})"),
-        ident.add_argument("--policy", default="openvla", choices=policies(),
-                           help="; ".join(f"{n}: {s.help}" for n, s in policies().items())),
-        ident.add_argument("--checkpoint", help="HF id or local path (default: openvla/openvla-7b-finetuned-<suite>)"),
-        ident.add_argument("--revision", help="pin the checkpoint's revision (commit hash)"),
-        ident.add_argument("--cameras", choices=("auto", "on", "off"), default="auto",
-                           help="auto: on for pixel policies, off (physics only, ~10x faster) for state-based ones"),
-        ident.add_argument("--fast-reset", action="store_true",
-                           help="reuse the MuJoCo model between episodes (not the published protocol's hard reset)"),
-        ident.add_argument("--max-steps", type=_step_limit,
-                           help=f"override the suite's step limit (1..{MAX_STEP_LIMIT})")]
-    p.set_defaults(identity=actions, shard=None, resume=None, retry_errors=False)  # sweep's own flags set them
-    p.add_argument("--attn", choices=("flash_attention_2", "sdpa", "eager"), help="attention (default sdpa)")
-    p.add_argument("--device", help="torch device for the model (default: cuda; cpu for --policy tiny)")
-    p.add_argument("--backend", choices=BACKENDS, help="OpenVLA model: native (default; batched, no "
-                   "trust_remote_code) or remote-code (OpenVLA's own HF code, one observation per call)")
-    p.add_argument("--native", dest="backend", action="store_const", const="native", help=argparse.SUPPRESS)
-    p.add_argument("--dtype", choices=DTYPES,
-                   help="native model weights and activations (default: bfloat16; float32 for --policy tiny)")
-    p.add_argument("--workers", type=_process_count, default=0, help="parallel env processes (0: env in this process)")
-    p.add_argument("--env-timeout", type=float_between(0.0, 86_400.0), default=None, metavar="S",
-                   help="with workers: a reset or step taking longer than S seconds ends that episode as an error "
-                        "and restarts its worker (default 180 s reset / 60 s step)")
-    p.add_argument("--batch", type=int_at_least(1, high=256), help="N parallel envs feeding one model call per step (= --workers N; batched on the native backend, a loop on the remote code)")
-    p.add_argument("--overlap", action="store_true",
-                   help="split the envs into two groups: one simulates while the model acts for the other")
-    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="env workers as Ray actors on a cluster (ADDRESS, e.g. auto or host:6379; no value: a local "
-                        "Ray instance); the run folder stays in this process")
-    p.add_argument("--policy-actors", type=_process_count, metavar="N",
-                   help="with --ray: the policy in N Ray actors, each batching the observations of its env "
-                        "actors (default: one per cluster GPU for a CUDA model; 0 for CPU: the policy in this process)")
-    add_threads_flag(p)
-    p.add_argument("--out", type=out_dir, help="run folder (default: runs/<policy>-<suite>-<tasks>-<tags>)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--no-report", action="store_true", help="skip the HTML report at the end")
-    p.add_argument("--monitor", action="store_true", help="attach the runtime monitor; alerts go to the logs and report")
-    p.add_argument("--stop-on-alert", action="store_true", help="end an episode at its monitor's first alert")
-    p.add_argument("--forecaster", type=Path, metavar="F.json",
-                   help="with the monitor, a failure forecaster (vla-eval forecast fit): its warnings go to the logs")
-    p.add_argument("--record-features", action="store_true",
-                   help="native OpenVLA: each step's hidden-state summary (middle and last layer) to features/")
-    p.add_argument("--check-world", action="store_true", help="pre-flight: the first task's camera, lights and "
-                   "settling against the published world (vla-eval check-world); differences are warnings")
-    p.add_argument("--videos", default="default", metavar="POLICY",
-                   help="agentview videos to keep (cameras on): none | failures | all | first:K | default "
-                        "(every failure + one success per tag, at most 8 per tag)")
-
-
-# -- from flags to the typed run (parsed once) ---------------------------------------------------
-def _given_identity(args) -> list[str]:
-    """The identity flags given on the command line (those that differ from their defaults)."""
-    def default(a):  # argparse converts a string default with the flag's type
-        return a.type(a.default) if isinstance(a.default, str) and a.type else a.default
-    return [a.option_strings[0] for a in args.identity if getattr(args, a.dest) != default(a)]
-
-
-def _task_ids(args, suite: str) -> tuple[int, ...]:
-    from vla_eval.sims.protocol import suite_spec
-
-    return tuple(range(suite_spec(suite).n_tasks)) if args.all_tasks else (args.tasks or (args.task,))
-
-
-def _configs(args, tags: tuple[str, ...]) -> list:
-    """One SweepConfig per suite; the config checks itself (suite, tasks, seeds, tags, shard), the
-    registry the policy, before any model or device."""
-    from vla_eval.policies.factory import policy_spec
-    from vla_eval.rundir import SweepConfig, parse_suites
-
-    suites = parse_suites(args.suite)
-    spec = policy_spec(args.policy)
-    cameras = spec.reads_images if args.cameras == "auto" else args.cameras == "on"
-    return [SweepConfig(suite=suite, task_ids=_task_ids(args, suite), seeds=args.seeds, policy=args.policy,
-                        tags=tags, cameras=cameras, hard_reset=not args.fast_reset, max_steps=args.max_steps,
-                        checkpoint=args.checkpoint, revision=args.revision, shard=args.shard,
-                        perturb_seed=getattr(args, "perturb_seed", 0))
-            for suite in suites]
-
-
-def _model(args, policy: str):
-    """The model flags of a model policy (None for the others; given flags are refused there)."""
-    from vla_eval.policies.factory import model_options, policy_spec
-
-    opts = model_options(policy, args.checkpoint, args.revision, args.attn, args.device, args.backend, args.dtype)
-    return opts if policy_spec(policy).model else None
-
-
-def _execution(args):
-    from vla_eval.sweep import Execution
-
-    if args.batch is not None and args.workers and args.workers != args.batch:
-        raise UsageError(f"--batch {args.batch} runs {args.batch} env workers; drop --workers {args.workers}")
-    return Execution(workers=args.batch or args.workers, overlap=args.overlap, env_timeout_s=args.env_timeout,
-                     ray_address=args.ray, policy_actors=args.policy_actors, videos=args.videos,
-                     monitor=args.monitor, stop_on_alert=args.stop_on_alert,
-                     forecaster=str(args.forecaster) if args.forecaster else None,
-                     record_features=args.record_features, check_world=args.check_world, retry_errors=args.retry_errors, progress=not args.no_progress)
 
 
 def _default_out(cfgs, kind: str) -> Path:
@@ -160,20 +36,21 @@ def _execute(args, tags: tuple[str, ...], kind: str) -> int:
     from vla_eval.rundir import config_from_manifest, is_multi_suite, read_suites
     from vla_eval import sweep
 
-    ex = _execution(args)
+    ex = run_flags.execution_from(args)
     resume = args.resume
     if resume is not None:  # the folder's own config: flags that would change it are refused, not ignored
-        given = _given_identity(args) + ["--out"] * bool(args.out)
+        given = run_flags.given_identity(args) + ["--out"] * bool(args.out)
         if given:
             raise UsageError(f"--resume continues the folder's own run; drop {', '.join(dict.fromkeys(given))}")
         multi = is_multi_suite(resume)
         first = resume / read_suites(resume)[0] if multi else resume
-        model = _model(args, config_from_manifest(first).policy if (first / "manifest.json").exists() else "openvla")
+        policy = config_from_manifest(first).policy if (first / "manifest.json").exists() else "openvla"
+        model = run_flags.model_options_from(args, policy)
         results = sweep.resume_suites(resume, model, ex) if multi else {None: sweep.resume(resume, model, ex)}
         run_dir = resume
     else:
-        cfgs = _configs(args, tags)
-        model = _model(args, cfgs[0].policy)
+        cfgs = run_flags.run_configs(args, tags)
+        model = run_flags.model_options_from(args, cfgs[0].policy)
         run_dir = args.out or _default_out(cfgs, kind)
         if run_dir.exists() and not run_dir.is_dir():
             raise UsageError(f"--out {run_dir} is a file; a run folder is a directory")
@@ -205,67 +82,16 @@ def _write_report(run_dir: Path) -> None:
     print(f"report: {write_report(run_dir)}")
 
 
-def _fault_type(text: str) -> tuple[str, ...]:
-    try:
-        return parse_faults(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _add_fault_args(p, what: str) -> None:
-    """``--fault NAME[,NAME]`` (or ``all``) from the fault table; the chapter's three also keep their flags.
-    They sit in the identity group (the run tags are part of what is run)."""
-    flags = [p.add_argument("--fault", type=_fault_type, action="append", metavar="NAME",
-                            help=f"{what}: {', '.join(FAULTS)}; several separated by commas, 'all' for every one, "
-                                 "a+b for both in one run")]
-    flags += [p.add_argument(f.flag, action="store_true", help=f"= --fault {f.name}: {f.help}")
-              for f in FAULTS.values() if f.flag]
-    flags += _add_perturb_args(p)
-    p.set_defaults(identity=p.get_default("identity") + flags)
-
-
-def _perturb_list(text: str) -> tuple[str, ...]:
-    """``--perturb camera:2,light:1``: perturbation run tags, each checked against the family table."""
-    from vla_eval.perturbations import parse
-
-    try:
-        return tuple(parse(part.strip()).tag for part in text.split(",") if part.strip())
-    except UsageError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _add_perturb_args(p) -> list:
-    from vla_eval.perturbations import FAMILIES
-
-    return [p.add_argument("--perturb", type=_perturb_list, metavar="FAMILY:LEVEL",
-                           help=f"perturbed runs next to the unperturbed baseline on the same (task, seed) pairs, "
-                                f"e.g. camera:2,light:1; families: {', '.join(FAMILIES)}; levels 1-3"),
-            p.add_argument("--perturb-seed", type=int_at_least(0, high=2**31 - 1), default=0,
-                           help="the seed perturbations are drawn from (default 0; recorded in the manifest)")]
-
-
-def _with_perturbations(tags: list[str], perturbs) -> tuple[str, ...]:
-    """Each chosen run (baseline or fault) unperturbed, then under each perturbation."""
-    return tuple(tags + [p if t == "baseline" else f"{t}+{p}" for t in tags for p in perturbs or ()])
-
-
-def _chosen_faults(args) -> list[str]:
-    chosen = [name for name, f in FAULTS.items() if f.flag and getattr(args, f.flag[2:].replace("-", "_"))]
-    for group in args.fault or ():
-        chosen += [t for t in group if t not in chosen]
-    return chosen
-
-
 def cmd_sweep(args) -> int:
     """A sweep runs the baseline, or only the faults its flags name."""
-    chosen = _chosen_faults(args)
-    return _execute(args, _with_perturbations(chosen or ["baseline"], args.perturb), "sweep")
+    chosen = run_flags.chosen_faults(args)
+    return _execute(args, run_flags.with_perturbations(chosen or ["baseline"], args.perturb), "sweep")
 
 
 def cmd_drill(args) -> int:
     """A drill runs the baseline next to the chosen faults (the chapter's three by default)."""
-    return _execute(args, _with_perturbations(["baseline"] + (_chosen_faults(args) or list(CHAPTER_FAULTS)),
-                                              args.perturb), "drill")
+    faults = run_flags.chosen_faults(args) or list(CHAPTER_FAULTS)
+    return _execute(args, run_flags.with_perturbations(["baseline"] + faults, args.perturb), "drill")
 
 
 def cmd_robustness(args) -> int:
@@ -286,10 +112,11 @@ def cmd_run(args) -> int:
     from vla_eval.api import run_episode
     from vla_eval.sims.protocol import N_INIT_STATES
 
-    chosen = _chosen_faults(args) + list(args.perturb or ())
+    chosen = run_flags.chosen_faults(args) + list(args.perturb or ())
     if len(args.perturb or ()) > 1:
         raise UsageError(f"vla-eval run is one episode: one --perturb at a time (got {', '.join(args.perturb)})")
-    (cfg,) = _configs(args, ("+".join(chosen) or "baseline",))  # suite, task and policy before any device check
+    # suite, task and policy before any device check
+    (cfg,) = run_flags.run_configs(args, ("+".join(chosen) or "baseline",))
     if not 0 <= args.seed < N_INIT_STATES:
         raise UsageError(f"--seed {args.seed} has no stored init state; valid: 0..{N_INIT_STATES - 1}")
     if (args.batch or 1) > 1 or args.overlap or args.workers or args.ray or args.policy_actors is not None:
@@ -311,7 +138,7 @@ def cmd_run(args) -> int:
         policy=cfg.policy, suite=cfg.suite, task_id=args.task, seed=args.seed,
         fault="+".join(chosen) or None, max_steps=cfg.max_steps,
         cameras=cfg.cameras, hard_reset=cfg.hard_reset, log_path=args.log,
-        model=_model(args, cfg.policy), progress=not args.no_progress,
+        model=run_flags.model_options_from(args, cfg.policy), progress=not args.no_progress,
     )
     print(f"{ep.run_tag}: {ep.outcome} in {ep.steps} steps, first gripper close at "
           f"{ep.first_close_step}, {ep.wall_s:.1f} s" + (f"\nerror: {ep.error}" if ep.error else ""))
@@ -389,23 +216,23 @@ def build_parser(chosen: str | None = ALL_VERBS) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     s = sub.add_parser("sweep", help="N seeds per task, resumable; per-step JSONL and an HTML report")
-    _add_run_args(s, seeds_default="50")
+    run_flags.add_run_args(s, seeds_default="50")
     s.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
     s.add_argument("--retry-errors", action="store_true", help="on resume, redo episodes that ended in an env error")
     shard = s.add_argument("--shard", help="i/K: run a deterministic 1/K slice (join with `vla-eval merge`)")
     s.set_defaults(identity=s.get_default("identity") + [shard])
-    _add_fault_args(s, "run this fault instead of the baseline")
+    run_flags.add_fault_args(s, "run this fault instead of the baseline")
     s.set_defaults(fn=cmd_sweep)
 
     d = sub.add_parser("drill", help="baseline next to the silent failures (the chapter's three by default; "
                                      "--fault all for the whole fault table)")
-    _add_run_args(d, seeds_default="1")
-    _add_fault_args(d, "run next to the baseline")
+    run_flags.add_run_args(d, seeds_default="1")
+    run_flags.add_fault_args(d, "run next to the baseline")
     d.set_defaults(fn=cmd_drill)
 
     rb = sub.add_parser("robustness", help="the unperturbed baseline next to perturbation families at graded levels, "
                                            "on the same (task, seed) pairs; the report's robustness profile")
-    _add_run_args(rb, seeds_default="2")
+    run_flags.add_run_args(rb, seeds_default="2")
     rb.add_argument("--families", default="all", help="comma-separated families (default all: camera, light, table, "
                                                       "layout, robot_init, language, noise)")
     rb.add_argument("--levels", default="2", help="comma-separated levels 1-3 (default 2)")
@@ -414,10 +241,10 @@ def build_parser(chosen: str | None = ALL_VERBS) -> argparse.ArgumentParser:
     rb.set_defaults(fn=cmd_robustness, perturb=None)
 
     r = sub.add_parser("run", help="one episode with any toggles")
-    _add_run_args(r, seeds_default="1")
+    run_flags.add_run_args(r, seeds_default="1")
     r.add_argument("--seed", type=_non_negative, default=0, help="seed = init state index (0..49)")
     r.add_argument("--log", type=out_file, help="write the step and episode records here (JSONL)")
-    _add_fault_args(r, "inject into this episode (several: joined into one run)")
+    run_flags.add_fault_args(r, "inject into this episode (several: joined into one run)")
     r.set_defaults(fn=cmd_run)
 
     rep = sub.add_parser("report", help="(re)write the HTML report of a run folder")
