@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from vla_eval.errors import UsageError
+from vla_eval.monitors.episode_stats import gripper_step
 
 WINDOW = 10  # steps of the running windows
 CHATTER_WINDOW = 20
@@ -109,10 +110,8 @@ class SignalState:
                 j0, j1, j2 = x0 - 2 * p0 + q[0], x1 - 2 * p1 + q[1], x2 - 2 * p2 + q[2]
                 jerk = math.sqrt(j0 * j0 + j1 * j1 + j2 * j2)
         self.reversals += rev
-        sign = (grip > 0) - (grip < 0)
-        flip = 1.0 if sign and self.grip_sign and sign != self.grip_sign else 0.0
+        flip, self.grip_sign = gripper_step(self.grip_sign, grip)
         self.flips += flip
-        self.grip_sign = sign or self.grip_sign
         self.closed += grip > 0
         w = self.xyz_w
         sums = self.xyz_sum

@@ -32,6 +32,7 @@ from typing import Callable
 import numpy as np
 
 from vla_eval.errors import UsageError
+from vla_eval.monitors.episode_stats import gripper_step, pair_cosine
 
 OK, WARN, ERROR = "OK", "WARN", "ERROR"
 # field -> (type, lowest allowed, highest allowed, lowest inclusive)
@@ -178,8 +179,7 @@ class StreamState:
         if self.cos_n < th.cos_window - 1:
             cur = action[:3]
             if self.prev_xyz is not None:
-                na = math.sqrt(sum(x * x for x in cur)) * math.sqrt(sum(x * x for x in self.prev_xyz))
-                self.cos_sum += sum(x * y for x, y in zip(cur, self.prev_xyz)) / na if na > 1e-9 else 1.0
+                self.cos_sum += pair_cosine(cur, self.prev_xyz)
                 self.cos_n += 1
             self.prev_xyz = cur
         xyz = max(abs(action[0]), abs(action[1]), abs(action[2]))
@@ -189,10 +189,8 @@ class StreamState:
             self.early_max_xyz = self.max_xyz
         if self.n >= th.min_steps:
             self.max_big_frac = max(self.max_big_frac, self.big_frac)
-        sign = (action[6] > 0) - (action[6] < 0)
-        if sign and self.grip_sign and sign != self.grip_sign:
-            self.grip_flips += 1
-        self.grip_sign = sign or self.grip_sign
+        flip, self.grip_sign = gripper_step(self.grip_sign, action[6])
+        self.grip_flips += flip
         if action[6] > 0 and self.first_close is None:
             self.first_close = self.n - 1
         self.reward += reward
@@ -308,19 +306,6 @@ def check_no_flip_at_end(s: StreamState) -> Verdict | None:
             "note": "by elimination: healthy actions and gripper use, no success; an upside-down "
                     "image is invisible to per-step statistics (img_mean is rotation-invariant)"})
     return None
-
-
-def gripper_flips(grip) -> int:
-    """Open <-> close changes of one episode's gripper commands: a change of sign, a zero keeping
-    the previous state. The one definition (the streaming state counts the same, step by step;
-    ``diagnose`` and the report call this)."""
-    flips, state = 0, 0
-    for g in map(float, grip):
-        sign = (g > 0) - (g < 0)
-        if sign and state and sign != state:
-            flips += 1
-        state = sign or state
-    return flips
 
 
 @dataclass(frozen=True)

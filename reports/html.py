@@ -31,18 +31,24 @@ def _logs(run_dir: Path, tags) -> dict[str, RunLog]:
 
 
 def _features(log: RunLog) -> list[str]:
-    """Per-run numbers of the drill comparison (what the monitors read)."""
+    """Per-run numbers of the drill comparison (what the monitors read), over steps or episodes."""
     if not log.steps:
         return ["–"] * 5
-    from vla_eval.monitors.predicates import gripper_flips
+    from vla_eval.monitors.episode_stats import episode_stats
 
-    a = np.array([s.action for s in log.steps], dtype=float)
-    img = [s.img_mean for s in log.steps if s.img_mean is not None]
-    conf = [s.token_prob for s in log.steps if s.token_prob is not None]
-    flips = [gripper_flips([s.action[6] for s in log.steps_of(e)]) for e in log.episodes]  # within episodes
-    return [f"{np.linalg.norm(a[:, :6], axis=1).mean():.3f}", f"{np.abs(a[:, :3]).max():.3f}",
-            f"{np.mean(flips):.1f}" if flips else "–", f"{np.mean(img):.1f}" if img else "–",
-            f"{np.mean(conf):.3f}" if conf else "–"]
+    per = [episode_stats(log.steps_of(e)) for e in log.episodes]
+    per = [st for st in per if st.steps]
+    if not per:
+        return ["–"] * 5
+    steps = np.array([st.steps for st in per])
+
+    def mean(values, fmt):  # step-weighted, over the episodes that report the signal
+        v = np.array(values, dtype=float)
+        ok = ~np.isnan(v)
+        return format(np.average(v[ok], weights=steps[ok]), fmt) if ok.any() else "–"
+    return [mean([st.norm6_mean for st in per], ".3f"), f"{max(st.xyz_max for st in per):.3f}",
+            f"{np.mean([st.grip_flips for st in per]):.1f}", mean([st.img_mean for st in per], ".1f"),
+            mean([st.token_prob for st in per], ".3f")]
 
 
 FEATURES = ("mean ||a[:6]||", "max |a[:3]|", "gripper flips per episode", "mean img_mean", "mean token prob")

@@ -270,11 +270,33 @@ def test_the_predicate_table_owns_every_threshold_and_every_monitor_fault_names_
     assert named == set(PREDICATES)
 
 
-@given(st.lists(st.sampled_from([-1.0, -0.3, 0.0, 0.4, 1.0]), max_size=40))
-def test_the_streaming_gripper_flip_count_is_the_one_definition(grip):
-    from vla_eval.monitors.predicates import gripper_flips
+_coord = st.sampled_from([-1.0, -0.3, 0.0, 0.0, 0.05, 0.4, 1.0])  # zeros: still steps, whose direction is undefined
 
-    m = RuntimeMonitor()
-    for g in grip:
-        m.update({"action": [0.1, 0.0, 0.0, 0.0, 0.0, 0.0, g], "reward": 0.0, "done": False})
-    assert m.state.grip_flips == gripper_flips(grip)
+
+@given(st.lists(st.tuples(_coord, _coord, _coord, _coord, st.sampled_from([-1.0, -0.3, 0.0, 0.4, 1.0])),
+                min_size=1, max_size=30), st.integers(2, 12))
+def test_the_streaming_statistics_are_the_one_episode_definition(rows, cos_window):
+    """What the monitor (predicates and forecaster) accumulates step by step is what diagnose and
+    the report compute from the finished episode (monitors/episode_stats.py), still steps included."""
+    from types import SimpleNamespace
+
+    from vla_eval.monitors.episode_stats import episode_stats
+
+    m = RuntimeMonitor(Thresholds(cos_window=cos_window))
+    steps = [SimpleNamespace(action=[x, y, z, r, 0.0, 0.0, g], img_mean=None, token_prob=None, token_probs=None,
+                             token_entropy=None)
+             for x, y, z, r, g in rows]
+    for s in steps:
+        m.update({"action": s.action, "reward": 0.0, "done": False})
+    whole, early = episode_stats(steps), episode_stats(steps, window=cos_window)
+    state = m.state
+    assert state.grip_flips == whole.grip_flips and state.first_close == whole.first_close
+    assert state.max_xyz == whole.xyz_max and state.norm_sum / state.n == pytest.approx(whole.norm6_mean)
+    if len(steps) >= cos_window:
+        assert state.cos_mean == pytest.approx(early.direction)
+    else:
+        assert state.cos_mean is None
+    from vla_eval.monitors.forecast import SIGNAL_NAMES, signal_series
+
+    last = dict(zip(SIGNAL_NAMES, signal_series(steps)[-1]))  # the forecaster's running signals
+    assert last["flips"] == whole.grip_flips and last["closed_frac"] == pytest.approx(whole.grip_closed)

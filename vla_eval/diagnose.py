@@ -2,12 +2,13 @@
 
 A *library* is a drill of every fault on one checkpoint (``vla-eval drill --fault all --out
 LIB``), or its export (``--export-library F.json``: per-episode features only, small enough
-to ship). Each episode becomes a vector of the statistics the monitors and the report read,
-over its first ``WINDOW`` steps (library drills may be capped there):
+to ship). Each episode becomes a vector of the statistics the monitors and the report read
+(``monitors/episode_stats.py``, the one definition), over its first ``WINDOW`` steps (library
+drills may be capped there):
 
     xyz_mean, xyz_max     translation size (mean / max |a[:3]|)
     rot_mean              rotation size (mean |a[3:6]|)
-    direction             mean cosine of consecutive translation directions
+    direction             mean cosine of consecutive translation directions (a still step: 1)
     grip_flips            open <-> close changes
     grip_closed           fraction of steps commanding "close"; grip_first_close (of WINDOW)
     grip_closed_at_0      the first command is "close"
@@ -36,7 +37,7 @@ import numpy as np
 
 from vla_eval.errors import UsageError
 from vla_eval.faults import is_run_tag
-from vla_eval.monitors.predicates import gripper_flips
+from vla_eval.monitors.episode_stats import episode_stats
 
 WINDOW = 60
 FEATURES = ("xyz_mean", "xyz_max", "rot_mean", "direction", "grip_flips", "grip_closed", "grip_first_close",
@@ -51,25 +52,13 @@ def episode_features(steps, window: int = WINDOW) -> np.ndarray:
     signal is absent, e.g. token_prob for a remote-code run)."""
     if not isinstance(window, int) or isinstance(window, bool) or not 1 <= window <= 100_000:
         raise UsageError(f"window {window!r}: the features read the first 1..100000 steps (default {WINDOW})")
-    steps = list(steps)[:window]
-    if not steps:
+    st = episode_stats(steps, window)
+    if not st.steps:
         return np.full(len(FEATURES), np.nan)
-    a = np.array([s.action for s in steps], dtype=np.float64)  # (T, 7)
-    xyz, grip = a[:, :3], a[:, 6]
-    norms = np.linalg.norm(xyz, axis=1)
-    ok = norms > 1e-9
-    unit = xyz[ok] / norms[ok, None]
-    direction = float(np.mean(np.sum(unit[1:] * unit[:-1], axis=1))) if len(unit) > 1 else np.nan
-    closed = grip > 0
-    first = int(np.argmax(closed)) if closed.any() else window
-    img = [s.img_mean for s in steps if s.img_mean is not None]
-    prob = [s.token_prob for s in steps if s.token_prob is not None]
-    return np.array([
-        np.abs(xyz).mean(), np.abs(xyz).max(), np.abs(a[:, 3:6]).mean(), direction,
-        float(gripper_flips(grip)), closed.mean(), first / window, float(closed[0]),
-        float(np.mean(~np.isclose(np.abs(grip), 1.0))),
-        np.mean(img) if img else np.nan, np.std(img) if img else np.nan, np.mean(prob) if prob else np.nan,
-    ])
+    first = window if st.first_close is None else st.first_close
+    return np.array([st.xyz_mean, st.xyz_max, st.rot_mean, st.direction, float(st.grip_flips), st.grip_closed,
+                     first / window, float(st.first_close == 0), st.grip_fractional, st.img_mean, st.img_std,
+                     st.token_prob])
 
 
 def _fit(rows: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
