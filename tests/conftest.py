@@ -8,6 +8,12 @@ import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # Test processes share the cores: each takes its share of threads (torch, imported later, and
+    # every vla-eval process a test starts read them), or their OpenMP threads take turns spinning.
+    from vla_eval.threads import prepare_process, usable_cores
+
+    prepare_process(max(1, usable_cores() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +119,4 @@ def build_wheel(tmp):
                     str(tmp / "dist"), str(tmp / "src")], check=True, capture_output=True, timeout=900)
     (wheel,) = (tmp / "dist").glob("vla_eval_libero-*.whl")
     return wheel
+

@@ -13,7 +13,9 @@ CFG = DataConfig()
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    torch.set_num_threads(2)
+    from vla_eval.threads import set_torch_threads
+
+    set_torch_threads(torch)  # the cores this test process may use (its share, beside another)
     return load_dataset(CFG, tmp_path_factory.mktemp("drills"))
 
 
