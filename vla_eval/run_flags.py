@@ -20,7 +20,8 @@ _task_list = id_set("--tasks")
 def add_run_args(p: argparse.ArgumentParser, seeds_default: str) -> None:
     """The run flags. Those that define what is run (recorded in the manifest) sit in one group,
     whose actions ``given_identity`` reads: a resume refuses them instead of ignoring them."""
-    from vla_eval.policies.factory import BACKENDS, DTYPES, policies
+    from vla_eval.policies.factory import policies
+    from vla_eval.policies.registry import BACKENDS, DTYPES
 
     ident = p.add_argument_group("what is run (recorded in the run folder; a resume takes these from it)")
     actions = [ident.add_argument(

@@ -12,8 +12,7 @@ import importlib
 from typing import Sequence
 
 from vla_eval.errors import UsageError, bad_choice
-from vla_eval.policies.registry import (BACKENDS, DTYPES, REGISTERED, OpenVLAOptions,  # noqa: F401 (re-exported)
-                                        PolicySpec, Toggles)
+from vla_eval.policies.registry import BACKENDS, REGISTERED, OpenVLAOptions, PolicySpec, Toggles
 
 POLICY_MODULES = ("vla_eval.policies.openvla", "vla_eval.policies.zero", "vla_eval.policies.scripted")
 ENTRY_POINT_GROUP = "vla_eval.policies"
