@@ -49,20 +49,56 @@ def test_two_overlapped_env_workers_equal_the_reference_loop(tmp_path):
     assert all(len(steps) == 60 or ep.success for ep, steps in reference.values())
 
 
-def test_the_tiny_openvla_in_the_runner_equals_the_reference_loop(tmp_path):
-    """Pixels in, tokens out: the same actions, img_mean and token probabilities."""
-    from vla_eval.policies.factory import make_policy
+class FeaturesSeen:
+    """A monitor that keeps the hidden-state summaries it is fed, step by step."""
 
-    policy = make_policy("tiny", "libero_object")
+    def __init__(self):
+        self.per_step = []
+
+    def update(self, step, features=None) -> list[str]:
+        self.per_step.append(features)
+        return []
+
+    def finish(self, episode) -> list[str]:
+        return []
+
+
+class FeaturesKept:
+    """The runner's feature sink: each finished episode's summaries."""
+
+    def __init__(self):
+        self.episodes = []
+
+    def finish(self, task_id, seed, attempt, rows) -> None:
+        self.episodes.append(rows)
+
+
+def test_the_tiny_openvla_in_the_runner_equals_the_reference_loop(tmp_path):
+    """Pixels in, tokens out: the same actions, img_mean and token probabilities; with the
+    hidden-state summaries asked for, the reference loop's monitor gets those the runner keeps."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from vla_eval.policies.factory import make_policy, model_options
+
+    policy = make_policy("tiny", "libero_object", openvla=replace(model_options("tiny"), features=True))
     env = EnvSpec("libero_object", 0, cameras=True, hard_reset=True, camera_names=policy.cameras).build()
+    monitor = FeaturesSeen()
     try:
-        reference = {2: rollout(env, policy, 2, max_steps=6)}
+        reference = {2: rollout(env, policy, 2, max_steps=6, monitor=monitor)}
     finally:
         env.close()
-    batched = runner_episodes(policy, [2], EpisodeShape(max_steps=6), tmp_path / "b.jsonl")
-    assert_same(reference, batched)
+    sink = FeaturesKept()
+    with JsonlWriter(tmp_path / "b.jsonl") as w:
+        run_episodes(policy, make_jobs("libero_object", [0], [2]), w, "baseline", EpisodeShape(max_steps=6),
+                     features=sink)
+    log = read_jsonl(tmp_path / "b.jsonl")
+    assert_same(reference, {e.seed: (e, log.steps_of(e)) for e in log.episodes})
     steps = reference[2][1]
     assert len(steps) == 6 and all(s.img_mean is not None and s.token_prob is not None for s in steps)
+    assert len(monitor.per_step) == 6 and monitor.per_step[0].shape[0] == 2
+    np.testing.assert_array_equal(np.stack(monitor.per_step), np.stack(sink.episodes[0]))
 
 
 def test_the_python_api_starts_the_same_typed_run_as_the_cli(tmp_path):

@@ -42,8 +42,9 @@ def rollout(env: Env, policy: Policy, seed: int, max_steps: int | None = None, r
             result = env.step(batch.actions[0])
             step = step_record(run_tag, env.task_id, seed, attempt, t, batch, 0, result,
                                t_step - t_act, time.perf_counter() - t_step)
-            if monitor is not None:
-                step = replace(step, alerts=tuple(monitor.update(step)))
+            if monitor is not None:  # with the model's hidden-state summary, when it returns one
+                features = None if batch.features is None else batch.features[0]
+                step = replace(step, alerts=tuple(monitor.update(step, features=features)))
             steps.append(step)
             obs = result.obs
             if result.done:
