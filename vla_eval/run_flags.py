@@ -85,6 +85,45 @@ def add_run_args(p: argparse.ArgumentParser, seeds_default: str) -> None:
                         "(every failure + one success per tag, at most 8 per tag)")
 
 
+def _fault_type(text: str) -> tuple[str, ...]:
+    try:
+        return parse_faults(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_fault_args(p, what: str) -> None:
+    """``--fault NAME[,NAME]`` (or ``all``) from the fault table; the chapter's three also keep their flags.
+    They sit in the identity group (the run tags are part of what is run)."""
+    flags = [p.add_argument("--fault", type=_fault_type, action="append", metavar="NAME",
+                            help=f"{what}: {', '.join(FAULTS)}; several separated by commas, 'all' for every one, "
+                                 "a+b for both in one run")]
+    flags += [p.add_argument(f.flag, action="store_true", help=f"= --fault {f.name}: {f.help}")
+              for f in FAULTS.values() if f.flag]
+    flags += add_perturb_args(p)
+    p.set_defaults(identity=p.get_default("identity") + flags)
+
+
+def _perturb_list(text: str) -> tuple[str, ...]:
+    """``--perturb camera:2,light:1``: perturbation run tags, each checked against the family table."""
+    from vla_eval.perturbations import parse
+
+    try:
+        return tuple(parse(part.strip()).tag for part in text.split(",") if part.strip())
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_perturb_args(p) -> list:
+    from vla_eval.perturbations import FAMILIES
+
+    return [p.add_argument("--perturb", type=_perturb_list, metavar="FAMILY:LEVEL",
+                           help=f"perturbed runs next to the unperturbed baseline on the same (task, seed) pairs, "
+                                f"e.g. camera:2,light:1; families: {', '.join(FAMILIES)}; levels 1-3"),
+            p.add_argument("--perturb-seed", type=int_at_least(0, high=2**31 - 1), default=0,
+                           help="the seed perturbations are drawn from (default 0; recorded in the manifest)")]
+
+
 # -- from flags to the typed run (parsed once) ---------------------------------------------------
 def given_identity(args) -> list[str]:
     """The identity flags given on the command line (those that differ from their defaults)."""
@@ -134,45 +173,6 @@ def execution_from(args):
                      forecaster=str(args.forecaster) if args.forecaster else None,
                      record_features=args.record_features, check_world=args.check_world,
                      retry_errors=args.retry_errors, progress=not args.no_progress)
-
-
-def _fault_type(text: str) -> tuple[str, ...]:
-    try:
-        return parse_faults(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def add_fault_args(p, what: str) -> None:
-    """``--fault NAME[,NAME]`` (or ``all``) from the fault table; the chapter's three also keep their flags.
-    They sit in the identity group (the run tags are part of what is run)."""
-    flags = [p.add_argument("--fault", type=_fault_type, action="append", metavar="NAME",
-                            help=f"{what}: {', '.join(FAULTS)}; several separated by commas, 'all' for every one, "
-                                 "a+b for both in one run")]
-    flags += [p.add_argument(f.flag, action="store_true", help=f"= --fault {f.name}: {f.help}")
-              for f in FAULTS.values() if f.flag]
-    flags += add_perturb_args(p)
-    p.set_defaults(identity=p.get_default("identity") + flags)
-
-
-def _perturb_list(text: str) -> tuple[str, ...]:
-    """``--perturb camera:2,light:1``: perturbation run tags, each checked against the family table."""
-    from vla_eval.perturbations import parse
-
-    try:
-        return tuple(parse(part.strip()).tag for part in text.split(",") if part.strip())
-    except UsageError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def add_perturb_args(p) -> list:
-    from vla_eval.perturbations import FAMILIES
-
-    return [p.add_argument("--perturb", type=_perturb_list, metavar="FAMILY:LEVEL",
-                           help=f"perturbed runs next to the unperturbed baseline on the same (task, seed) pairs, "
-                                f"e.g. camera:2,light:1; families: {', '.join(FAMILIES)}; levels 1-3"),
-            p.add_argument("--perturb-seed", type=int_at_least(0, high=2**31 - 1), default=0,
-                           help="the seed perturbations are drawn from (default 0; recorded in the manifest)")]
 
 
 def with_perturbations(tags: list[str], perturbs) -> tuple[str, ...]:
