@@ -32,8 +32,6 @@ def _logs(run_dir: Path, tags) -> dict[str, RunLog]:
 
 def _features(log: RunLog) -> list[str]:
     """Per-run numbers of the drill comparison (what the monitors read), over steps or episodes."""
-    if not log.steps:
-        return ["–"] * 5
     from vla_eval.monitors.episode_stats import episode_stats
 
     per = [episode_stats(log.steps_of(e)) for e in log.episodes]

@@ -119,4 +119,3 @@ def build_wheel(tmp):
                     str(tmp / "dist"), str(tmp / "src")], check=True, capture_output=True, timeout=900)
     (wheel,) = (tmp / "dist").glob("vla_eval_libero-*.whl")
     return wheel
-

@@ -281,6 +281,7 @@ def test_the_streaming_statistics_are_the_one_episode_definition(rows, cos_windo
     from types import SimpleNamespace
 
     from vla_eval.monitors.episode_stats import episode_stats
+    from vla_eval.monitors.forecast import SIGNAL_NAMES, signal_series
 
     m = RuntimeMonitor(Thresholds(cos_window=cos_window))
     steps = [SimpleNamespace(action=[x, y, z, r, 0.0, 0.0, g], img_mean=None, token_prob=None, token_probs=None,
@@ -296,7 +297,5 @@ def test_the_streaming_statistics_are_the_one_episode_definition(rows, cos_windo
         assert state.cos_mean == pytest.approx(early.direction)
     else:
         assert state.cos_mean is None
-    from vla_eval.monitors.forecast import SIGNAL_NAMES, signal_series
-
     last = dict(zip(SIGNAL_NAMES, signal_series(steps)[-1]))  # the forecaster's running signals
     assert last["flips"] == whole.grip_flips and last["closed_frac"] == pytest.approx(whole.grip_closed)

@@ -19,9 +19,11 @@ def comparable(record) -> dict:
     return {k: v for k, v in asdict(record).items() if k not in TIMING}
 
 
-def runner_episodes(policy, seeds, shape: EpisodeShape, path, execution: Execution | None = None) -> dict:
+def runner_episodes(policy, seeds, shape: EpisodeShape, path, execution: Execution | None = None,
+                    features=None) -> dict:
     with JsonlWriter(path) as w:
-        run_episodes(policy, make_jobs("libero_object", [0], seeds), w, "baseline", shape, execution)
+        run_episodes(policy, make_jobs("libero_object", [0], seeds), w, "baseline", shape, execution,
+                     features=features)
     log = read_jsonl(path)
     return {e.seed: (e, log.steps_of(e)) for e in log.episodes}
 
@@ -90,11 +92,7 @@ def test_the_tiny_openvla_in_the_runner_equals_the_reference_loop(tmp_path):
     finally:
         env.close()
     sink = FeaturesKept()
-    with JsonlWriter(tmp_path / "b.jsonl") as w:
-        run_episodes(policy, make_jobs("libero_object", [0], [2]), w, "baseline", EpisodeShape(max_steps=6),
-                     features=sink)
-    log = read_jsonl(tmp_path / "b.jsonl")
-    assert_same(reference, {e.seed: (e, log.steps_of(e)) for e in log.episodes})
+    assert_same(reference, runner_episodes(policy, [2], EpisodeShape(max_steps=6), tmp_path / "b.jsonl", features=sink))
     steps = reference[2][1]
     assert len(steps) == 6 and all(s.img_mean is not None and s.token_prob is not None for s in steps)
     assert len(monitor.per_step) == 6 and monitor.per_step[0].shape[0] == 2
